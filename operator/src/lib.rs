@@ -1,0 +1,1 @@
+//! The AgentRunner operator. Built by the operator issue.
