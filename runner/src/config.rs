@@ -1,0 +1,703 @@
+//! Runner configuration from the environment, with the Stigmer runner's variable names.
+//!
+//! Loading is a pure function over an [`Env`] (process environment layered over an optional
+//! `.env` file) so that every rule is unit-tested without touching the process environment.
+//! Validation collects every problem before failing, so a user fixes them in one go.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::llm::Provider;
+
+/// Where configuration values come from: the process environment first, then `.env`.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    process: HashMap<String, String>,
+    dotenv: HashMap<String, String>,
+}
+
+impl Env {
+    /// The real process environment plus `./.env` when present (never written back into the
+    /// process environment, so tool commands cannot inherit it).
+    pub fn load() -> Result<Self, ConfigError> {
+        let dotenv = match dotenvy::from_path_iter(".env") {
+            Ok(iter) => iter.collect::<Result<HashMap<_, _>, _>>().map_err(|e| {
+                ConfigError::single("(.env)", format!("cannot parse .env file: {e}"))
+            })?,
+            Err(e) if e.not_found() => HashMap::new(),
+            Err(e) => {
+                return Err(ConfigError::single(
+                    "(.env)",
+                    format!("cannot read .env file: {e}"),
+                ));
+            }
+        };
+        Ok(Self {
+            process: std::env::vars().collect(),
+            dotenv,
+        })
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self {
+            process: pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            dotenv: HashMap::new(),
+        }
+    }
+
+    pub fn with_dotenv<'a>(mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        self.dotenv = pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self
+    }
+
+    /// A set, non-blank value.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.process
+            .get(key)
+            .or_else(|| self.dotenv.get(key))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Local,
+    Cloud,
+}
+
+impl Mode {
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Local => "LOCAL",
+            Mode::Cloud => "CLOUD",
+        }
+    }
+}
+
+/// Where the LLM key came from, for the banner (the key itself is never shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Variable(&'static str),
+    NotNeeded,
+}
+
+#[derive(Clone)]
+pub struct LlmConfig {
+    pub provider: Provider,
+    pub model: String,
+    pub base_url: String,
+    pub api_key: Option<String>,
+    pub key_source: KeySource,
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub request_timeout: Duration,
+    pub max_attempts: u32,
+}
+
+impl fmt::Debug for LlmConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LlmConfig")
+            .field("provider", &self.provider)
+            .field("model", &self.model)
+            .field("base_url", &self.base_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("key_source", &self.key_source)
+            .field("max_tokens", &self.max_tokens)
+            .field("temperature", &self.temperature)
+            .finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct Config {
+    pub mode: Mode,
+    /// `http://host:port`: the control plane.
+    pub backend_endpoint: String,
+    pub api_key: String,
+    /// True when `STIGMER_API_KEY` was not set and the local default is used.
+    pub api_key_is_local_default: bool,
+    pub runner_id: String,
+    pub sandbox_root: PathBuf,
+    pub max_concurrency: usize,
+    pub drain_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub claim_wait: Duration,
+    pub status_flush_interval: Duration,
+    pub max_turns: u32,
+    pub max_repeated_tool_calls: u32,
+    pub tool_timeout: Duration,
+    pub tool_output_limit: usize,
+    pub http_addr: SocketAddr,
+    pub log_level: String,
+    pub log_json: bool,
+    pub llm: LlmConfig,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("mode", &self.mode)
+            .field("backend_endpoint", &self.backend_endpoint)
+            .field("api_key", &"<redacted>")
+            .field("runner_id", &self.runner_id)
+            .field("sandbox_root", &self.sandbox_root)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("llm", &self.llm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One configuration problem, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub variable: String,
+    pub message: String,
+}
+
+/// Every problem found, reported together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn single(variable: &str, message: String) -> Self {
+        Self {
+            problems: vec![Problem {
+                variable: variable.to_string(),
+                message,
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} configuration problem(s)", self.problems.len())?;
+        for p in &self.problems {
+            write!(f, "\n  - {}: {}", p.variable, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+pub const DEFAULT_LOCAL_ENDPOINT: &str = "http://localhost:50051";
+pub const DEFAULT_OLLAMA_BASE_URL: &str = "http://localhost:11434";
+const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+const DEFAULT_LOCAL_MODEL: &str = "qwen2.5-coder:7b";
+const DEFAULT_CLOUD_MODEL: &str = "claude-sonnet-4-5";
+
+/// Collects problems while reading values, so that all of them are reported at once.
+struct Reader<'a> {
+    env: &'a Env,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Reader<'a> {
+    fn problem(&mut self, variable: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            variable: variable.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn string(&self, key: &str) -> Option<String> {
+        self.env.get(key).map(str::to_string)
+    }
+
+    /// A number within bounds; `default` when unset.
+    fn number<T>(&mut self, keys: &[&str], default: T, min: T, max: T) -> T
+    where
+        T: std::str::FromStr + PartialOrd + Copy + fmt::Display,
+    {
+        let Some((key, raw)) = keys
+            .iter()
+            .find_map(|k| self.env.get(k).map(|v| (*k, v.to_string())))
+        else {
+            return default;
+        };
+        match raw.parse::<T>() {
+            Ok(v) if v >= min && v <= max => v,
+            Ok(_) => {
+                self.problem(
+                    key,
+                    format!("'{raw}' is out of range; use a value from {min} to {max}"),
+                );
+                default
+            }
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("'{raw}' is not a number; use a value from {min} to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn millis(&mut self, key: &str, default_ms: u64, min: u64, max: u64) -> Duration {
+        Duration::from_millis(self.number(&[key], default_ms, min, max))
+    }
+
+    fn secs(&mut self, key: &str, default_s: u64, min: u64, max: u64) -> Duration {
+        Duration::from_secs(self.number(&[key], default_s, min, max))
+    }
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
+        let mut r = Reader {
+            env,
+            problems: Vec::new(),
+        };
+        let mode = read_mode(&mut r);
+        let (backend_endpoint, api_key, api_key_is_local_default) = read_backend(&mut r, mode);
+        let llm = read_llm(&mut r, mode);
+        let config = Config {
+            mode,
+            backend_endpoint,
+            api_key,
+            api_key_is_local_default,
+            runner_id: r
+                .string("STIGMER_RUNNER_ID")
+                .or_else(|| r.string("POD_NAME"))
+                .unwrap_or_else(default_runner_id),
+            sandbox_root: PathBuf::from(
+                r.string("SANDBOX_ROOT_DIR")
+                    .unwrap_or_else(|| "./workspace".into()),
+            ),
+            max_concurrency: r.number(
+                &["STIGMER_MAX_CONCURRENCY", "TEMPORAL_MAX_CONCURRENCY"],
+                10,
+                1,
+                1024,
+            ),
+            drain_timeout: r.secs("STIGMER_DRAIN_TIMEOUT_SECS", 30, 0, 86_400),
+            heartbeat_interval: r.millis("STIGMER_HEARTBEAT_INTERVAL_MS", 3_000, 50, 60_000),
+            claim_wait: r.millis("STIGMER_CLAIM_WAIT_MS", 20_000, 0, 60_000),
+            status_flush_interval: r.millis("STIGMER_STATUS_FLUSH_MS", 250, 0, 10_000),
+            max_turns: r.number(&["STIGMER_MAX_TURNS"], 50, 1, 10_000),
+            max_repeated_tool_calls: r.number(&["STIGMER_MAX_REPEATED_TOOL_CALLS"], 3, 2, 100),
+            tool_timeout: r.secs("STIGMER_TOOL_TIMEOUT_SECS", 120, 1, 86_400),
+            tool_output_limit: r.number(
+                &["STIGMER_TOOL_OUTPUT_LIMIT"],
+                32 * 1024,
+                256,
+                16 * 1024 * 1024,
+            ),
+            http_addr: read_http_addr(&mut r),
+            log_level: read_log_level(&mut r),
+            log_json: matches!(r.string("LOG_FORMAT").as_deref(), Some("json")),
+            llm,
+        };
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                problems: r.problems,
+            })
+        }
+    }
+
+    pub fn sandbox_root_display(&self) -> String {
+        absolute(&self.sandbox_root).display().to_string()
+    }
+}
+
+fn read_mode(r: &mut Reader<'_>) -> Mode {
+    match r.string("MODE").map(|m| m.to_ascii_lowercase()).as_deref() {
+        None | Some("local") => Mode::Local,
+        Some("cloud") => {
+            r.problem(
+                "MODE",
+                "cloud mode (TLS backend, Redis, Daytona) is not available in this build yet; \
+                 use MODE=local",
+            );
+            Mode::Cloud
+        }
+        Some(other) => {
+            r.problem(
+                "MODE",
+                format!("unknown mode '{other}'; allowed values: local, cloud"),
+            );
+            Mode::Local
+        }
+    }
+}
+
+fn read_backend(r: &mut Reader<'_>, mode: Mode) -> (String, String, bool) {
+    let endpoint = match r.string("STIGMER_BACKEND_ENDPOINT") {
+        None => DEFAULT_LOCAL_ENDPOINT.to_string(),
+        Some(raw) => match normalize_endpoint(&raw) {
+            Ok(e) if mode == Mode::Local && e.starts_with("https://") => {
+                r.problem(
+                    "STIGMER_BACKEND_ENDPOINT",
+                    format!("'{raw}': local mode talks plaintext gRPC; use http://host:port"),
+                );
+                e
+            }
+            Ok(e) => e,
+            Err(msg) => {
+                r.problem("STIGMER_BACKEND_ENDPOINT", msg);
+                raw
+            }
+        },
+    };
+    match r.string("STIGMER_API_KEY") {
+        Some(key) => (endpoint, key, false),
+        None => (endpoint, stigmer_proto::LOCAL_API_KEY.to_string(), true),
+    }
+}
+
+/// Accepts `host:port`, `http://host:port` and `https://host:port`.
+fn normalize_endpoint(raw: &str) -> Result<String, String> {
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let (scheme, rest) = with_scheme
+        .split_once("://")
+        .ok_or_else(|| format!("'{raw}' is not an endpoint"))?;
+    if scheme != "http" && scheme != "https" {
+        return Err(format!(
+            "'{raw}': scheme must be http or https (or none, meaning http)"
+        ));
+    }
+    let authority = rest.trim_end_matches('/');
+    let valid = authority
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+    if !valid || authority.contains('/') {
+        return Err(format!(
+            "'{raw}' must be host:port, e.g. localhost:50051 or http://localhost:50051"
+        ));
+    }
+    Ok(format!("{scheme}://{authority}"))
+}
+
+fn read_llm(r: &mut Reader<'_>, mode: Mode) -> LlmConfig {
+    let default_provider = match mode {
+        Mode::Local => Provider::Ollama,
+        Mode::Cloud => Provider::Anthropic,
+    };
+    let provider = match r.string("STIGMER_LLM_PROVIDER") {
+        None => default_provider,
+        Some(raw) => Provider::parse(&raw).unwrap_or_else(|| {
+            r.problem(
+                "STIGMER_LLM_PROVIDER",
+                format!("unknown provider '{raw}'; allowed values: {}", Provider::ALLOWED),
+            );
+            default_provider
+        }),
+    };
+    let model = r
+        .string("STIGMER_LLM_MODEL")
+        .unwrap_or_else(|| match provider {
+            Provider::Ollama => DEFAULT_LOCAL_MODEL.to_string(),
+            Provider::Anthropic => DEFAULT_CLOUD_MODEL.to_string(),
+            Provider::OpenAi => "gpt-4o-mini".to_string(),
+        });
+    let base_url = read_base_url(r, provider);
+    let (api_key, key_source) = read_llm_key(r, provider);
+    let temperature = r.number(&["STIGMER_LLM_TEMPERATURE"], 0.0f32, 0.0, 2.0);
+    LlmConfig {
+        provider,
+        model,
+        base_url,
+        api_key,
+        key_source,
+        max_tokens: r.number(&["STIGMER_LLM_MAX_TOKENS"], 8192u32, 1, 1_000_000),
+        temperature: Some(temperature),
+        request_timeout: r.secs("STIGMER_LLM_TIMEOUT_SECS", 120, 1, 3_600),
+        max_attempts: r.number(&["STIGMER_LLM_MAX_ATTEMPTS"], 4u32, 1, 20),
+    }
+}
+
+fn read_base_url(r: &mut Reader<'_>, provider: Provider) -> String {
+    let (key, value) = match (r.string("STIGMER_LLM_BASE_URL"), provider) {
+        (Some(v), _) => ("STIGMER_LLM_BASE_URL", v),
+        (None, Provider::Ollama) => (
+            "OLLAMA_BASE_URL",
+            r.string("OLLAMA_BASE_URL")
+                .unwrap_or_else(|| DEFAULT_OLLAMA_BASE_URL.to_string()),
+        ),
+        (None, Provider::Anthropic) => ("", DEFAULT_ANTHROPIC_BASE_URL.to_string()),
+        (None, Provider::OpenAi) => ("", DEFAULT_OPENAI_BASE_URL.to_string()),
+    };
+    let trimmed = value.trim_end_matches('/').to_string();
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+        r.problem(
+            key,
+            format!("'{value}' must be an http:// or https:// URL"),
+        );
+    }
+    trimmed
+}
+
+/// The key variable a provider reads, after the generic `STIGMER_LLM_API_KEY`.
+pub fn provider_key_variable(provider: Provider) -> Option<&'static str> {
+    match provider {
+        Provider::Anthropic => Some("ANTHROPIC_API_KEY"),
+        Provider::OpenAi => Some("OPENAI_API_KEY"),
+        Provider::Ollama => None,
+    }
+}
+
+fn read_llm_key(r: &mut Reader<'_>, provider: Provider) -> (Option<String>, KeySource) {
+    if let Some(key) = r.string("STIGMER_LLM_API_KEY") {
+        return (Some(key), KeySource::Variable("STIGMER_LLM_API_KEY"));
+    }
+    let Some(var) = provider_key_variable(provider) else {
+        return (None, KeySource::NotNeeded);
+    };
+    match r.string(var) {
+        Some(key) => (Some(key), KeySource::Variable(var)),
+        None => {
+            r.problem(
+                var,
+                format!(
+                    "the {} provider needs an API key: set {var} or STIGMER_LLM_API_KEY",
+                    provider.as_str()
+                ),
+            );
+            (None, KeySource::NotNeeded)
+        }
+    }
+}
+
+fn read_http_addr(r: &mut Reader<'_>) -> SocketAddr {
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 8090));
+    match r.string("STIGMER_HTTP_ADDR") {
+        None => fallback,
+        Some(raw) => raw.parse().unwrap_or_else(|_| {
+            r.problem(
+                "STIGMER_HTTP_ADDR",
+                format!("'{raw}' is not an address; use host:port, e.g. 0.0.0.0:8080"),
+            );
+            fallback
+        }),
+    }
+}
+
+fn read_log_level(r: &mut Reader<'_>) -> String {
+    let raw = r.string("LOG_LEVEL").unwrap_or_else(|| "info".into());
+    let level = raw.to_ascii_lowercase();
+    let level = if level == "warning" { "warn".to_string() } else { level };
+    if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
+        r.problem(
+            "LOG_LEVEL",
+            format!("unknown level '{raw}'; allowed values: TRACE, DEBUG, INFO, WARN, ERROR"),
+        );
+        return "info".into();
+    }
+    level
+}
+
+fn default_runner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "runner".into());
+    format!("{host}-{}-{:04x}", std::process::id(), fastrand::u16(..))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_env(&Env::from_pairs(pairs.iter().copied()))
+    }
+
+    fn variables(err: &ConfigError) -> Vec<&str> {
+        err.problems.iter().map(|p| p.variable.as_str()).collect()
+    }
+
+    #[test]
+    fn defaults_to_local_mode_with_local_endpoint_and_key() {
+        let c = load(&[]).expect("defaults are valid");
+        assert_eq!(c.mode, Mode::Local);
+        assert_eq!(c.backend_endpoint, "http://localhost:50051");
+        assert_eq!(c.api_key, "dummy-local-key");
+        assert!(c.api_key_is_local_default);
+        assert_eq!(c.sandbox_root, PathBuf::from("./workspace"));
+        assert_eq!(c.max_concurrency, 10);
+        assert_eq!(c.llm.provider, Provider::Ollama);
+        assert_eq!(c.llm.base_url, "http://localhost:11434");
+        assert_eq!(c.llm.key_source, KeySource::NotNeeded);
+    }
+
+    #[test]
+    fn unknown_mode_names_the_allowed_values() {
+        let err = load(&[("MODE", "hybrid")]).expect_err("unknown mode");
+        assert_eq!(variables(&err), ["MODE"]);
+        assert!(err.problems[0].message.contains("allowed values: local, cloud"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = load(&[
+            ("MODE", "nope"),
+            ("STIGMER_MAX_CONCURRENCY", "0"),
+            ("STIGMER_LLM_PROVIDER", "anthropic"),
+            ("STIGMER_LLM_TEMPERATURE", "hot"),
+            ("STIGMER_BACKEND_ENDPOINT", "ftp://x:1"),
+            ("LOG_LEVEL", "loud"),
+            ("STIGMER_HTTP_ADDR", "nowhere"),
+        ])
+        .expect_err("many problems");
+        let vars = variables(&err);
+        for expected in [
+            "MODE",
+            "STIGMER_MAX_CONCURRENCY",
+            "ANTHROPIC_API_KEY",
+            "STIGMER_LLM_TEMPERATURE",
+            "STIGMER_BACKEND_ENDPOINT",
+            "LOG_LEVEL",
+            "STIGMER_HTTP_ADDR",
+        ] {
+            assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
+        }
+        assert!(err.to_string().starts_with("7 configuration problem(s)"));
+    }
+
+    #[test]
+    fn old_concurrency_name_is_accepted_and_new_name_wins() {
+        let c = load(&[("TEMPORAL_MAX_CONCURRENCY", "4")]).expect("valid");
+        assert_eq!(c.max_concurrency, 4);
+        let c = load(&[
+            ("TEMPORAL_MAX_CONCURRENCY", "4"),
+            ("STIGMER_MAX_CONCURRENCY", "7"),
+        ])
+        .expect("valid");
+        assert_eq!(c.max_concurrency, 7);
+    }
+
+    #[test]
+    fn concurrency_out_of_range_and_garbage_are_refused() {
+        let err = load(&[("STIGMER_MAX_CONCURRENCY", "5000")]).expect_err("too big");
+        assert!(err.problems[0].message.contains("out of range"));
+        let err = load(&[("TEMPORAL_MAX_CONCURRENCY", "ten")]).expect_err("not a number");
+        assert_eq!(variables(&err), ["TEMPORAL_MAX_CONCURRENCY"]);
+    }
+
+    #[test]
+    fn anthropic_key_sources_in_order() {
+        let c = load(&[
+            ("STIGMER_LLM_PROVIDER", "anthropic"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+        ])
+        .expect("valid");
+        assert_eq!(c.llm.key_source, KeySource::Variable("ANTHROPIC_API_KEY"));
+        assert_eq!(c.llm.api_key.as_deref(), Some("sk-ant"));
+        assert_eq!(c.llm.base_url, "https://api.anthropic.com");
+        let c = load(&[
+            ("STIGMER_LLM_PROVIDER", "anthropic"),
+            ("ANTHROPIC_API_KEY", "sk-ant"),
+            ("STIGMER_LLM_API_KEY", "generic"),
+        ])
+        .expect("valid");
+        assert_eq!(c.llm.key_source, KeySource::Variable("STIGMER_LLM_API_KEY"));
+    }
+
+    #[test]
+    fn openai_needs_its_key() {
+        let err = load(&[("STIGMER_LLM_PROVIDER", "openai")]).expect_err("no key");
+        assert_eq!(variables(&err), ["OPENAI_API_KEY"]);
+    }
+
+    #[test]
+    fn unknown_provider_names_the_allowed_values() {
+        let err = load(&[("STIGMER_LLM_PROVIDER", "gemini")]).expect_err("unknown");
+        assert!(err.problems[0].message.contains("anthropic, openai, ollama"));
+    }
+
+    #[test]
+    fn base_url_override_wins_over_ollama_base_url() {
+        let c = load(&[
+            ("OLLAMA_BASE_URL", "http://gpu-box:11434/"),
+            ("STIGMER_LLM_MODEL", "llama3"),
+        ])
+        .expect("valid");
+        assert_eq!(c.llm.base_url, "http://gpu-box:11434");
+        assert_eq!(c.llm.model, "llama3");
+        let c = load(&[
+            ("OLLAMA_BASE_URL", "http://gpu-box:11434"),
+            ("STIGMER_LLM_BASE_URL", "http://127.0.0.1:9/v1"),
+        ])
+        .expect("valid");
+        assert_eq!(c.llm.base_url, "http://127.0.0.1:9/v1");
+        let err = load(&[("STIGMER_LLM_BASE_URL", "localhost:9")]).expect_err("no scheme");
+        assert_eq!(variables(&err), ["STIGMER_LLM_BASE_URL"]);
+    }
+
+    #[test]
+    fn endpoint_forms() {
+        assert_eq!(
+            normalize_endpoint("localhost:50051").as_deref(),
+            Ok("http://localhost:50051")
+        );
+        assert_eq!(
+            normalize_endpoint("http://127.0.0.1:1/").as_deref(),
+            Ok("http://127.0.0.1:1")
+        );
+        assert!(normalize_endpoint("localhost").is_err());
+        assert!(normalize_endpoint("http://host:port").is_err());
+        assert!(normalize_endpoint("http://host:1/path").is_err());
+        let err = load(&[("STIGMER_BACKEND_ENDPOINT", "https://cp:443")]).expect_err("tls");
+        assert!(err.problems[0].message.contains("plaintext"));
+    }
+
+    #[test]
+    fn cloud_mode_is_refused_clearly_until_it_exists() {
+        let err = load(&[("MODE", "cloud"), ("ANTHROPIC_API_KEY", "k")]).expect_err("cloud");
+        assert_eq!(variables(&err), ["MODE"]);
+        assert!(err.problems[0].message.contains("MODE=local"));
+    }
+
+    #[test]
+    fn dotenv_fills_gaps_but_process_env_wins() {
+        let env = Env::from_pairs([("STIGMER_MAX_CONCURRENCY", "3")])
+            .with_dotenv([("STIGMER_MAX_CONCURRENCY", "9"), ("SANDBOX_ROOT_DIR", "/tmp/s")]);
+        let c = Config::from_env(&env).expect("valid");
+        assert_eq!(c.max_concurrency, 3);
+        assert_eq!(c.sandbox_root, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn blank_values_count_as_unset() {
+        let c = load(&[("MODE", "  "), ("STIGMER_API_KEY", "")]).expect("valid");
+        assert_eq!(c.mode, Mode::Local);
+        assert!(c.api_key_is_local_default);
+    }
+
+    #[test]
+    fn debug_output_redacts_secrets() {
+        let c = load(&[
+            ("STIGMER_API_KEY", "secret-backend-key"),
+            ("STIGMER_LLM_PROVIDER", "anthropic"),
+            ("ANTHROPIC_API_KEY", "sk-ant-secret"),
+        ])
+        .expect("valid");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret-backend-key"));
+        assert!(!shown.contains("sk-ant-secret"));
+    }
+}

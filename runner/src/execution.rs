@@ -1,0 +1,343 @@
+//! One claimed execution from start to terminal status: resolve the agent and model, open the
+//! session's sandbox, run the agent loop, save the conversation, report the outcome.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use stigmer_proto::ExecutionPhase;
+use stigmer_proto::agent::v1::Agent;
+use stigmer_proto::agentexecution::v1::{
+    AgentExecutionStatus, AgentMessage, MessageType, Session,
+};
+use stigmer_proto::runner::v1::{ClaimedExecution, UpdateSessionRequest};
+
+use crate::agent::{AgentOutcome, AgentRun, ModelParams, trim_unanswered};
+use crate::conversation::{self, Message};
+use crate::inflight::{ExecHandle, Interrupt};
+use crate::sandbox::Sandbox;
+use crate::status::{StatusReporter, now};
+use crate::tools;
+use crate::worker::WorkerCtx;
+
+const DEFAULT_INSTRUCTIONS: &str = "You are a helpful AI assistant.";
+
+/// What the execution ended as, from the runner's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Completed,
+    Failed(String),
+    Cancelled(String),
+    /// The lease was lost: nothing is reported.
+    Lost(String),
+}
+
+impl Ending {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ending::Completed => "completed",
+            Ending::Failed(_) => "failed",
+            Ending::Cancelled(_) => "cancelled",
+            Ending::Lost(_) => "lost",
+        }
+    }
+}
+
+/// Everything resolved before the loop can start.
+struct Prepared {
+    params: ModelParams,
+    system: String,
+    tools: Vec<crate::llm::ToolSpec>,
+    sandbox: Sandbox,
+    env: BTreeMap<String, String>,
+    conversation: Vec<Message>,
+}
+
+pub async fn run(ctx: Arc<WorkerCtx>, claimed: ClaimedExecution, handle: Arc<ExecHandle>) -> Ending {
+    let execution = claimed.execution.unwrap_or_default();
+    let spec = execution.spec.unwrap_or_default();
+    let initial = start_status(execution.status.unwrap_or_default(), &spec.message);
+    let reporter = StatusReporter::start(
+        ctx.client.clone(),
+        handle.clone(),
+        initial,
+        ctx.config.status_flush_interval,
+        ctx.health.clone(),
+    );
+    let agent = claimed.agent.unwrap_or_default();
+    let session = claimed.session.unwrap_or_default();
+    tracing::info!(
+        execution_id = %handle.execution_id,
+        agent = %agent.name,
+        session_id = %session.id,
+        "execution started"
+    );
+    let (outcome, conversation) = match prepare(&ctx, &agent, &session, &spec).await {
+        Ok(mut prepared) => {
+            let run = AgentRun {
+                llm: &ctx.llm,
+                params: prepared.params.clone(),
+                system: prepared.system.clone(),
+                tools: prepared.tools.clone(),
+                sandbox: &prepared.sandbox,
+                env: prepared.env.clone(),
+                limits: &ctx.tool_limits,
+                max_turns: ctx.config.max_turns,
+                max_repeated_tool_calls: ctx.config.max_repeated_tool_calls,
+                cancel: &handle.cancel,
+                status: &reporter,
+                metrics: &ctx.health.metrics,
+            };
+            let outcome = run.run(&mut prepared.conversation).await;
+            (outcome, Some(prepared.conversation))
+        }
+        Err(message) => (AgentOutcome::Failed(message), None),
+    };
+    let ending = decide(outcome, handle.interrupted());
+    if let Ending::Lost(reason) = &ending {
+        tracing::warn!(execution_id = %handle.execution_id, %reason, "lease lost; stopping without a report");
+        reporter.abandon().await;
+        return ending;
+    }
+    if let Some(mut conversation) = conversation {
+        save_history(&ctx, &handle, &session, &mut conversation).await;
+    }
+    report(reporter, &handle, ending).await
+}
+
+fn start_status(mut status: AgentExecutionStatus, message: &str) -> AgentExecutionStatus {
+    status.phase = ExecutionPhase::ExecutionInProgress as i32;
+    if status.started_at.is_empty() {
+        status.started_at = now();
+    }
+    if status.messages.is_empty() {
+        status.messages.push(AgentMessage {
+            r#type: MessageType::MessageHuman as i32,
+            content: message.to_string(),
+            timestamp: now(),
+            ..Default::default()
+        });
+    }
+    status
+}
+
+async fn prepare(
+    ctx: &WorkerCtx,
+    agent: &Agent,
+    session: &Session,
+    spec: &stigmer_proto::agentexecution::v1::AgentExecutionSpec,
+) -> Result<Prepared, String> {
+    let params = model_params(ctx, agent, spec)?;
+    let tools = tools::specs(&agent.allowed_tools).map_err(|e| format!("agent '{}': {e}", agent.name))?;
+    let sandbox_id = if session.sandbox_id.is_empty() {
+        &session.id
+    } else {
+        &session.sandbox_id
+    };
+    let sandbox = ctx
+        .sandboxes
+        .open(sandbox_id)
+        .await
+        .map_err(|e| format!("cannot prepare the sandbox for session {}: {e}", session.id))?;
+    let mut conversation = conversation::from_proto(&session.history)
+        .map_err(|e| format!("session {} has an unreadable history: {e}", session.id))?;
+    conversation.push(Message::user_text(spec.message.clone()));
+    let mut env: BTreeMap<String, String> = agent.env.clone().into_iter().collect();
+    env.extend(
+        spec.runtime_env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.value.clone())),
+    );
+    let system = if agent.instructions.trim().is_empty() {
+        DEFAULT_INSTRUCTIONS.to_string()
+    } else {
+        agent.instructions.clone()
+    };
+    Ok(Prepared {
+        params,
+        system,
+        tools,
+        sandbox,
+        env,
+        conversation,
+    })
+}
+
+/// Execution config overrides the agent, which overrides the runner's defaults.
+fn model_params(
+    ctx: &WorkerCtx,
+    agent: &Agent,
+    spec: &stigmer_proto::agentexecution::v1::AgentExecutionSpec,
+) -> Result<ModelParams, String> {
+    let runner = &ctx.config.llm;
+    let model_cfg = agent.model.clone().unwrap_or_default();
+    if !model_cfg.provider.is_empty()
+        && crate::llm::Provider::parse(&model_cfg.provider) != Some(runner.provider)
+    {
+        return Err(format!(
+            "agent '{}' asks for provider '{}' but this runner is configured for '{}' \
+             (STIGMER_LLM_PROVIDER)",
+            agent.name,
+            model_cfg.provider,
+            runner.provider.as_str()
+        ));
+    }
+    let from_spec = spec
+        .execution_config
+        .as_ref()
+        .map(|c| c.model_name.clone())
+        .filter(|m| !m.is_empty());
+    let model = from_spec
+        .or_else(|| Some(model_cfg.name.clone()).filter(|m| !m.is_empty()))
+        .unwrap_or_else(|| runner.model.clone());
+    Ok(ModelParams {
+        model,
+        max_tokens: if model_cfg.max_tokens > 0 {
+            model_cfg.max_tokens
+        } else {
+            runner.max_tokens
+        },
+        temperature: model_cfg.temperature.or(runner.temperature),
+    })
+}
+
+fn decide(outcome: AgentOutcome, interrupt: Option<Interrupt>) -> Ending {
+    match (interrupt, outcome) {
+        (Some(Interrupt::Lost(r)), _) => Ending::Lost(r),
+        // The loop finished on its own before it noticed the interrupt: keep its result.
+        (_, AgentOutcome::Completed) => Ending::Completed,
+        (_, AgentOutcome::Failed(m)) => Ending::Failed(m),
+        (Some(Interrupt::Cancelled(r)), AgentOutcome::Interrupted) => Ending::Cancelled(r),
+        (Some(Interrupt::Shutdown(r)), AgentOutcome::Interrupted) => Ending::Cancelled(r),
+        (None, AgentOutcome::Interrupted) => Ending::Cancelled("interrupted".into()),
+    }
+}
+
+/// Saves the conversation before the terminal status, because the terminal status is what
+/// lets the control plane hand out the session's next execution.
+async fn save_history(
+    ctx: &WorkerCtx,
+    handle: &ExecHandle,
+    session: &Session,
+    conversation: &mut Vec<Message>,
+) {
+    trim_unanswered(conversation);
+    let result = ctx
+        .client
+        .update_session(UpdateSessionRequest {
+            execution_id: handle.execution_id.clone(),
+            lease_id: handle.lease_id.clone(),
+            session_id: session.id.clone(),
+            sandbox_id: String::new(),
+            history: conversation::to_proto(conversation),
+            replace_history: true,
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(
+            execution_id = %handle.execution_id,
+            session_id = %session.id,
+            error = %e,
+            "could not save the session's conversation; the next execution starts without it"
+        );
+    }
+}
+
+async fn report(reporter: StatusReporter, handle: &ExecHandle, ending: Ending) -> Ending {
+    let (phase, error) = match &ending {
+        Ending::Completed => (ExecutionPhase::ExecutionCompleted, None),
+        Ending::Failed(m) => (ExecutionPhase::ExecutionFailed, Some(m.clone())),
+        Ending::Cancelled(r) => (ExecutionPhase::ExecutionCancelled, Some(r.clone())),
+        Ending::Lost(_) => return ending,
+    };
+    let result = reporter
+        .finish(|s| {
+            s.phase = phase as i32;
+            s.completed_at = now();
+            mark_unfinished_tool_calls(s);
+            if let Some(error) = &error {
+                s.error = error.clone();
+                s.messages.push(AgentMessage {
+                    r#type: MessageType::MessageSystem as i32,
+                    content: error.clone(),
+                    timestamp: now(),
+                    ..Default::default()
+                });
+            }
+        })
+        .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(execution_id = %handle.execution_id, outcome = ending.label(), error = error.as_deref().unwrap_or(""), "execution finished");
+            ending
+        }
+        Err(e) => {
+            tracing::error!(execution_id = %handle.execution_id, error = %e, "terminal status not recorded");
+            Ending::Lost(e.to_string())
+        }
+    }
+}
+
+/// A tool call still PENDING or RUNNING when the execution ends did not finish.
+fn mark_unfinished_tool_calls(s: &mut AgentExecutionStatus) {
+    use stigmer_proto::agentexecution::v1::ToolCallStatus;
+    let at = now();
+    for call in &mut s.tool_calls {
+        let open = call.status == ToolCallStatus::ToolCallPending as i32
+            || call.status == ToolCallStatus::ToolCallRunning as i32;
+        if open {
+            call.status = ToolCallStatus::ToolCallFailed as i32;
+            call.error = "not finished: the execution ended first".into();
+            call.completed_at = at.clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lost_lease_wins_over_everything() {
+        assert_eq!(
+            decide(AgentOutcome::Completed, Some(Interrupt::Lost("x".into()))),
+            Ending::Lost("x".into())
+        );
+    }
+
+    #[test]
+    fn interrupted_loop_reports_the_reason() {
+        assert_eq!(
+            decide(
+                AgentOutcome::Interrupted,
+                Some(Interrupt::Cancelled("user asked".into()))
+            ),
+            Ending::Cancelled("user asked".into())
+        );
+        assert_eq!(
+            decide(
+                AgentOutcome::Interrupted,
+                Some(Interrupt::Shutdown("drain".into()))
+            ),
+            Ending::Cancelled("drain".into())
+        );
+    }
+
+    #[test]
+    fn a_result_reached_before_the_interrupt_is_kept() {
+        assert_eq!(
+            decide(AgentOutcome::Completed, Some(Interrupt::Cancelled("late".into()))),
+            Ending::Completed
+        );
+    }
+
+    #[test]
+    fn start_status_adds_the_human_message_once() {
+        let s = start_status(AgentExecutionStatus::default(), "hello");
+        assert_eq!(s.phase, ExecutionPhase::ExecutionInProgress as i32);
+        assert_eq!(s.messages.len(), 1);
+        assert!(!s.started_at.is_empty());
+        let again = start_status(s.clone(), "hello");
+        assert_eq!(again.messages.len(), 1);
+        assert_eq!(again.started_at, s.started_at);
+    }
+}

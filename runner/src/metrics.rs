@@ -1,0 +1,122 @@
+//! Prometheus metrics of the runner, served on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LlmLabels {
+    pub provider: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ToolLabels {
+    pub tool: String,
+    pub outcome: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub executions: Family<OutcomeLabels, Counter>,
+    pub in_flight: Gauge,
+    pub capacity: Gauge,
+    pub claim_wait: Histogram,
+    pub llm_calls: Family<LlmLabels, Histogram, fn() -> Histogram>,
+    pub tool_calls: Family<ToolLabels, Histogram, fn() -> Histogram>,
+    pub status_updates: Family<OutcomeLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stigmer_runner");
+        let executions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "executions",
+            "Executions finished, by outcome (completed, failed, cancelled, lost)",
+            executions.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register("executions_in_flight", "Executions running now", in_flight.clone());
+        let capacity = Gauge::default();
+        registry.register("capacity", "Maximum concurrent executions", capacity.clone());
+        let claim_wait = latency_histogram();
+        registry.register(
+            "claim_wait_seconds",
+            "Time a claim call waited for work",
+            claim_wait.clone(),
+        );
+        let llm_calls: Family<LlmLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "llm_call_duration_seconds",
+            "Duration of one streamed LLM turn",
+            llm_calls.clone(),
+        );
+        let tool_calls: Family<ToolLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "tool_duration_seconds",
+            "Duration of one tool call",
+            tool_calls.clone(),
+        );
+        let status_updates = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "status_updates",
+            "Status updates sent to the control plane, by result",
+            status_updates.clone(),
+        );
+        Self {
+            registry,
+            executions,
+            in_flight,
+            capacity,
+            claim_wait,
+            llm_calls,
+            tool_calls,
+            status_updates,
+        }
+    }
+
+    pub fn execution_finished(&self, outcome: &str) {
+        self.executions
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn status_update(&self, result: &str) {
+        self.status_updates
+            .get_or_create(&OutcomeLabels {
+                outcome: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

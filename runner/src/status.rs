@@ -1,0 +1,239 @@
+//! Reports an execution's cumulative status to the control plane.
+//!
+//! Every change goes into one in-memory status; a single flusher task per execution sends the
+//! latest snapshot at most once per interval. Because each update carries the full status (the
+//! server replaces lists and maps), coalescing loses nothing and keeps a chatty model from
+//! flooding the control plane. One flusher also keeps updates in order.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use stigmer_proto::agentexecution::v1::{AgentExecution, AgentExecutionStatus};
+use stigmer_proto::runner::v1::UpdateStatusRequest;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::ControlPlane;
+use crate::http::Health;
+use crate::inflight::{ExecHandle, Interrupt};
+
+/// RFC 3339 UTC, e.g. `2026-01-19T03:00:00.123Z`.
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| jiff::Timestamp::now().to_string())
+}
+
+/// How long the final (terminal) status keeps being retried while the control plane is
+/// unreachable. Past this, the lease expires and the server records the runner as lost.
+const FINAL_RETRY_BUDGET: Duration = Duration::from_secs(60);
+
+struct State {
+    status: AgentExecutionStatus,
+    dirty: bool,
+}
+
+struct Shared {
+    client: ControlPlane,
+    handle: Arc<ExecHandle>,
+    state: Mutex<State>,
+    notify: Notify,
+    interval: Duration,
+    health: Arc<Health>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock leaves a status that is still a valid message.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn send(&self, status: AgentExecutionStatus) -> Result<AgentExecution, tonic::Status> {
+        let result = self
+            .client
+            .update_status(UpdateStatusRequest {
+                execution_id: self.handle.execution_id.clone(),
+                lease_id: self.handle.lease_id.clone(),
+                status: Some(status),
+            })
+            .await;
+        self.health
+            .metrics
+            .status_update(if result.is_ok() { "ok" } else { "error" });
+        result
+    }
+}
+
+/// The lease is gone: the server refused the update because another runner or the lease
+/// sweeper owns the execution now.
+fn is_lease_lost(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition | tonic::Code::NotFound
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the control plane no longer accepts updates for this execution: {0}")]
+    LeaseLost(String),
+    #[error("could not deliver the final status within {budget:?}: {last}")]
+    Undelivered { budget: Duration, last: String },
+}
+
+pub struct StatusReporter {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    flusher: Option<JoinHandle<()>>,
+}
+
+impl StatusReporter {
+    pub fn start(
+        client: ControlPlane,
+        handle: Arc<ExecHandle>,
+        initial: AgentExecutionStatus,
+        interval: Duration,
+        health: Arc<Health>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            client,
+            handle,
+            state: Mutex::new(State {
+                status: initial,
+                dirty: false,
+            }),
+            notify: Notify::new(),
+            interval,
+            health,
+        });
+        let stop = CancellationToken::new();
+        let flusher = tokio::spawn(flush_loop(shared.clone(), stop.clone()));
+        Self {
+            shared,
+            stop,
+            flusher: Some(flusher),
+        }
+    }
+
+    /// Changes the status; the flusher sends it soon.
+    pub fn update(&self, change: impl FnOnce(&mut AgentExecutionStatus)) {
+        {
+            let mut state = self.shared.state();
+            change(&mut state.status);
+            state.dirty = true;
+        }
+        self.shared.notify.notify_one();
+    }
+
+    pub fn snapshot(&self) -> AgentExecutionStatus {
+        self.shared.state().status.clone()
+    }
+
+    async fn stop_flusher(&mut self) {
+        self.stop.cancel();
+        if let Some(flusher) = self.flusher.take() {
+            if let Err(e) = flusher.await {
+                tracing::error!(error = %e, "status flusher panicked");
+            }
+        }
+    }
+
+    /// Stops reporting without a final update (the lease is lost: someone else owns it).
+    pub async fn abandon(mut self) {
+        self.stop_flusher().await;
+    }
+
+    /// Applies the terminal change and delivers it, retrying while the control plane is
+    /// unreachable, so that a terminal state is not lost to a blip.
+    pub async fn finish(
+        mut self,
+        change: impl FnOnce(&mut AgentExecutionStatus),
+    ) -> Result<AgentExecution, ReportError> {
+        self.stop_flusher().await;
+        let status = {
+            let mut state = self.shared.state();
+            change(&mut state.status);
+            state.dirty = false;
+            state.status.clone()
+        };
+        let deadline = Instant::now() + FINAL_RETRY_BUDGET;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.shared.send(status.clone()).await {
+                Ok(execution) => return Ok(execution),
+                Err(s) if is_lease_lost(&s) => {
+                    return Err(ReportError::LeaseLost(s.message().to_string()));
+                }
+                Err(s) if Instant::now() + backoff > deadline => {
+                    return Err(ReportError::Undelivered {
+                        budget: FINAL_RETRY_BUDGET,
+                        last: s.to_string(),
+                    });
+                }
+                Err(s) => {
+                    tracing::warn!(
+                        execution_id = %self.shared.handle.execution_id,
+                        error = %s,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "final status not delivered yet"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for StatusReporter {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn flush_loop(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut last_sent: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = shared.notify.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Some(t) = last_sent {
+            tokio::select! {
+                _ = tokio::time::sleep_until(t + shared.interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+        let snapshot = {
+            let mut state = shared.state();
+            if !state.dirty {
+                continue;
+            }
+            state.dirty = false;
+            state.status.clone()
+        };
+        last_sent = Some(Instant::now());
+        match shared.send(snapshot).await {
+            Ok(_) => {}
+            Err(s) if is_lease_lost(&s) => {
+                shared
+                    .handle
+                    .interrupt(Interrupt::Lost(s.message().to_string()));
+                return;
+            }
+            Err(s) => {
+                // Keep the change pending; the next tick (or the final update) carries it.
+                tracing::warn!(
+                    execution_id = %shared.handle.execution_id,
+                    error = %s,
+                    "status update failed; will retry"
+                );
+                shared.state().dirty = true;
+                shared.notify.notify_one();
+            }
+        }
+    }
+}

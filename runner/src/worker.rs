@@ -1,0 +1,316 @@
+//! The worker: claims executions while it has free slots, runs each on its own task, renews
+//! leases with time-based heartbeats, and shuts down in one place (`Worker::shutdown`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use stigmer_proto::runner::v1::{ClaimRequest, ClaimedExecution, HeartbeatRequest};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{ClientError, ControlPlane};
+use crate::config::Config;
+use crate::execution;
+use crate::http::{self, BindError, Health};
+use crate::inflight::{ExecHandle, InFlight, Interrupt};
+use crate::llm::{LlmClient, LlmError, LlmSettings};
+use crate::sandbox::{SandboxError, SandboxRoot};
+use crate::tools::ToolLimits;
+
+/// Most executions taken in one claim call.
+const MAX_CLAIM_BATCH: usize = 32;
+/// How long cancelled executions get to report CANCELLED after the drain timeout.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What every execution task shares.
+pub struct WorkerCtx {
+    pub config: Config,
+    pub client: ControlPlane,
+    pub llm: LlmClient,
+    pub sandboxes: SandboxRoot,
+    pub tool_limits: ToolLimits,
+    pub health: Arc<Health>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("sandbox root {path}: {source}")]
+    Sandbox {
+        path: String,
+        #[source]
+        source: SandboxError,
+    },
+    #[error("LLM client: {0}")]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    ControlPlane(#[from] ClientError),
+    #[error(transparent)]
+    Http(#[from] BindError),
+}
+
+/// How the drain went, for the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Executions that had to be cancelled because the drain timeout passed.
+    pub cancelled: usize,
+}
+
+pub struct Worker {
+    ctx: Arc<WorkerCtx>,
+    inflight: Arc<InFlight>,
+    tasks: TaskTracker,
+    slots: Arc<Semaphore>,
+    /// Stops claiming (first step of shutdown).
+    stop_claiming: CancellationToken,
+    /// Stops heartbeats and the HTTP server (last step of shutdown).
+    stop_background: CancellationToken,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Builds every dependency and fails fast on the first one that is not usable.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let health = Arc::new(Health::new(config.runner_id.clone(), config.max_concurrency));
+        let listener = http::bind(config.http_addr).await?;
+        let sandboxes =
+            SandboxRoot::new(&config.sandbox_root).map_err(|source| StartError::Sandbox {
+                path: config.sandbox_root_display(),
+                source,
+            })?;
+        let llm = LlmClient::new(LlmSettings {
+            provider: config.llm.provider,
+            base_url: config.llm.base_url.clone(),
+            api_key: config.llm.api_key.clone(),
+            request_timeout: config.llm.request_timeout,
+            max_attempts: config.llm.max_attempts,
+        })?;
+        let client = ControlPlane::connect(
+            &config.backend_endpoint,
+            &config.api_key,
+            &config.runner_id,
+            CONNECT_TIMEOUT,
+        )
+        .await?;
+        health.connected.store(true, Ordering::Relaxed);
+        let tool_limits = ToolLimits {
+            command_timeout: config.tool_timeout,
+            output_limit: config.tool_output_limit,
+            ..ToolLimits::default()
+        };
+        let slots = Arc::new(Semaphore::new(config.max_concurrency));
+        let stop_background = CancellationToken::new();
+        let http_task = tokio::spawn(http::serve(listener, health.clone(), stop_background.clone()));
+        let ctx = Arc::new(WorkerCtx {
+            config,
+            client,
+            llm,
+            sandboxes,
+            tool_limits,
+            health,
+        });
+        let inflight = Arc::new(InFlight::default());
+        let heartbeat_task = tokio::spawn(heartbeat_loop(
+            ctx.clone(),
+            inflight.clone(),
+            stop_background.clone(),
+        ));
+        Ok(Self {
+            ctx,
+            inflight,
+            tasks: TaskTracker::new(),
+            slots,
+            stop_claiming: CancellationToken::new(),
+            stop_background,
+            background: vec![http_task, heartbeat_task],
+        })
+    }
+
+    pub fn health(&self) -> Arc<Health> {
+        self.ctx.health.clone()
+    }
+
+    /// Claims and runs executions until `shutdown` fires, then drains.
+    pub async fn run(mut self, shutdown: CancellationToken) -> DrainReport {
+        tracing::info!(
+            runner_id = %self.ctx.config.runner_id,
+            "worker ready, waiting for executions"
+        );
+        tokio::select! {
+            _ = self.dispatch_loop() => {}
+            _ = shutdown.cancelled() => {}
+        }
+        self.shutdown().await
+    }
+
+    async fn dispatch_loop(&self) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let Some(permits) = self.free_slots().await else {
+                return;
+            };
+            match self.claim(permits.len()).await {
+                Ok(claimed) => {
+                    backoff = Duration::from_millis(200);
+                    self.ctx.health.connected.store(true, Ordering::Relaxed);
+                    for (execution, permit) in claimed.into_iter().zip(permits) {
+                        self.spawn_execution(execution, permit);
+                    }
+                }
+                Err(e) => {
+                    self.ctx.health.connected.store(false, Ordering::Relaxed);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "claim failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop_claiming.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Waits for at least one free slot and takes every other free one too, so that one claim
+    /// call can fill them all. None when claiming has stopped.
+    async fn free_slots(&self) -> Option<Vec<OwnedSemaphorePermit>> {
+        let first = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok()?,
+            _ = self.stop_claiming.cancelled() => return None,
+        };
+        let mut permits = vec![first];
+        while permits.len() < MAX_CLAIM_BATCH {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        Some(permits)
+    }
+
+    async fn claim(&self, free: usize) -> Result<Vec<ClaimedExecution>, tonic::Status> {
+        let started = Instant::now();
+        let request = ClaimRequest {
+            runner_id: self.ctx.config.runner_id.clone(),
+            max_executions: free as u32,
+            wait_ms: self.ctx.config.claim_wait.as_millis() as u32,
+        };
+        let response = self.ctx.client.claim(request).await?;
+        self.ctx
+            .health
+            .metrics
+            .claim_wait
+            .observe(started.elapsed().as_secs_f64());
+        Ok(response.executions)
+    }
+
+    fn spawn_execution(&self, claimed: ClaimedExecution, permit: OwnedSemaphorePermit) {
+        let execution_id = claimed
+            .execution
+            .as_ref()
+            .and_then(|e| e.metadata.as_ref())
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        let lease_id = claimed
+            .lease
+            .as_ref()
+            .map(|l| l.lease_id.clone())
+            .unwrap_or_default();
+        let handle = Arc::new(ExecHandle::new(execution_id, lease_id));
+        self.inflight.insert(handle.clone());
+        let ctx = self.ctx.clone();
+        let inflight = self.inflight.clone();
+        let health = self.ctx.health.clone();
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        health.metrics.in_flight.inc();
+        self.tasks.spawn(async move {
+            let ending = execution::run(ctx, claimed, handle.clone()).await;
+            inflight.remove(&handle.execution_id);
+            health.in_flight.fetch_sub(1, Ordering::Relaxed);
+            health.metrics.in_flight.dec();
+            health.metrics.execution_finished(ending.label());
+            drop(permit);
+        });
+    }
+
+    /// All cleanup, in order: stop claiming, let in-flight executions finish up to the drain
+    /// timeout, cancel the rest and let them report CANCELLED, then stop heartbeats and the
+    /// HTTP server. Sandboxes of sessions stay (the next execution of the session uses them).
+    pub async fn shutdown(&mut self) -> DrainReport {
+        self.stop_claiming.cancel();
+        self.ctx.health.draining.store(true, Ordering::Relaxed);
+        self.tasks.close();
+        let drain = self.ctx.config.drain_timeout;
+        let running = self.inflight.len();
+        tracing::info!(in_flight = running, drain_timeout_s = drain.as_secs(), "draining");
+        let mut cancelled = 0;
+        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
+            let why = Interrupt::Shutdown(format!(
+                "runner shutting down: drain timeout of {}s exceeded",
+                drain.as_secs()
+            ));
+            cancelled = self.inflight.interrupt_all(&why);
+            tracing::warn!(cancelled, "drain timeout passed; cancelling what is left");
+            if tokio::time::timeout(CANCEL_GRACE, self.tasks.wait()).await.is_err() {
+                tracing::error!("executions did not stop within the grace period");
+            }
+        }
+        self.stop_background.cancel();
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+        tracing::info!(cancelled, "shutdown complete");
+        DrainReport { cancelled }
+    }
+}
+
+/// Renews the leases of held executions every interval, independent of what they are doing, and
+/// turns the answers into cancellations. Also keeps `/readyz` honest about connectivity.
+async fn heartbeat_loop(ctx: Arc<WorkerCtx>, inflight: Arc<InFlight>, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(ctx.config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let request = HeartbeatRequest {
+            runner_id: ctx.config.runner_id.clone(),
+            held: inflight.held(),
+        };
+        match ctx.client.heartbeat(request).await {
+            Ok(answer) => {
+                ctx.health.connected.store(true, Ordering::Relaxed);
+                for c in answer.cancellations {
+                    tracing::info!(execution_id = %c.execution_id, reason = %c.reason, "cancellation requested");
+                    inflight.interrupt(&c.execution_id, Interrupt::Cancelled(cancel_reason(&c.reason)));
+                }
+                for l in answer.lost {
+                    inflight.interrupt(&l.execution_id, Interrupt::Lost(l.reason));
+                }
+            }
+            Err(e) => {
+                ctx.health.connected.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+}
+
+fn cancel_reason(reason: &str) -> String {
+    if reason.trim().is_empty() {
+        "cancelled by user".to_string()
+    } else {
+        reason.to_string()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop_claiming.cancel();
+        self.stop_background.cancel();
+    }
+}
+
