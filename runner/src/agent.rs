@@ -219,8 +219,9 @@ impl AgentRun<'_> {
         if self.cancel.is_cancelled() {
             return Err(AgentOutcome::Interrupted);
         }
-        self.status
-            .update(|s| record_tool_result(s, id, &outcome.output, outcome.is_error, &outcome.effect));
+        self.status.update(|s| {
+            record_tool_result(s, id, &outcome.output, outcome.is_error, &outcome.effect)
+        });
         Ok(Block::ToolResult {
             tool_use_id: id.to_string(),
             content: outcome.output,
@@ -245,7 +246,11 @@ fn append_ai_text(s: &mut AgentExecutionStatus, ai_index: &mut Option<usize>, de
 
 /// Makes the AI message exact (the streamed text may have been partial) and lists the tool
 /// calls it asked for, each PENDING.
-fn record_ai_message(s: &mut AgentExecutionStatus, ai_index: &mut Option<usize>, turn: &AssistantTurn) {
+fn record_ai_message(
+    s: &mut AgentExecutionStatus,
+    ai_index: &mut Option<usize>,
+    turn: &AssistantTurn,
+) {
     let text: String = turn
         .content
         .iter()
@@ -332,8 +337,8 @@ fn apply_todos(s: &mut AgentExecutionStatus, todos: &[TodoUpdate], at: &str) {
     let mut next = std::collections::HashMap::new();
     for t in todos {
         let previous = s.todos.get(&t.id);
-        let unchanged = previous
-            .is_some_and(|p| p.content == t.content && p.status == t.status as i32);
+        let unchanged =
+            previous.is_some_and(|p| p.content == t.content && p.status == t.status as i32);
         next.insert(
             t.id.clone(),
             TodoItem {
@@ -443,7 +448,10 @@ mod tests {
             usage: Default::default(),
         };
         record_ai_message(&mut s, &mut idx, &turn);
-        assert_eq!(s.tool_calls[0].status, ToolCallStatus::ToolCallPending as i32);
+        assert_eq!(
+            s.tool_calls[0].status,
+            ToolCallStatus::ToolCallPending as i32
+        );
         assert_eq!(s.messages[0].tool_calls.len(), 1);
         let mut running = ToolCall {
             id: "t1".into(),
@@ -453,7 +461,10 @@ mod tests {
         };
         upsert_tool_call(&mut s, &mut running);
         assert_eq!(s.tool_calls.len(), 1);
-        assert_eq!(s.tool_calls[0].status, ToolCallStatus::ToolCallRunning as i32);
+        assert_eq!(
+            s.tool_calls[0].status,
+            ToolCallStatus::ToolCallRunning as i32
+        );
         record_tool_result(&mut s, "t1", "wrote 1 bytes", false, &ToolEffect::None);
         let call = &s.tool_calls[0];
         assert_eq!(call.status, ToolCallStatus::ToolCallCompleted as i32);
@@ -461,7 +472,10 @@ mod tests {
         assert!(!call.completed_at.is_empty());
         assert_eq!(s.messages[1].r#type, MessageType::MessageTool as i32);
         record_tool_result(&mut s, "t1", "boom\nmore", true, &ToolEffect::None);
-        assert_eq!(s.tool_calls[0].status, ToolCallStatus::ToolCallFailed as i32);
+        assert_eq!(
+            s.tool_calls[0].status,
+            ToolCallStatus::ToolCallFailed as i32
+        );
         assert_eq!(s.tool_calls[0].error, "boom");
     }
 

@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
+use stigmer_proto::agentexecution::v1::{AgentExecution, Session};
 use stigmer_proto::runner::v1::runner_service_client::RunnerServiceClient;
 use stigmer_proto::runner::v1::{
     ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, UpdateSessionRequest,
     UpdateStatusRequest,
 };
-use stigmer_proto::agentexecution::v1::{AgentExecution, Session};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -134,15 +134,24 @@ impl ControlPlane {
         Ok(self.inner.clone().claim(req).await?.into_inner())
     }
 
-    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse, tonic::Status> {
+    pub async fn heartbeat(
+        &self,
+        req: HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, tonic::Status> {
         Ok(self.inner.clone().heartbeat(req).await?.into_inner())
     }
 
-    pub async fn update_status(&self, req: UpdateStatusRequest) -> Result<AgentExecution, tonic::Status> {
+    pub async fn update_status(
+        &self,
+        req: UpdateStatusRequest,
+    ) -> Result<AgentExecution, tonic::Status> {
         Ok(self.inner.clone().update_status(req).await?.into_inner())
     }
 
-    pub async fn update_session(&self, req: UpdateSessionRequest) -> Result<Session, tonic::Status> {
+    pub async fn update_session(
+        &self,
+        req: UpdateSessionRequest,
+    ) -> Result<Session, tonic::Status> {
         Ok(self.inner.clone().update_session(req).await?.into_inner())
     }
 }

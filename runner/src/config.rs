@@ -397,7 +397,10 @@ fn read_llm(r: &mut Reader<'_>, mode: Mode) -> LlmConfig {
         Some(raw) => Provider::parse(&raw).unwrap_or_else(|| {
             r.problem(
                 "STIGMER_LLM_PROVIDER",
-                format!("unknown provider '{raw}'; allowed values: {}", Provider::ALLOWED),
+                format!(
+                    "unknown provider '{raw}'; allowed values: {}",
+                    Provider::ALLOWED
+                ),
             );
             default_provider
         }),
@@ -438,10 +441,7 @@ fn read_base_url(r: &mut Reader<'_>, provider: Provider) -> String {
     };
     let trimmed = value.trim_end_matches('/').to_string();
     if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
-        r.problem(
-            key,
-            format!("'{value}' must be an http:// or https:// URL"),
-        );
+        r.problem(key, format!("'{value}' must be an http:// or https:// URL"));
     }
     trimmed
 }
@@ -494,7 +494,11 @@ fn read_http_addr(r: &mut Reader<'_>) -> SocketAddr {
 fn read_log_level(r: &mut Reader<'_>) -> String {
     let raw = r.string("LOG_LEVEL").unwrap_or_else(|| "info".into());
     let level = raw.to_ascii_lowercase();
-    let level = if level == "warning" { "warn".to_string() } else { level };
+    let level = if level == "warning" {
+        "warn".to_string()
+    } else {
+        level
+    };
     if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
         r.problem(
             "LOG_LEVEL",
@@ -548,7 +552,11 @@ mod tests {
     fn unknown_mode_names_the_allowed_values() {
         let err = load(&[("MODE", "hybrid")]).expect_err("unknown mode");
         assert_eq!(variables(&err), ["MODE"]);
-        assert!(err.problems[0].message.contains("allowed values: local, cloud"));
+        assert!(
+            err.problems[0]
+                .message
+                .contains("allowed values: local, cloud")
+        );
     }
 
     #[test]
@@ -626,7 +634,11 @@ mod tests {
     #[test]
     fn unknown_provider_names_the_allowed_values() {
         let err = load(&[("STIGMER_LLM_PROVIDER", "gemini")]).expect_err("unknown");
-        assert!(err.problems[0].message.contains("anthropic, openai, ollama"));
+        assert!(
+            err.problems[0]
+                .message
+                .contains("anthropic, openai, ollama")
+        );
     }
 
     #[test]
@@ -674,8 +686,10 @@ mod tests {
 
     #[test]
     fn dotenv_fills_gaps_but_process_env_wins() {
-        let env = Env::from_pairs([("STIGMER_MAX_CONCURRENCY", "3")])
-            .with_dotenv([("STIGMER_MAX_CONCURRENCY", "9"), ("SANDBOX_ROOT_DIR", "/tmp/s")]);
+        let env = Env::from_pairs([("STIGMER_MAX_CONCURRENCY", "3")]).with_dotenv([
+            ("STIGMER_MAX_CONCURRENCY", "9"),
+            ("SANDBOX_ROOT_DIR", "/tmp/s"),
+        ]);
         let c = Config::from_env(&env).expect("valid");
         assert_eq!(c.max_concurrency, 3);
         assert_eq!(c.sandbox_root, PathBuf::from("/tmp/s"));

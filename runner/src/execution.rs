@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use stigmer_proto::ExecutionPhase;
 use stigmer_proto::agent::v1::Agent;
-use stigmer_proto::agentexecution::v1::{
-    AgentExecutionStatus, AgentMessage, MessageType, Session,
-};
+use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage, MessageType, Session};
 use stigmer_proto::runner::v1::{ClaimedExecution, UpdateSessionRequest};
 
 use crate::agent::{AgentOutcome, AgentRun, ModelParams, trim_unanswered};
@@ -52,7 +50,11 @@ struct Prepared {
     conversation: Vec<Message>,
 }
 
-pub async fn run(ctx: Arc<WorkerCtx>, claimed: ClaimedExecution, handle: Arc<ExecHandle>) -> Ending {
+pub async fn run(
+    ctx: Arc<WorkerCtx>,
+    claimed: ClaimedExecution,
+    handle: Arc<ExecHandle>,
+) -> Ending {
     let execution = claimed.execution.unwrap_or_default();
     let spec = execution.spec.unwrap_or_default();
     let initial = start_status(execution.status.unwrap_or_default(), &spec.message);
@@ -127,7 +129,8 @@ async fn prepare(
     spec: &stigmer_proto::agentexecution::v1::AgentExecutionSpec,
 ) -> Result<Prepared, String> {
     let params = model_params(ctx, agent, spec)?;
-    let tools = tools::specs(&agent.allowed_tools).map_err(|e| format!("agent '{}': {e}", agent.name))?;
+    let tools =
+        tools::specs(&agent.allowed_tools).map_err(|e| format!("agent '{}': {e}", agent.name))?;
     let sandbox_id = if session.sandbox_id.is_empty() {
         &session.id
     } else {
@@ -325,7 +328,10 @@ mod tests {
     #[test]
     fn a_result_reached_before_the_interrupt_is_kept() {
         assert_eq!(
-            decide(AgentOutcome::Completed, Some(Interrupt::Cancelled("late".into()))),
+            decide(
+                AgentOutcome::Completed,
+                Some(Interrupt::Cancelled("late".into()))
+            ),
             Ending::Completed
         );
     }

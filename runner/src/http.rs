@@ -78,7 +78,10 @@ async fn readyz(State(h): State<Arc<Health>>) -> impl IntoResponse {
     if h.draining.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
     } else if !h.connected.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "control plane unreachable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "control plane unreachable\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }

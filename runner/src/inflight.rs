@@ -44,7 +44,9 @@ impl ExecHandle {
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Interrupt>> {
-        self.interrupt.lock().unwrap_or_else(PoisonError::into_inner)
+        self.interrupt
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The first interrupt wins: a cancellation followed by a lost lease stays a cancellation

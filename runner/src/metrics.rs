@@ -50,9 +50,17 @@ impl Metrics {
             executions.clone(),
         );
         let in_flight = Gauge::default();
-        registry.register("executions_in_flight", "Executions running now", in_flight.clone());
+        registry.register(
+            "executions_in_flight",
+            "Executions running now",
+            in_flight.clone(),
+        );
         let capacity = Gauge::default();
-        registry.register("capacity", "Maximum concurrent executions", capacity.clone());
+        registry.register(
+            "capacity",
+            "Maximum concurrent executions",
+            capacity.clone(),
+        );
         let claim_wait = latency_histogram();
         registry.register(
             "claim_wait_seconds",

@@ -17,7 +17,10 @@ pub fn on_signals() -> std::io::Result<CancellationToken> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = name, "shutdown requested: no new work, draining in-flight executions (send again to force)");
+        tracing::info!(
+            signal = name,
+            "shutdown requested: no new work, draining in-flight executions (send again to force)"
+        );
         fired.cancel();
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",

@@ -134,10 +134,10 @@ impl StatusReporter {
 
     async fn stop_flusher(&mut self) {
         self.stop.cancel();
-        if let Some(flusher) = self.flusher.take() {
-            if let Err(e) = flusher.await {
-                tracing::error!(error = %e, "status flusher panicked");
-            }
+        if let Some(flusher) = self.flusher.take()
+            && let Err(e) = flusher.await
+        {
+            tracing::error!(error = %e, "status flusher panicked");
         }
     }
 

@@ -74,7 +74,10 @@ pub struct Worker {
 impl Worker {
     /// Builds every dependency and fails fast on the first one that is not usable.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        let health = Arc::new(Health::new(config.runner_id.clone(), config.max_concurrency));
+        let health = Arc::new(Health::new(
+            config.runner_id.clone(),
+            config.max_concurrency,
+        ));
         let listener = http::bind(config.http_addr).await?;
         let sandboxes =
             SandboxRoot::new(&config.sandbox_root).map_err(|source| StartError::Sandbox {
@@ -103,7 +106,11 @@ impl Worker {
         };
         let slots = Arc::new(Semaphore::new(config.max_concurrency));
         let stop_background = CancellationToken::new();
-        let http_task = tokio::spawn(http::serve(listener, health.clone(), stop_background.clone()));
+        let http_task = tokio::spawn(http::serve(
+            listener,
+            health.clone(),
+            stop_background.clone(),
+        ));
         let ctx = Arc::new(WorkerCtx {
             config,
             client,
@@ -244,16 +251,26 @@ impl Worker {
         self.tasks.close();
         let drain = self.ctx.config.drain_timeout;
         let running = self.inflight.len();
-        tracing::info!(in_flight = running, drain_timeout_s = drain.as_secs(), "draining");
+        tracing::info!(
+            in_flight = running,
+            drain_timeout_s = drain.as_secs(),
+            "draining"
+        );
         let mut cancelled = 0;
-        if tokio::time::timeout(drain, self.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(drain, self.tasks.wait())
+            .await
+            .is_err()
+        {
             let why = Interrupt::Shutdown(format!(
                 "runner shutting down: drain timeout of {}s exceeded",
                 drain.as_secs()
             ));
             cancelled = self.inflight.interrupt_all(&why);
             tracing::warn!(cancelled, "drain timeout passed; cancelling what is left");
-            if tokio::time::timeout(CANCEL_GRACE, self.tasks.wait()).await.is_err() {
+            if tokio::time::timeout(CANCEL_GRACE, self.tasks.wait())
+                .await
+                .is_err()
+            {
                 tracing::error!("executions did not stop within the grace period");
             }
         }
@@ -285,7 +302,10 @@ async fn heartbeat_loop(ctx: Arc<WorkerCtx>, inflight: Arc<InFlight>, stop: Canc
                 ctx.health.connected.store(true, Ordering::Relaxed);
                 for c in answer.cancellations {
                     tracing::info!(execution_id = %c.execution_id, reason = %c.reason, "cancellation requested");
-                    inflight.interrupt(&c.execution_id, Interrupt::Cancelled(cancel_reason(&c.reason)));
+                    inflight.interrupt(
+                        &c.execution_id,
+                        Interrupt::Cancelled(cancel_reason(&c.reason)),
+                    );
                 }
                 for l in answer.lost {
                     inflight.interrupt(&l.execution_id, Interrupt::Lost(l.reason));
@@ -313,4 +333,3 @@ impl Drop for Worker {
         self.stop_background.cancel();
     }
 }
-
