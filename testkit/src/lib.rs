@@ -1,1 +1,6 @@
+//! Test helpers with real parts on loopback: the control plane, child processes, and a scripted
+//! LLM server that speaks the Anthropic and OpenAI wire formats (a stand-in for the real APIs,
+//! which CI cannot reach).
 
+pub mod control_plane;
+pub mod process;

@@ -1,0 +1,284 @@
+//! Turns successive (cumulative) execution states into what a person watching should see:
+//! streamed AI text, tool calls with arguments and short results, todo changes, and the final
+//! phase. Pure: it only remembers what it already printed.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use stigmer_proto::agentexecution::v1::{
+    AgentExecution, ExecutionPhase, MessageType, TodoStatus, ToolCall, ToolCallStatus,
+};
+
+const RESULT_PREVIEW: usize = 120;
+
+#[derive(Default)]
+pub struct Renderer {
+    /// Index of the first message not completely printed.
+    message: usize,
+    /// Characters of that message already printed.
+    offset: usize,
+    tool_calls: HashMap<String, i32>,
+    todos: Vec<(String, String, i32)>,
+    finished: bool,
+}
+
+impl Renderer {
+    /// The text to print for this state, given everything printed before.
+    pub fn render(&mut self, e: &AgentExecution) -> String {
+        let mut out = String::new();
+        let Some(status) = e.status.as_ref() else {
+            return out;
+        };
+        self.messages(&mut out, status);
+        for call in &status.tool_calls {
+            self.tool_call(&mut out, call);
+        }
+        self.todos(&mut out, status);
+        if status.phase().is_terminal() && !self.finished {
+            self.finished = true;
+            self.end_line(&mut out);
+            let _ = writeln!(out, "{}", final_line(status.phase(), &status.error));
+        }
+        out
+    }
+
+    fn messages(
+        &mut self,
+        out: &mut String,
+        s: &stigmer_proto::agentexecution::v1::AgentExecutionStatus,
+    ) {
+        while let Some(m) = s.messages.get(self.message) {
+            let is_last = self.message + 1 == s.messages.len();
+            match m.r#type() {
+                MessageType::MessageAi => {
+                    let text: String = m.content.chars().skip(self.offset).collect();
+                    out.push_str(&text);
+                    self.offset += text.chars().count();
+                    if is_last && !s.phase().is_terminal() {
+                        return;
+                    }
+                    self.end_line(out);
+                }
+                MessageType::MessageHuman => {
+                    let _ = writeln!(out, "> {}", m.content);
+                }
+                // The final line carries the error of a terminal state.
+                MessageType::MessageSystem if !s.phase().is_terminal() => {
+                    let _ = writeln!(out, "! {}", m.content);
+                }
+                _ => {}
+            }
+            self.message += 1;
+            self.offset = 0;
+        }
+    }
+
+    fn end_line(&mut self, out: &mut String) {
+        if self.offset > 0 {
+            out.push('\n');
+            self.offset = 0;
+        }
+    }
+
+    fn tool_call(&mut self, out: &mut String, call: &ToolCall) {
+        let previous = self.tool_calls.insert(call.id.clone(), call.status);
+        if previous == Some(call.status) {
+            return;
+        }
+        let announced = matches!(previous, Some(p) if p == ToolCallStatus::ToolCallRunning as i32);
+        match call.status() {
+            ToolCallStatus::ToolCallRunning => {
+                self.end_line(out);
+                let _ = writeln!(out, "  -> {}({})", call.name, args_preview(call));
+            }
+            ToolCallStatus::ToolCallCompleted | ToolCallStatus::ToolCallFailed => {
+                self.end_line(out);
+                if !announced {
+                    let _ = writeln!(out, "  -> {}({})", call.name, args_preview(call));
+                }
+                let (mark, text) = if call.status() == ToolCallStatus::ToolCallFailed {
+                    (
+                        "x",
+                        if call.error.is_empty() {
+                            &call.result
+                        } else {
+                            &call.error
+                        },
+                    )
+                } else {
+                    ("ok", &call.result)
+                };
+                let _ = writeln!(out, "     {mark}: {}", preview(text));
+            }
+            _ => {}
+        }
+    }
+
+    fn todos(
+        &mut self,
+        out: &mut String,
+        s: &stigmer_proto::agentexecution::v1::AgentExecutionStatus,
+    ) {
+        let mut todos: Vec<_> = s
+            .todos
+            .values()
+            .map(|t| (t.id.clone(), t.content.clone(), t.status))
+            .collect();
+        todos.sort();
+        if todos == self.todos {
+            return;
+        }
+        self.end_line(out);
+        let _ = writeln!(out, "  todos:");
+        for (_, content, status) in &todos {
+            let mark = match TodoStatus::try_from(*status) {
+                Ok(TodoStatus::TodoCompleted) => "[x]",
+                Ok(TodoStatus::TodoInProgress) => "[~]",
+                Ok(TodoStatus::TodoCancelled) => "[-]",
+                _ => "[ ]",
+            };
+            let _ = writeln!(out, "    {mark} {content}");
+        }
+        self.todos = todos;
+    }
+}
+
+fn final_line(phase: ExecutionPhase, error: &str) -> String {
+    match phase {
+        ExecutionPhase::ExecutionCompleted => "== COMPLETED".to_string(),
+        ExecutionPhase::ExecutionFailed => format!("== FAILED: {error}"),
+        ExecutionPhase::ExecutionCancelled => format!("== CANCELLED: {error}"),
+        other => format!("== {}", other.as_str_name()),
+    }
+}
+
+fn args_preview(call: &ToolCall) -> String {
+    let json = call
+        .args
+        .as_ref()
+        .map(crate::json::struct_to_json)
+        .unwrap_or_default();
+    preview(&json.to_string())
+}
+
+/// First line, at most RESULT_PREVIEW characters.
+fn preview(text: &str) -> String {
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let mut short: String = first.chars().take(RESULT_PREVIEW).collect();
+    let more_lines = text.lines().filter(|l| !l.trim().is_empty()).count() > 1;
+    if first.chars().count() > RESULT_PREVIEW || more_lines {
+        short.push_str(" ...");
+    }
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage};
+
+    fn state(
+        phase: ExecutionPhase,
+        messages: Vec<(MessageType, &str)>,
+        calls: Vec<ToolCall>,
+    ) -> AgentExecution {
+        AgentExecution {
+            status: Some(AgentExecutionStatus {
+                phase: phase as i32,
+                messages: messages
+                    .into_iter()
+                    .map(|(t, c)| AgentMessage {
+                        r#type: t as i32,
+                        content: c.into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                tool_calls: calls,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn streamed_text_is_printed_once_as_it_grows() {
+        let mut r = Renderer::default();
+        let p = ExecutionPhase::ExecutionInProgress;
+        let a = r.render(&state(
+            p,
+            vec![
+                (MessageType::MessageHuman, "hi"),
+                (MessageType::MessageAi, "Hel"),
+            ],
+            vec![],
+        ));
+        assert_eq!(a, "> hi\nHel");
+        let b = r.render(&state(
+            p,
+            vec![
+                (MessageType::MessageHuman, "hi"),
+                (MessageType::MessageAi, "Hello"),
+            ],
+            vec![],
+        ));
+        assert_eq!(b, "lo");
+        let c = r.render(&state(
+            ExecutionPhase::ExecutionCompleted,
+            vec![
+                (MessageType::MessageHuman, "hi"),
+                (MessageType::MessageAi, "Hello"),
+            ],
+            vec![],
+        ));
+        assert_eq!(c, "\n== COMPLETED\n");
+        assert_eq!(
+            r.render(&state(ExecutionPhase::ExecutionCompleted, vec![], vec![])),
+            ""
+        );
+    }
+
+    #[test]
+    fn tool_calls_show_arguments_then_a_short_result() {
+        let mut r = Renderer::default();
+        let mut call = ToolCall {
+            id: "t1".into(),
+            name: "read_file".into(),
+            args: Some(prost_types::Struct {
+                fields: [(
+                    "path".to_string(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue("a.txt".into())),
+                    },
+                )]
+                .into(),
+            }),
+            status: ToolCallStatus::ToolCallRunning as i32,
+            ..Default::default()
+        };
+        let p = ExecutionPhase::ExecutionInProgress;
+        let a = r.render(&state(p, vec![], vec![call.clone()]));
+        assert_eq!(a, "  -> read_file({\"path\":\"a.txt\"})\n");
+        call.status = ToolCallStatus::ToolCallCompleted as i32;
+        call.result = "line one\nline two".into();
+        let b = r.render(&state(p, vec![], vec![call.clone()]));
+        assert_eq!(b, "     ok: line one ...\n");
+        assert_eq!(r.render(&state(p, vec![], vec![call])), "");
+    }
+
+    #[test]
+    fn failure_shows_the_error() {
+        let mut r = Renderer::default();
+        let mut s = state(
+            ExecutionPhase::ExecutionFailed,
+            vec![(MessageType::MessageSystem, "boom")],
+            vec![],
+        );
+        if let Some(st) = s.status.as_mut() {
+            st.error = "boom".into();
+        }
+        assert_eq!(r.render(&s), "== FAILED: boom\n");
+    }
+}
