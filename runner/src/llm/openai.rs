@@ -249,12 +249,11 @@ impl TurnState {
             on_text(&text);
             self.text.push_str(&text);
         }
-        for (position, call) in delta.tool_calls.unwrap_or_default().into_iter().enumerate() {
-            // Some servers (older Ollama) send whole calls without an index, one per position.
-            let partial = self
-                .calls
-                .entry(call.index.unwrap_or(position))
-                .or_default();
+        for call in delta.tool_calls.unwrap_or_default() {
+            let index = call
+                .index
+                .unwrap_or_else(|| self.unindexed_slot(call.id.as_deref()));
+            let partial = self.calls.entry(index).or_default();
             if let Some(id) = call.id.filter(|id| !id.is_empty()) {
                 partial.id = id;
             }
@@ -266,6 +265,17 @@ impl TurnState {
                     partial.arguments.push_str(&arguments);
                 }
             }
+        }
+    }
+
+    /// Some servers (older Ollama) send whole calls without an index: a new id starts a new
+    /// call, anything else continues the last one.
+    fn unindexed_slot(&self, id: Option<&str>) -> usize {
+        let last = self.calls.last_key_value();
+        match (last, id) {
+            (None, _) => 0,
+            (Some((&index, call)), Some(id)) if !id.is_empty() && id != call.id => index + 1,
+            (Some((&index, _)), _) => index,
         }
     }
 
