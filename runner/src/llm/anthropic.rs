@@ -122,7 +122,7 @@ enum StreamEvent {
     },
     ContentBlockDelta {
         index: usize,
-        delta: Delta,
+        delta: ContentDelta,
     },
     ContentBlockStop {
         index: usize,
@@ -172,7 +172,7 @@ enum StartBlock {
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum Delta {
+enum ContentDelta {
     TextDelta {
         text: String,
     },
@@ -288,7 +288,7 @@ impl TurnState {
     fn delta(
         &mut self,
         index: usize,
-        delta: Delta,
+        delta: ContentDelta,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<(), LlmError> {
         let block = self.blocks.get_mut(&index).ok_or_else(|| {
@@ -297,14 +297,14 @@ impl TurnState {
             ))
         })?;
         match (block, delta) {
-            (Partial::Text(text), Delta::TextDelta { text: piece }) => {
+            (Partial::Text(text), ContentDelta::TextDelta { text: piece }) => {
                 on_text(&piece);
                 text.push_str(&piece);
             }
-            (Partial::Tool { json, .. }, Delta::InputJsonDelta { partial_json }) => {
+            (Partial::Tool { json, .. }, ContentDelta::InputJsonDelta { partial_json }) => {
                 json.push_str(&partial_json)
             }
-            (Partial::Skipped, _) | (_, Delta::Other) => {}
+            (Partial::Skipped, _) | (_, ContentDelta::Other) => {}
             _ => {
                 return Err(LlmError::Decode(format!(
                     "Anthropic stream: delta type does not match block {index}"

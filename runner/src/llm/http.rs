@@ -192,10 +192,11 @@ fn check_event_stream(response: &reqwest::Response) -> Result<(), Failure> {
 /// OpenAI sends `retry-after-ms`, Anthropic `retry-after`; the finer one wins.
 fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if let Some(ms) = text("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms.min(3_600_000.0) / 1000.0));
-        }
+    let ms = text("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0);
+    if let Some(ms) = ms {
+        return Some(Duration::from_secs_f64(ms.min(3_600_000.0) / 1000.0));
     }
     text("retry-after").and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()))
 }

@@ -623,3 +623,276 @@ async fn openai_unparseable_arguments_are_kept_raw() {
     );
     assert_eq!(turn.stop_reason, StopReason::ToolUse);
 }
+
+#[tokio::test]
+async fn a_200_that_is_not_an_event_stream_is_reported() {
+    let server = ScriptedLlm::start(vec![Reply::Raw {
+        status: 200,
+        content_type: "text/html".into(),
+        body: "<html>proxy login</html>".into(),
+    }])
+    .await;
+    let (result, _) = simple_turn(&server, Provider::Anthropic, 3).await;
+    let error = result.expect_err("HTML is not a turn");
+    assert!(
+        matches!(&error, LlmError::Decode(m) if m.contains("text/html")),
+        "{error:?}"
+    );
+    assert_eq!(server.request_count(), 1);
+}
+
+#[tokio::test]
+async fn unreachable_endpoint_is_retried_then_reported() {
+    // Bind and release a port so that nothing listens on it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = LlmClient::new(settings(Provider::OpenAi, base, 2, Duration::from_secs(2)))
+        .expect("valid settings");
+    let messages = [Message::user_text("hi")];
+    let (result, _) = turn(&client, &request(&messages, &[])).await;
+    let error = result.expect_err("nothing listens");
+    let LlmError::RetriesExhausted { attempts, last, .. } = &error else {
+        panic!("expected RetriesExhausted, got {error:?}");
+    };
+    assert_eq!(*attempts, 2);
+    assert!(
+        matches!(&**last, LlmError::Transport { retryable: true, endpoint, .. } if endpoint.contains(&port.to_string())),
+        "{last:?}"
+    );
+}
+
+#[test]
+fn urls_are_built_from_the_base() {
+    let anthropic = |b: &str| anthropic::endpoint(b);
+    assert_eq!(
+        anthropic("https://api.anthropic.com"),
+        "https://api.anthropic.com/v1/messages"
+    );
+    assert_eq!(
+        anthropic("https://api.anthropic.com/"),
+        "https://api.anthropic.com/v1/messages"
+    );
+    assert_eq!(
+        anthropic("http://127.0.0.1:9999/v1"),
+        "http://127.0.0.1:9999/v1/messages"
+    );
+    assert_eq!(
+        anthropic("http://proxy/llm/v1/"),
+        "http://proxy/llm/v1/messages"
+    );
+    let openai = |b: &str| openai::endpoint(b);
+    assert_eq!(
+        openai("https://api.openai.com"),
+        "https://api.openai.com/v1/chat/completions"
+    );
+    assert_eq!(
+        openai("http://localhost:11434/v1"),
+        "http://localhost:11434/v1/chat/completions"
+    );
+    assert_eq!(
+        openai("http://localhost:11434/"),
+        "http://localhost:11434/v1/chat/completions"
+    );
+}
+
+#[test]
+fn anthropic_stop_reasons_map() {
+    let cases = [
+        ("end_turn", StopReason::EndTurn),
+        ("tool_use", StopReason::ToolUse),
+        ("max_tokens", StopReason::MaxTokens),
+        ("stop_sequence", StopReason::StopSequence),
+        ("pause_turn", StopReason::PauseTurn),
+        ("refusal", StopReason::Refusal),
+        (
+            "model_context_window_exceeded",
+            StopReason::ContextWindowExceeded,
+        ),
+        ("something_new", StopReason::Other("something_new".into())),
+    ];
+    for (wire, expected) in cases {
+        assert_eq!(anthropic::stop_reason(wire), expected, "{wire}");
+    }
+}
+
+#[test]
+fn openai_finish_reasons_map() {
+    let cases = [
+        ("stop", StopReason::EndTurn),
+        ("tool_calls", StopReason::ToolUse),
+        ("length", StopReason::MaxTokens),
+        ("content_filter", StopReason::Refusal),
+        ("weird", StopReason::Other("weird".into())),
+    ];
+    for (wire, expected) in cases {
+        assert_eq!(openai::stop_reason(wire), expected, "{wire}");
+    }
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_up_front() {
+    let new = |provider, base: &str, key: Option<&str>| {
+        LlmClient::new(LlmSettings {
+            provider,
+            base_url: base.to_owned(),
+            api_key: key.map(str::to_owned),
+            request_timeout: Duration::from_secs(1),
+            max_attempts: 1,
+        })
+    };
+    let no_key = new(Provider::Anthropic, "https://api.anthropic.com", None);
+    assert!(
+        matches!(&no_key, Err(LlmError::Config(m)) if m.contains("ANTHROPIC_API_KEY")),
+        "{no_key:?}"
+    );
+    let blank_key = new(Provider::Anthropic, "https://api.anthropic.com", Some("  "));
+    assert!(
+        matches!(blank_key, Err(LlmError::Config(_))),
+        "{blank_key:?}"
+    );
+    let scheme = new(Provider::OpenAi, "ftp://example.com", Some(KEY));
+    assert!(matches!(scheme, Err(LlmError::Config(_))), "{scheme:?}");
+    let garbage = new(Provider::Ollama, "not a url", None);
+    assert!(matches!(garbage, Err(LlmError::Config(_))), "{garbage:?}");
+    let creds = new(Provider::OpenAi, "https://user:pw@example.com", Some(KEY));
+    assert!(matches!(creds, Err(LlmError::Config(_))), "{creds:?}");
+    let newline = new(Provider::OpenAi, "https://example.com", Some("sk-\nx"));
+    assert!(
+        matches!(&newline, Err(LlmError::Config(m)) if !m.contains("sk-")),
+        "{newline:?}"
+    );
+    let ok =
+        new(Provider::Anthropic, "https://api.anthropic.com/", Some(KEY)).expect("valid settings");
+    assert_eq!(ok.endpoint(), "https://api.anthropic.com/v1/messages");
+    assert!(!format!("{ok:?}").contains(KEY));
+}
+
+#[test]
+fn provider_error_bodies_are_read() {
+    let status = |s: u16| reqwest::StatusCode::from_u16(s).expect("valid status");
+    let anthropic = r#"{"type":"error","error":{"type":"rate_limit_error","message":"Too many"}}"#;
+    assert_eq!(
+        http::parse_error_body(status(429), anthropic),
+        ("rate_limit_error".to_owned(), "Too many".to_owned())
+    );
+    let openai = r#"{"error":{"message":"Bad key","type":null,"code":"invalid_api_key"}}"#;
+    assert_eq!(
+        http::parse_error_body(status(401), openai),
+        ("invalid_api_key".to_owned(), "Bad key".to_owned())
+    );
+    let ollama = r#"{"error":"model \"x\" not found"}"#;
+    assert_eq!(
+        http::parse_error_body(status(404), ollama),
+        ("not_found".to_owned(), "model \"x\" not found".to_owned())
+    );
+    assert_eq!(
+        http::parse_error_body(status(502), "  "),
+        ("bad_gateway".to_owned(), "(empty body)".to_owned())
+    );
+    let (_, long) = http::parse_error_body(status(500), &"x".repeat(5000));
+    assert!(long.chars().count() < 600, "long bodies are cut");
+}
+
+#[test]
+fn retryable_statuses() {
+    let api = |status| LlmError::Api {
+        provider: "anthropic",
+        status,
+        kind: String::new(),
+        message: String::new(),
+    };
+    for status in [408, 409, 429, 500, 502, 503, 529] {
+        assert!(api(status).is_retryable(), "{status}");
+    }
+    for status in [400, 401, 403, 404, 413, 422] {
+        assert!(!api(status).is_retryable(), "{status}");
+    }
+}
+
+#[test]
+fn anthropic_stream_skips_unknown_blocks_and_events() {
+    let events = [
+        r#"{"type":"message_start","message":{"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"brand_new_event","whatever":true}"#,
+        r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":"Hel"}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"lo"}}"#,
+        r#"{"type":"content_block_stop","index":1}"#,
+        r#"{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"t","name":"now","input":{}}}"#,
+        r#"{"type":"content_block_stop","index":2}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"pause_turn"},"usage":{"output_tokens":7}}"#,
+        r#"{"type":"message_stop"}"#,
+    ];
+    let mut seen = String::new();
+    let mut on_text = |t: &str| seen.push_str(t);
+    let mut state = anthropic::TurnState::default();
+    for data in events {
+        state.apply(data, &mut on_text).expect("valid event");
+    }
+    let turn = state.finish().expect("complete turn");
+    assert_eq!(seen, "Hello");
+    assert_eq!(
+        turn.content,
+        vec![
+            Block::Text("Hello".into()),
+            Block::ToolUse {
+                id: "t".into(),
+                name: "now".into(),
+                input: json!({})
+            },
+        ]
+    );
+    assert_eq!(turn.stop_reason, StopReason::PauseTurn);
+    assert_eq!(
+        turn.usage,
+        Usage {
+            input_tokens: 12,
+            output_tokens: 7
+        }
+    );
+}
+
+#[test]
+fn openai_error_chunk_shapes_are_recognised() {
+    let mut on_text = |_: &str| {};
+    for data in [
+        r#"{"error":{"message":"boom","type":"server_error"}}"#,
+        r#"{"object":"error","message":"boom","type":"BadRequestError","code":400}"#,
+        r#"{"error":"boom"}"#,
+    ] {
+        let mut state = openai::TurnState::default();
+        let error = state.apply(data, &mut on_text).expect_err("error chunk");
+        assert!(
+            matches!(&error, LlmError::Stream { message, .. } if message == "boom"),
+            "{data}: {error:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn handler_mode_answers_every_turn_on_one_client() {
+    let server = ScriptedLlm::with_handler(|req| {
+        let asked = req.body["messages"][0]["content"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        Reply::Delay(
+            Duration::from_millis(10),
+            Box::new(Reply::Text(format!("echo {asked}"))),
+        )
+    })
+    .await;
+    let client = client_for(&server, Provider::OpenAi, 1);
+    for n in 0..3 {
+        let messages = [Message::user_text(format!("q{n}"))];
+        let (result, _) = turn(&client, &request(&messages, &[])).await;
+        let expected = vec![Block::Text(format!("echo q{n}"))];
+        assert_eq!(result.expect("turn succeeds").content, expected);
+    }
+    assert_eq!(server.request_count(), 3);
+}
