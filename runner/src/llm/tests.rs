@@ -877,10 +877,12 @@ fn openai_error_chunk_shapes_are_recognised() {
 #[tokio::test]
 async fn handler_mode_answers_every_turn_on_one_client() {
     let server = ScriptedLlm::with_handler(|req| {
-        let asked = req.body["messages"][0]["content"]
-            .as_str()
-            .unwrap_or("?")
-            .to_owned();
+        let last = req.body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .cloned();
+        let asked = last.and_then(|m| m["content"].as_str().map(str::to_owned));
+        let asked = asked.unwrap_or_else(|| "?".to_owned());
         Reply::Delay(
             Duration::from_millis(10),
             Box::new(Reply::Text(format!("echo {asked}"))),
