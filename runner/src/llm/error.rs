@@ -2,7 +2,7 @@
 //! before they are stored, and request headers never enter an error.
 
 /// Where the key can be set, for messages about authentication failures.
-const KEY_VARIABLES: &str = "STIGMER_LLM_API_KEY (or ANTHROPIC_API_KEY)";
+const KEY_VARIABLES: &str = "STIGMER_LLM_API_KEY or ANTHROPIC_API_KEY";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {

@@ -68,8 +68,8 @@ impl Http {
         &self,
         body: &serde_json::Value,
     ) -> Result<reqwest::Response, LlmError> {
-        let bytes = serde_json::to_vec(body)
-            .map_err(|e| LlmError::Decode(format!("cannot encode the request body: {e}")))?;
+        // A Value's Display is its JSON text; encoded once, sent again on retries.
+        let bytes = body.to_string().into_bytes();
         retry::run(self.provider, self.max_attempts, || {
             self.send_once(bytes.clone())
         })
