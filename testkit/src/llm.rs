@@ -100,7 +100,8 @@ impl ScriptedLlm {
     /// Serves `replies` in order, one per request; after the last one every request gets a 500
     /// saying "script exhausted", so a test that makes too many calls notices.
     ///
-    /// Panics when no loopback port can be bound: this is test scaffolding.
+    /// Call it inside a tokio runtime. Panics when no loopback port can be bound: this is test
+    /// scaffolding.
     pub async fn start(replies: Vec<Reply>) -> Self {
         Self::spawn(Source::Script(Mutex::new(replies.into())))
     }
