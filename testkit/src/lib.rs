@@ -3,4 +3,5 @@
 //! which CI cannot reach).
 
 pub mod control_plane;
+pub mod llm;
 pub mod process;
