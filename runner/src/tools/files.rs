@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::{Failure, ToolContext, ToolOutcome, parse_input};
-use crate::sandbox::DirEntry;
+use crate::sandbox::{DirEntry, SandboxError};
 
 /// Lines returned when the model gives no `limit`: enough for most source files, and the
 /// output cap still applies.
@@ -32,9 +32,20 @@ pub(super) async fn read_file(
     if limit == 0 {
         return Err(Failure::Model("limit must be at least 1".into()));
     }
-    let bytes = ctx.sandbox.read_file(&input.path).await?;
+    let bytes = read_whole(ctx, &input.path).await?;
     let text = String::from_utf8_lossy(&bytes);
     line_window(&text, &input.path, offset, limit).map(ToolOutcome::ok)
+}
+
+/// The file's bytes; a file too large to read whole comes with a way to read parts of it.
+async fn read_whole(ctx: &ToolContext<'_>, path: &str) -> Result<Vec<u8>, Failure> {
+    match ctx.sandbox.read_file(path).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e @ SandboxError::FileTooLarge { .. }) => Err(Failure::Model(format!(
+            "{e}; use run_command with head, tail, grep or sed -n to look at parts of it"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Lines `offset..offset+limit` (1-based) with their line endings, plus a note saying where
@@ -100,7 +111,7 @@ pub(super) async fn edit_file(
     ctx: &ToolContext<'_>,
 ) -> Result<ToolOutcome, Failure> {
     let input: EditInput = parse_input("edit_file", input)?;
-    let bytes = ctx.sandbox.read_file(&input.path).await?;
+    let bytes = read_whole(ctx, &input.path).await?;
     // Lossy decoding would silently rewrite the bytes that are not UTF-8.
     let text = String::from_utf8(bytes).map_err(|_| {
         Failure::Model(format!(

@@ -348,6 +348,26 @@ async fn read_file_output_is_capped() {
     );
 }
 
+#[tokio::test]
+async fn too_large_file_points_to_run_command() {
+    let f = Fixture::new();
+    let big = std::fs::File::create(f.session.join("huge.log")).expect("create");
+    big.set_len(crate::sandbox::MAX_READ_BYTES + 1)
+        .expect("sparse");
+    let inputs = [
+        ("read_file", json!({"path": "huge.log"})),
+        (
+            "edit_file",
+            json!({"path": "huge.log", "old_string": "a", "new_string": "b"}),
+        ),
+    ];
+    for (tool, input) in inputs {
+        let out = f.err(tool, input).await;
+        assert!(out.starts_with("'huge.log' is 8388609 bytes"), "{out}");
+        assert!(out.ends_with("to look at parts of it"), "{out}");
+    }
+}
+
 // ---- write_file ----
 
 #[tokio::test]
