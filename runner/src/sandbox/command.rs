@@ -6,16 +6,17 @@
 //! It gets a minimal environment because the runner's own holds credentials (the LLM key).
 
 use std::collections::BTreeMap;
-use std::future::pending;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe::Receiver;
+use tokio::process::{Child, Command};
 
 use super::capped::CappedBuffer;
 use super::{CommandOutput, CommandRequest, SandboxError};
@@ -47,9 +48,9 @@ pub(super) async fn run(
     if req.cancel.is_cancelled() {
         return Err(SandboxError::Cancelled);
     }
-    let mut child = spawn(cwd, tmp, &req)?;
+    let (mut child, pipe) = spawn(cwd, tmp, &req)?;
     let mut group = GroupGuard::for_child(&child)?;
-    let mut output = Output::new(&mut child, req.output_limit);
+    let mut output = Output::new(pipe, req.output_limit);
 
     let cancelled = req.cancel.cancelled();
     tokio::pin!(cancelled);
@@ -100,8 +101,20 @@ enum Ending {
     Cancelled,
 }
 
-fn spawn(cwd: &Path, tmp: &Path, req: &CommandRequest<'_>) -> Result<Child, SandboxError> {
-    Command::new(SHELL)
+/// Starts the shell with stdout and stderr on one pipe, so their lines stay in the order the
+/// command wrote them, and returns the pipe's read end.
+fn spawn(
+    cwd: &Path,
+    tmp: &Path,
+    req: &CommandRequest<'_>,
+) -> Result<(Child, Receiver), SandboxError> {
+    let spawn_err = |source| SandboxError::Spawn { source };
+    let (read_end, write_end) = output_pipe().map_err(spawn_err)?;
+    let pipe = Receiver::from_owned_fd(read_end).map_err(spawn_err)?;
+    let stderr_end = write_end.try_clone().map_err(spawn_err)?;
+    // The Command (and with it the parent's copies of the write end) is dropped at the end of
+    // this statement, so the pipe reaches end of file once the command's processes are gone.
+    let child = Command::new(SHELL)
         .arg("-c")
         .arg(req.command)
         .current_dir(cwd)
@@ -109,12 +122,31 @@ fn spawn(cwd: &Path, tmp: &Path, req: &CommandRequest<'_>) -> Result<Child, Sand
         .envs(base_env(cwd, tmp))
         .envs(req.env)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::from(stderr_end))
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| SandboxError::Spawn { source })
+        .map_err(spawn_err)?;
+    Ok((child, pipe))
+}
+
+/// A pipe whose ends are close-on-exec, so that commands started concurrently by other
+/// sessions never inherit (and hold open) this command's output.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// Without pipe2 the flag is set right after creation, as std does for its own pipes.
+#[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+    let (read_end, write_end) = nix::unistd::pipe()?;
+    for fd in [&read_end, &write_end] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    }
+    Ok((read_end, write_end))
 }
 
 /// Reaps the killed shell so it does not linger as a zombie; after that its group id may be
@@ -164,75 +196,47 @@ impl Drop for GroupGuard {
     }
 }
 
-/// The command's stdout and stderr, merged into one capped buffer as they arrive.
+/// The command's merged stdout and stderr, kept within the cap as they arrive.
 struct Output {
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    pipe: Option<Receiver>,
     buf: CappedBuffer,
-    out_chunk: Box<[u8]>,
-    err_chunk: Box<[u8]>,
+    chunk: Box<[u8]>,
 }
 
 impl Output {
-    fn new(child: &mut Child, limit: usize) -> Self {
+    fn new(pipe: Receiver, limit: usize) -> Self {
         Self {
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
+            pipe: Some(pipe),
             buf: CappedBuffer::new(limit),
-            out_chunk: vec![0; READ_CHUNK].into_boxed_slice(),
-            err_chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            chunk: vec![0; READ_CHUNK].into_boxed_slice(),
         }
     }
 
-    fn is_open(&self) -> bool {
-        self.stdout.is_some() || self.stderr.is_some()
-    }
-
-    /// Reads one chunk from whichever pipe is ready; never completes once both are closed.
+    /// Reads one chunk; never completes once the pipe is closed (end of file or error).
     /// Cancel safe: a read that has not completed has consumed nothing.
     async fn read_some(&mut self) {
-        tokio::select! {
-            n = read_pipe(&mut self.stdout, &mut self.out_chunk) => {
-                if let Some(n) = n {
-                    self.buf.push(&self.out_chunk[..n]);
-                }
-            }
-            n = read_pipe(&mut self.stderr, &mut self.err_chunk) => {
-                if let Some(n) = n {
-                    self.buf.push(&self.err_chunk[..n]);
-                }
+        let Some(pipe) = self.pipe.as_mut() else {
+            return std::future::pending().await;
+        };
+        match pipe.read(&mut self.chunk).await {
+            Ok(0) => self.pipe = None,
+            Ok(n) => self.buf.push(&self.chunk[..n]),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading command output failed; treating as closed");
+                self.pipe = None;
             }
         }
     }
 
-    /// Reads what is left until both pipes close or `deadline` passes.
+    /// Reads what is left until the pipe closes or `deadline` passes.
     async fn drain(&mut self, deadline: Duration) {
         let drained = async {
-            while self.is_open() {
+            while self.pipe.is_some() {
                 self.read_some().await;
             }
         };
         if tokio::time::timeout(deadline, drained).await.is_err() {
             tracing::debug!("command output still open after the command ended; not waiting");
-        }
-    }
-}
-
-/// Reads into `chunk`; on end of file or error closes the pipe and returns None.
-async fn read_pipe<R: AsyncRead + Unpin>(pipe: &mut Option<R>, chunk: &mut [u8]) -> Option<usize> {
-    let Some(reader) = pipe.as_mut() else {
-        return pending().await;
-    };
-    match reader.read(chunk).await {
-        Ok(0) => {
-            *pipe = None;
-            None
-        }
-        Ok(n) => Some(n),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading command output failed; treating as closed");
-            *pipe = None;
-            None
         }
     }
 }

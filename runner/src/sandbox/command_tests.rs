@@ -356,3 +356,26 @@ async fn output_written_just_before_exit_is_kept() {
     let out = run_simple(&f.sandbox, "seq 1 20000 | tail -n 1; echo err >&2").await;
     assert_eq!(out.output, "20000\nerr\n");
 }
+
+#[tokio::test]
+async fn stdout_and_stderr_keep_their_order() {
+    let f = fixture();
+    let out = run_simple(&f.sandbox, "echo 1; echo 2 >&2; echo 3; echo 4 >&2").await;
+    assert_eq!(out.output, "1\n2\n3\n4\n");
+}
+
+#[tokio::test]
+async fn a_finished_command_does_not_wait_for_the_drain_deadline() {
+    // If the runner kept a copy of the pipe's write end, every command would only end when
+    // the drain deadline passed.
+    let f = fixture();
+    let start = Instant::now();
+    for _ in 0..4 {
+        assert_eq!(run_simple(&f.sandbox, "true").await.exit_code, Some(0));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "4 commands took {:?}",
+        start.elapsed()
+    );
+}
