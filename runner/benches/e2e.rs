@@ -34,7 +34,10 @@ fn runner_env(cp: &TestControlPlane, llm: &ScriptedLlm, root: &Path) -> BTreeMap
     [
         ("MODE", "local".to_string()),
         ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
-        ("SANDBOX_ROOT_DIR", root.join("workspace").display().to_string()),
+        (
+            "SANDBOX_ROOT_DIR",
+            root.join("workspace").display().to_string(),
+        ),
         ("STIGMER_HTTP_ADDR", free_addr().to_string()),
         ("STIGMER_LLM_PROVIDER", "anthropic".into()),
         ("ANTHROPIC_API_KEY", "bench-key".into()),
@@ -63,10 +66,17 @@ async fn bench() {
         let mut runner = ChildProcess::spawn(bin, &env, &logs, &format!("start-{i}"));
         let addr = runner.http_addr.expect("http addr");
         loop {
-            if http_get(addr, "/readyz").await.is_some_and(|(c, _)| c == 200) {
+            if http_get(addr, "/readyz")
+                .await
+                .is_some_and(|(c, _)| c == 200)
+            {
                 break;
             }
-            assert!(started.elapsed() < Duration::from_secs(10), "runner not ready\n{}", runner.output());
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "runner not ready\n{}",
+                runner.output()
+            );
             tokio::time::sleep(Duration::from_micros(500)).await;
         }
         ready_ms.push(started.elapsed().as_secs_f64() * 1e3);
@@ -87,8 +97,12 @@ async fn bench() {
     runner.signal(nix::sys::signal::Signal::SIGTERM);
     runner.wait_exit(Duration::from_secs(30)).await;
 
-    println!("runner start to ready:   median {:.1} ms (min {:.1}, max {:.1}; {STARTS} starts)",
-        percentile(&mut ready_ms, 50.0), percentile(&mut ready_ms, 0.0), percentile(&mut ready_ms, 100.0));
+    println!(
+        "runner start to ready:   median {:.1} ms (min {:.1}, max {:.1}; {STARTS} starts)",
+        percentile(&mut ready_ms, 50.0),
+        percentile(&mut ready_ms, 0.0),
+        percentile(&mut ready_ms, 100.0)
+    );
     println!("runner idle RSS:         {idle_rss:.1} MiB (after load: {busy_rss:.1} MiB)");
     print_load("concurrency 1 ", c1, c1_rate);
     print_load("concurrency 32", c32, c32_rate);
@@ -115,7 +129,11 @@ async fn load(cp: &Arc<TestControlPlane>, workers: usize, total: usize) -> (Vec<
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while remaining
-                .fetch_update(std::sync::atomic::Ordering::SeqCst, std::sync::atomic::Ordering::SeqCst, |n| n.checked_sub(1))
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
                 .is_ok()
             {
                 let t = Instant::now();
