@@ -73,6 +73,7 @@ fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -140,6 +140,7 @@ pub fn stream(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use futures_util::StreamExt;
     use stigmer_proto::ExecutionPhase;

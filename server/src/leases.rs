@@ -135,6 +135,7 @@ pub fn expire_all(tx: &Tx<'_>, now: Now) -> Result<ExpiredLeases, StoreError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use stigmer_proto::agentexecution::v1::{AgentExecutionSpec, ExecutionMetadata};
 

@@ -75,6 +75,7 @@ fn overwrite_if_set(stored: &mut String, update: String) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::HashMap;
 

@@ -17,6 +17,7 @@ pub fn masked(mut execution: AgentExecution) -> AgentExecution {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::HashMap;
 

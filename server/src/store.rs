@@ -679,15 +679,14 @@ impl Tx<'_> {
     }
 
     #[cfg(test)]
-    fn query_plan(&self, statement: &str) -> Vec<String> {
-        let mut stmt = self
-            .tx
+    fn query_plan(&self, statement: &str) -> Result<Vec<String>, StoreError> {
+        self.tx
             .prepare(&format!("EXPLAIN QUERY PLAN {statement}"))
-            .unwrap();
-        stmt.query_map([], |row| row.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| row.get::<_, String>(3))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(sql("explaining a query"))
     }
 }
 
@@ -755,6 +754,7 @@ impl RawExecution {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -952,23 +952,23 @@ mod tests {
     fn dispatch_and_lease_queries_use_their_indexes() {
         let (_dir, store) = open();
         let plan = write(&store, |tx| {
-            Ok(tx.query_plan(
+            tx.query_plan(
                 "SELECT e.id, e.session_id FROM executions e
                  JOIN sessions s ON s.id = e.session_id
                  WHERE e.phase = 1 AND e.claimed_by IS NULL AND s.active_execution_id IS NULL
                  ORDER BY e.seq",
-            ))
+            )
         });
         assert!(
             plan.iter().any(|step| step.contains("executions_dispatch")),
             "{plan:?}"
         );
         let plan = write(&store, |tx| {
-            Ok(tx.query_plan(
+            tx.query_plan(
                 "SELECT id FROM executions
                  WHERE lease_expires_at IS NOT NULL AND lease_expires_at <= 5
                  ORDER BY lease_expires_at",
-            ))
+            )
         });
         assert!(
             plan.iter().any(|step| step.contains("executions_leases")),

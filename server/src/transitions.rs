@@ -65,6 +65,7 @@ fn finish(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use stigmer_proto::agentexecution::v1::{AgentExecutionSpec, ExecutionMetadata};
 

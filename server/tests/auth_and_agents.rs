@@ -1,5 +1,7 @@
 //! Authentication and the agent API, over real gRPC against an in-process server.
 
+#![allow(clippy::unwrap_used)] // Tests panic on purpose when something is off.
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! The runner API: claims and long-polls, leases, heartbeats, status and session updates.
 
+#![allow(clippy::unwrap_used)] // Tests panic on purpose when something is off.
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1,5 +1,7 @@
 //! The execution API as clients use it: create, get, list, sessions, cancel, secrets.
 
+#![allow(clippy::unwrap_used)] // Tests panic on purpose when something is off.
+
 mod common;
 
 use std::collections::HashMap;

@@ -1,5 +1,7 @@
 //! Live execution state: Subscribe streams.
 
+#![allow(clippy::unwrap_used)] // Tests panic on purpose when something is off.
+
 mod common;
 
 use std::time::Duration;

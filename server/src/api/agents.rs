@@ -143,6 +143,7 @@ fn validate_name(name: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use stigmer_proto::agent::v1::ModelConfig;
 

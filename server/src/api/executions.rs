@@ -268,6 +268,7 @@ fn filter_from(request: ListExecutionsRequest) -> Result<ExecutionFilter, ApiErr
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
