@@ -90,11 +90,11 @@ impl DaytonaSandboxes {
         runner_id: &str,
     ) -> Result<(Sandbox, bool), SandboxError> {
         let deadline = Instant::now() + self.settings.start_timeout;
-        if let Some(id) = known_sandbox_id.filter(|id| !id.is_empty()) {
-            if let Some(info) = self.revive(id, deadline).await? {
-                let sandbox = self.attach(&info).await?;
-                return Ok((sandbox, false));
-            }
+        if let Some(id) = known_sandbox_id.filter(|id| !id.is_empty())
+            && let Some(info) = self.revive(id, deadline).await?
+        {
+            let sandbox = self.attach(&info).await?;
+            return Ok((sandbox, false));
         }
         let info = self.create(session_id, runner_id, deadline).await?;
         let sandbox = self.attach(&info).await?;
