@@ -30,8 +30,16 @@ async fn main() -> ExitCode {
 fn print_crd() -> ExitCode {
     match serde_yaml_ng::to_string(&AgentRunner::crd()) {
         Ok(yaml) => {
-            print!("{yaml}");
-            ExitCode::SUCCESS
+            use std::io::Write;
+            // A closed pipe (`operator crd | head`) is the reader's choice, not a failure.
+            match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write the CRD: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("cannot render the CRD: {e}");
