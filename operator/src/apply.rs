@@ -19,7 +19,11 @@ use crate::validate::Validated;
 
 /// Apply every desired object and clean up orphans. Returns the Deployment as the
 /// apiserver stored it, whose status feeds the AgentRunner's status.
-pub async fn apply(client: &Client, v: &Validated<'_>, desired: &Desired) -> Result<Deployment, Error> {
+pub async fn apply(
+    client: &Client,
+    v: &Validated<'_>,
+    desired: &Desired,
+) -> Result<Deployment, Error> {
     let ns = v.namespace.as_str();
     if let Some(sa) = &desired.service_account {
         server_side_apply(client, ns, sa).await?;
@@ -61,29 +65,45 @@ where
 {
     let name = obj.name_any();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await
-        .map_err(|source| Error::Apply {
-            kind: <K as K8sResource>::KIND,
-            namespace: namespace.to_owned(),
-            name,
-            source,
-        })
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: <K as K8sResource>::KIND,
+        namespace: namespace.to_owned(),
+        name,
+        source: Box::new(source),
+    })
 }
 
 /// Delete objects of kind `K` that carry this AgentRunner's labels and are controlled by it.
 /// The owner check keeps a user's object that happens to carry the labels safe.
 async fn delete_orphans<K>(client: &Client, v: &Validated<'_>) -> Result<(), Error>
 where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + K8sResource + Clone + Debug + DeserializeOwned,
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + K8sResource
+        + Clone
+        + Debug
+        + DeserializeOwned,
 {
     let kind = <K as K8sResource>::KIND;
     let api: Api<K> = Api::namespaced(client.clone(), &v.namespace);
     let list = api
         .list(&ListParams::default().labels(&owned_selector(&v.name)))
         .await
-        .map_err(|source| Error::List { kind, namespace: v.namespace.clone(), source })?;
-    for obj in list.items.iter().filter(|o| controlled_by(*o, &v.owner.uid)) {
+        .map_err(|source| Error::List {
+            kind,
+            namespace: v.namespace.clone(),
+            source: Box::new(source),
+        })?;
+    for obj in list
+        .items
+        .iter()
+        .filter(|o| controlled_by(*o, &v.owner.uid))
+    {
         let name = obj.name_any();
         tracing::info!(kind, namespace = %v.namespace, name = %name, "deleting object no longer desired");
         match api.delete(&name, &DeleteParams::background()).await {
@@ -91,7 +111,12 @@ where
             // Already gone: the goal is reached.
             Err(kube::Error::Api(s)) if s.is_not_found() => {}
             Err(source) => {
-                return Err(Error::Delete { kind, namespace: v.namespace.clone(), name, source });
+                return Err(Error::Delete {
+                    kind,
+                    namespace: v.namespace.clone(),
+                    name,
+                    source: Box::new(source),
+                });
             }
         }
     }
@@ -99,5 +124,7 @@ where
 }
 
 fn controlled_by<K: Resource>(obj: &K, uid: &str) -> bool {
-    obj.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+    obj.owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true))
 }

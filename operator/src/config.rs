@@ -19,7 +19,11 @@ pub const DEFAULT_DRAIN_MARGIN_SECS: i64 = 30;
 
 /// `operator` command line.
 #[derive(Debug, Parser)]
-#[command(name = "operator", version, about = "Kubernetes operator for Stigmer AgentRunner resources")]
+#[command(
+    name = "operator",
+    version,
+    about = "Kubernetes operator for Stigmer AgentRunner resources"
+)]
 pub struct Cli {
     /// What to do; `run` when omitted.
     #[command(subcommand)]
@@ -66,7 +70,11 @@ pub struct RunArgs {
     #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
     /// Name of the Lease used for leader election.
-    #[arg(long, env = "OPERATOR_LEASE_NAME", default_value = "agentrunner-operator")]
+    #[arg(
+        long,
+        env = "OPERATOR_LEASE_NAME",
+        default_value = "agentrunner-operator"
+    )]
     pub lease_name: String,
     /// Namespace of the Lease; the operator pod's namespace (POD_NAMESPACE) by default.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
@@ -48,9 +50,23 @@ pub struct Context {
 
 impl Context {
     /// A context reporting events as `identity` (the pod name, when known).
-    pub fn new(client: Client, config: OperatorConfig, metrics: Arc<Metrics>, identity: Option<String>) -> Self {
-        let reporter = Reporter { controller: CONTROLLER_NAME.into(), instance: identity };
-        Self { recorder: Recorder::new(client.clone(), reporter), client, config, metrics, clock: now_seconds }
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Arc<Metrics>,
+        identity: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: identity,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics,
+            clock: now_seconds,
+        }
     }
 }
 
@@ -74,19 +90,31 @@ pub async fn reconcile(runner: Arc<AgentRunner>, ctx: Arc<Context>) -> Result<Ac
 async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, Error> {
     let v = match validate::validate(runner, &ctx.config) {
         Ok(v) => v,
-        Err(Invalid::Metadata(e)) => return Err(e),
+        Err(Invalid::Metadata(field)) => return Err(Error::MissingMetadata(field)),
         Err(Invalid::Spec(invalid)) => {
-            let blocked = Blocked { reason: "InvalidSpec", message: invalid.to_string() };
+            let blocked = Blocked {
+                reason: "InvalidSpec",
+                message: invalid.to_string(),
+            };
             return report_blocked(runner, ctx, blocked).await;
         }
     };
     let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &v.namespace);
-    let found = secrets::fetch(&secret_api, &v.namespace, &secrets::referenced_names(runner)).await?;
+    let found = secrets::fetch(
+        &secret_api,
+        &v.namespace,
+        &secrets::referenced_names(runner),
+    )
+    .await?;
     let digest = match secrets::resolve(runner, &found) {
         Ok(digest) => digest,
         Err(missing) => {
             let reason = missing.first().map_or("SecretNotFound", |m| m.reason());
-            let message = missing.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+            let message = missing
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
             return report_blocked(runner, ctx, Blocked { reason, message }).await;
         }
     };
@@ -96,7 +124,10 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
         Ok(d) => d,
         Err(e) => {
             // Show the failure on the resource too, then let the error policy retry.
-            let blocked = Blocked { reason: "ApplyFailed", message: e.to_string() };
+            let blocked = Blocked {
+                reason: "ApplyFailed",
+                message: e.to_string(),
+            };
             if let Err(status_err) = report_blocked(runner, ctx, blocked).await {
                 warn!(error = %status_err, "could not report the apply failure in status");
             }
@@ -118,8 +149,14 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
 /// Report a problem the user must fix without touching the owned objects, so the runners
 /// that already work keep working: Degraded status, a Warning event when the problem is
 /// new, and a periodic retry (the Secret watch retries sooner when the Secret appears).
-async fn report_blocked(runner: &AgentRunner, ctx: &Context, blocked: Blocked) -> Result<Action, Error> {
-    let namespace = runner.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+async fn report_blocked(
+    runner: &AgentRunner,
+    ctx: &Context,
+    blocked: Blocked,
+) -> Result<Action, Error> {
+    let namespace = runner
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
     let name = runner.name_any();
     ctx.metrics.failure(&metric_reason(blocked.reason));
     warn!(reason = blocked.reason, message = %blocked.message, "AgentRunner is blocked");
@@ -127,9 +164,17 @@ async fn report_blocked(runner: &AgentRunner, ctx: &Context, blocked: Blocked) -
     let deployment = deployments
         .get_opt(&names::base(&name))
         .await
-        .map_err(|source| Error::ReadDeployment { namespace: namespace.clone(), name: name.clone(), source })?;
+        .map_err(|source| Error::ReadDeployment {
+            namespace: namespace.clone(),
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
     let selector = selector_string(&name);
-    let desired_replicas = if runner.spec.suspend { 0 } else { runner.spec.replicas };
+    let desired_replicas = if runner.spec.suspend {
+        0
+    } else {
+        runner.spec.replicas
+    };
     let observed = Observed {
         desired_replicas,
         deployment: deployment.as_ref(),
@@ -182,11 +227,17 @@ fn metric_reason(reason: &str) -> String {
 }
 
 /// Server-side apply of the status subresource, skipped when nothing changed.
-async fn write_status(runner: &AgentRunner, ctx: &Context, new_status: &AgentRunnerStatus) -> Result<(), Error> {
+async fn write_status(
+    runner: &AgentRunner,
+    ctx: &Context,
+    new_status: &AgentRunnerStatus,
+) -> Result<(), Error> {
     if !status::needs_write(runner.status.as_ref(), new_status) {
         return Ok(());
     }
-    let namespace = runner.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let namespace = runner
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
     let name = runner.name_any();
     let api: Api<AgentRunner> = Api::namespaced(ctx.client.clone(), &namespace);
     let patch = serde_json::json!({
@@ -194,9 +245,17 @@ async fn write_status(runner: &AgentRunner, ctx: &Context, new_status: &AgentRun
         "kind": "AgentRunner",
         "status": new_status,
     });
-    api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(|source| Error::WriteStatus { namespace, name, source })?;
+    api.patch_status(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::WriteStatus {
+        namespace,
+        name,
+        source: Box::new(source),
+    })?;
     Ok(())
 }
 
@@ -245,14 +304,21 @@ pub async fn run(
         }
     }
     let ns = namespace.as_deref();
-    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}"));
     // Helm release and token Secrets are never runner credentials and are the bulk of
     // Secret traffic in many clusters.
     let secrets = watcher::Config::default()
         .fields("type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token");
-    let controller = Controller::new(api::<AgentRunner>(&client, ns), watcher::Config::default().any_semantic());
+    let controller = Controller::new(
+        api::<AgentRunner>(&client, ns),
+        watcher::Config::default().any_semantic(),
+    );
     let store = controller.store();
-    info!(namespace = ns.unwrap_or("<all>"), "starting AgentRunner controller");
+    info!(
+        namespace = ns.unwrap_or("<all>"),
+        "starting AgentRunner controller"
+    );
     controller
         .owns(api::<Deployment>(&client, ns), owned.clone())
         .owns(api::<ConfigMap>(&client, ns), owned.clone())
@@ -260,14 +326,20 @@ pub async fn run(
         .owns(api::<ServiceAccount>(&client, ns), owned.clone())
         .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
         .owns(api::<PersistentVolumeClaim>(&client, ns), owned)
-        .watches(api::<Secret>(&client, ns), secrets, move |secret: Secret| {
-            let (Some(sns), Some(sname)) = (secret.metadata.namespace.as_deref(), secret.metadata.name.as_deref())
-            else {
-                return Vec::new();
-            };
-            let state = store.state();
-            runners_referencing(state.iter().map(|r| &**r), sns, sname)
-        })
+        .watches(
+            api::<Secret>(&client, ns),
+            secrets,
+            move |secret: Secret| {
+                let (Some(sns), Some(sname)) = (
+                    secret.metadata.namespace.as_deref(),
+                    secret.metadata.name.as_deref(),
+                ) else {
+                    return Vec::new();
+                };
+                let state = store.state();
+                runners_referencing(state.iter().map(|r| &**r), sns, sname)
+            },
+        )
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -293,7 +365,10 @@ mod tests {
                 name,
                 AgentRunnerSpec {
                     llm: secret.map(|s| LlmSpec {
-                        api_key_secret_ref: Some(SecretKeyRef { name: s.into(), key: "k".into() }),
+                        api_key_secret_ref: Some(SecretKeyRef {
+                            name: s.into(),
+                            key: "k".into(),
+                        }),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -302,7 +377,11 @@ mod tests {
             ar.metadata.namespace = Some(ns.into());
             ar
         };
-        let runners = [mk("a", "ns1", Some("llm")), mk("b", "ns2", Some("llm")), mk("c", "ns1", None)];
+        let runners = [
+            mk("a", "ns1", Some("llm")),
+            mk("b", "ns2", Some("llm")),
+            mk("c", "ns1", None),
+        ];
         let refs = runners_referencing(runners.iter(), "ns1", "llm");
         assert_eq!(refs, vec![ObjectRef::<AgentRunner>::new("a").within("ns1")]);
         assert!(runners_referencing(runners.iter(), "ns1", "other").is_empty());

@@ -536,7 +536,11 @@ impl AgentRunner {
     pub fn secret_refs(&self) -> Vec<(&'static str, &SecretKeyRef)> {
         let spec = &self.spec;
         let mut refs: Vec<(&'static str, &SecretKeyRef)> = Vec::new();
-        if let Some(r) = spec.llm.as_ref().and_then(|l| l.api_key_secret_ref.as_ref()) {
+        if let Some(r) = spec
+            .llm
+            .as_ref()
+            .and_then(|l| l.api_key_secret_ref.as_ref())
+        {
             refs.push(("spec.llm.apiKeySecretRef", r));
         }
         if spec.mode == Mode::Cloud
@@ -545,7 +549,11 @@ impl AgentRunner {
             if let Some(r) = &cloud.jwt_secret_ref {
                 refs.push(("spec.cloud.jwtSecretRef", r));
             }
-            if let Some(r) = cloud.backend.as_ref().and_then(|b| b.ca_secret_ref.as_ref()) {
+            if let Some(r) = cloud
+                .backend
+                .as_ref()
+                .and_then(|b| b.ca_secret_ref.as_ref())
+            {
                 refs.push(("spec.cloud.backend.caSecretRef", r));
             }
             if let Some(redis) = &cloud.redis {

@@ -14,7 +14,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// Server-side apply of an owned object failed.
@@ -24,7 +24,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// Listing owned objects to find orphans failed.
@@ -33,7 +33,7 @@ pub enum Error {
         kind: &'static str,
         namespace: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// Deleting an owned object that is no longer desired failed.
@@ -43,7 +43,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// Reading the Deployment to report status failed.
@@ -52,7 +52,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 
     /// Writing the AgentRunner's status failed.
@@ -61,7 +61,7 @@ pub enum Error {
         namespace: String,
         name: String,
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
 }
 
@@ -89,18 +89,44 @@ mod tests {
         let err = || kube::Error::LinesCodecMaxLineLengthExceeded;
         let all = [
             Error::MissingMetadata("uid"),
-            Error::ReadSecret { namespace: "n".into(), name: "s".into(), source: err() },
-            Error::Apply { kind: "Deployment", namespace: "n".into(), name: "a".into(), source: err() },
-            Error::List { kind: "ServiceAccount", namespace: "n".into(), source: err() },
-            Error::Delete { kind: "PodDisruptionBudget", namespace: "n".into(), name: "a".into(), source: err() },
-            Error::ReadDeployment { namespace: "n".into(), name: "a".into(), source: err() },
-            Error::WriteStatus { namespace: "n".into(), name: "a".into(), source: err() },
+            Error::ReadSecret {
+                namespace: "n".into(),
+                name: "s".into(),
+                source: Box::new(err()),
+            },
+            Error::Apply {
+                kind: "Deployment",
+                namespace: "n".into(),
+                name: "a".into(),
+                source: Box::new(err()),
+            },
+            Error::List {
+                kind: "ServiceAccount",
+                namespace: "n".into(),
+                source: Box::new(err()),
+            },
+            Error::Delete {
+                kind: "PodDisruptionBudget",
+                namespace: "n".into(),
+                name: "a".into(),
+                source: Box::new(err()),
+            },
+            Error::ReadDeployment {
+                namespace: "n".into(),
+                name: "a".into(),
+                source: Box::new(err()),
+            },
+            Error::WriteStatus {
+                namespace: "n".into(),
+                name: "a".into(),
+                source: Box::new(err()),
+            },
         ];
         let labels: std::collections::BTreeSet<_> = all.iter().map(Error::metric_label).collect();
         assert_eq!(labels.len(), all.len());
         assert_eq!(
             all[2].to_string(),
-            "applying Deployment n/a: lines codec max line length exceeded"
+            "applying Deployment n/a: Error finding newline character"
         );
     }
 }

@@ -37,12 +37,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn metrics(State(state): State<Arc<HttpState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }
@@ -73,20 +78,27 @@ mod tests {
     async fn endpoints_answer_on_loopback() {
         let state = Arc::new(HttpState::default());
         state.metrics.reconcile_started();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
-            axum::serve(listener, router(state.clone())).with_graceful_shutdown(async move {
-                let _ = rx.await;
-            }).into_future(),
+            axum::serve(listener, router(state.clone()))
+                .with_graceful_shutdown(async move {
+                    let _ = rx.await;
+                })
+                .into_future(),
         );
         assert!(get_path(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         assert!(get_path(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
         state.ready.store(true, Ordering::Relaxed);
         assert!(get_path(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let metrics = get_path(addr, "/metrics").await;
-        assert!(metrics.contains("agentrunner_operator_reconciles_total 1"), "{metrics}");
+        assert!(
+            metrics.contains("agentrunner_operator_reconciles_total 1"),
+            "{metrics}"
+        );
         let _ = tx.send(());
         server.await.expect("join").expect("serve");
     }

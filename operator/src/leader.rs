@@ -21,7 +21,12 @@ pub struct Election {
 
 impl Election {
     /// Join the election for Lease `namespace/name` as `identity`.
-    pub async fn start(client: Client, namespace: &str, name: &str, identity: &str) -> Result<Self, LeaseManagerError> {
+    pub async fn start(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+    ) -> Result<Self, LeaseManagerError> {
         let manager = LeaseManagerBuilder::new(client, name)
             .with_namespace(namespace)
             .with_identity(identity)

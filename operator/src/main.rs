@@ -74,19 +74,37 @@ async fn run(args: RunArgs) -> ExitCode {
     }
 
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(HttpState { metrics: metrics.clone(), ..Default::default() });
+    let state = Arc::new(HttpState {
+        metrics: metrics.clone(),
+        ..Default::default()
+    });
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    let server = tokio::spawn(http::serve(args.http_addr, state.clone(), shutdown.clone().cancelled_owned()));
+    let server = tokio::spawn(http::serve(
+        args.http_addr,
+        state.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
     state.ready.store(true, Ordering::Relaxed);
     info!(addr = %args.http_addr, "serving /metrics, /healthz and /readyz");
 
     let identity = args.identity.clone().unwrap_or_else(default_identity);
-    let ctx = Arc::new(Context::new(client.clone(), OperatorConfig::from(&args), metrics.clone(), Some(identity.clone())));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        OperatorConfig::from(&args),
+        metrics.clone(),
+        Some(identity.clone()),
+    ));
     let code = if args.leader_election {
         run_as_elected(client, &args, &identity, ctx, &metrics, shutdown.clone()).await
     } else {
-        controller::run(ctx, args.watch_namespace.clone(), args.concurrency, shutdown.clone().cancelled_owned()).await;
+        controller::run(
+            ctx,
+            args.watch_namespace.clone(),
+            args.concurrency,
+            shutdown.clone().cancelled_owned(),
+        )
+        .await;
         ExitCode::SUCCESS
     };
 
@@ -111,7 +129,14 @@ async fn run_as_elected(
     metrics: &Metrics,
     shutdown: CancellationToken,
 ) -> ExitCode {
-    let mut election = match Election::start(client, &args.lease_namespace, &args.lease_name, identity).await {
+    let mut election = match Election::start(
+        client,
+        &args.lease_namespace,
+        &args.lease_name,
+        identity,
+    )
+    .await
+    {
         Ok(e) => e,
         Err(e) => {
             error!(error = %e, lease = %args.lease_name, namespace = %args.lease_namespace, "cannot join leader election");

@@ -40,15 +40,33 @@ impl Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let leader = Gauge::default();
-        registry.register("reconciles", "AgentRunner reconciles started", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "AgentRunner reconciles started",
+            reconciles.clone(),
+        );
         registry.register(
             "reconcile_failures",
             "Reconciles that failed or were blocked, by error kind",
             failures.clone(),
         );
-        registry.register("reconcile_duration_seconds", "Duration of one reconcile", duration.clone());
-        registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciles, failures, duration, leader }
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile",
+            duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            leader,
+        }
     }
 
     /// Count a reconcile.
@@ -58,7 +76,11 @@ impl Metrics {
 
     /// Count a failure of kind `error`.
     pub fn failure(&self, error: &str) {
-        self.failures.get_or_create(&ErrorLabels { error: error.to_owned() }).inc();
+        self.failures
+            .get_or_create(&ErrorLabels {
+                error: error.to_owned(),
+            })
+            .inc();
     }
 
     /// Record how long one reconcile took.
@@ -93,9 +115,18 @@ mod tests {
         m.reconcile_finished(Duration::from_millis(20));
         m.set_leader(true);
         let text = m.encode();
-        assert!(text.contains("agentrunner_operator_reconciles_total 1"), "{text}");
-        assert!(text.contains("agentrunner_operator_reconcile_failures_total{error=\"apply\"} 2"), "{text}");
-        assert!(text.contains("agentrunner_operator_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("agentrunner_operator_reconciles_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentrunner_operator_reconcile_failures_total{error=\"apply\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("agentrunner_operator_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
         assert!(text.contains("agentrunner_operator_leader 1"), "{text}");
     }
 }

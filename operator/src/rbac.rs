@@ -16,33 +16,81 @@ pub struct Rule {
 /// The operator's API calls.
 pub const RULES: &[Rule] = &[
     // The watched resource, its status, and the CRD check at start-up (a list).
-    Rule { group: "agentic.stigmer.ai", resource: "agentrunners", verbs: &["get", "list", "watch"] },
-    Rule { group: "agentic.stigmer.ai", resource: "agentrunners/status", verbs: &["get", "patch"] },
+    Rule {
+        group: "agentic.stigmer.ai",
+        resource: "agentrunners",
+        verbs: &["get", "list", "watch"],
+    },
+    Rule {
+        group: "agentic.stigmer.ai",
+        resource: "agentrunners/status",
+        verbs: &["get", "patch"],
+    },
     // Owned objects: watched to repair drift, server-side applied (patch, which creates
     // when absent and so needs create too), orphans listed and deleted.
-    Rule { group: "apps", resource: "deployments", verbs: &["get", "list", "watch", "create", "patch"] },
-    Rule { group: "", resource: "configmaps", verbs: &["list", "watch", "create", "patch"] },
-    Rule { group: "", resource: "services", verbs: &["list", "watch", "create", "patch"] },
-    Rule { group: "", resource: "serviceaccounts", verbs: &["list", "watch", "create", "patch", "delete"] },
-    Rule { group: "", resource: "persistentvolumeclaims", verbs: &["list", "watch", "create", "patch"] },
-    Rule { group: "policy", resource: "poddisruptionbudgets", verbs: &["list", "watch", "create", "patch", "delete"] },
+    Rule {
+        group: "apps",
+        resource: "deployments",
+        verbs: &["get", "list", "watch", "create", "patch"],
+    },
+    Rule {
+        group: "",
+        resource: "configmaps",
+        verbs: &["list", "watch", "create", "patch"],
+    },
+    Rule {
+        group: "",
+        resource: "services",
+        verbs: &["list", "watch", "create", "patch"],
+    },
+    Rule {
+        group: "",
+        resource: "serviceaccounts",
+        verbs: &["list", "watch", "create", "patch", "delete"],
+    },
+    Rule {
+        group: "",
+        resource: "persistentvolumeclaims",
+        verbs: &["list", "watch", "create", "patch"],
+    },
+    Rule {
+        group: "policy",
+        resource: "poddisruptionbudgets",
+        verbs: &["list", "watch", "create", "patch", "delete"],
+    },
     // Referenced Secrets: read to check keys and hash values, watched to roll on rotation.
-    Rule { group: "", resource: "secrets", verbs: &["get", "list", "watch"] },
+    Rule {
+        group: "",
+        resource: "secrets",
+        verbs: &["get", "list", "watch"],
+    },
     // Warning events on the AgentRunner (patch updates an event series).
-    Rule { group: "events.k8s.io", resource: "events", verbs: &["create", "patch"] },
+    Rule {
+        group: "events.k8s.io",
+        resource: "events",
+        verbs: &["create", "patch"],
+    },
     // Leader election.
-    Rule { group: "coordination.k8s.io", resource: "leases", verbs: &["get", "create", "patch"] },
+    Rule {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "patch"],
+    },
 ];
 
 /// Whether the table allows `verb` on `group`/`resource`.
 pub fn allows(group: &str, resource: &str, verb: &str) -> bool {
-    RULES.iter().any(|r| r.group == group && r.resource == resource && r.verbs.contains(&verb))
+    RULES
+        .iter()
+        .any(|r| r.group == group && r.resource == resource && r.verbs.contains(&verb))
 }
 
 /// The request a path and method stand for, as (group, resource, verb); `None` for paths
 /// that are not resource requests. Used by tests that watch the operator's traffic.
 pub fn classify(method: &str, path_and_query: &str) -> Option<(String, String, String)> {
-    let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let rest = match parts.as_slice() {
         ["api", _version, rest @ ..] => ("", rest),
@@ -60,7 +108,9 @@ pub fn classify(method: &str, path_and_query: &str) -> Option<(String, String, S
         [resource, _name, sub] => (format!("{resource}/{sub}"), true),
         _ => return None,
     };
-    let watching = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+    let watching = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
     let verb = match (method, named) {
         ("GET", true) => "get",
         ("GET", false) if watching => "watch",
@@ -83,18 +133,41 @@ mod tests {
     fn classifies_requests() {
         let c = |m, p| classify(m, p).expect("resource request");
         assert_eq!(
-            c("PATCH", "/apis/apps/v1/namespaces/a/deployments/x?fieldManager=f&force=true"),
+            c(
+                "PATCH",
+                "/apis/apps/v1/namespaces/a/deployments/x?fieldManager=f&force=true"
+            ),
             ("apps".into(), "deployments".into(), "patch".into())
         );
-        assert_eq!(c("GET", "/api/v1/namespaces/a/secrets/s"), ("".into(), "secrets".into(), "get".into()));
-        assert_eq!(c("GET", "/api/v1/secrets?watch=true"), ("".into(), "secrets".into(), "watch".into()));
         assert_eq!(
-            c("PATCH", "/apis/agentic.stigmer.ai/v1alpha1/namespaces/a/agentrunners/x/status"),
-            ("agentic.stigmer.ai".into(), "agentrunners/status".into(), "patch".into())
+            c("GET", "/api/v1/namespaces/a/secrets/s"),
+            ("".into(), "secrets".into(), "get".into())
         );
         assert_eq!(
-            c("GET", "/apis/policy/v1/namespaces/a/poddisruptionbudgets?labelSelector=x"),
-            ("policy".into(), "poddisruptionbudgets".into(), "list".into())
+            c("GET", "/api/v1/secrets?watch=true"),
+            ("".into(), "secrets".into(), "watch".into())
+        );
+        assert_eq!(
+            c(
+                "PATCH",
+                "/apis/agentic.stigmer.ai/v1alpha1/namespaces/a/agentrunners/x/status"
+            ),
+            (
+                "agentic.stigmer.ai".into(),
+                "agentrunners/status".into(),
+                "patch".into()
+            )
+        );
+        assert_eq!(
+            c(
+                "GET",
+                "/apis/policy/v1/namespaces/a/poddisruptionbudgets?labelSelector=x"
+            ),
+            (
+                "policy".into(),
+                "poddisruptionbudgets".into(),
+                "list".into()
+            )
         );
         assert!(classify("GET", "/version").is_none());
     }

@@ -34,37 +34,60 @@ pub struct MissingSecret {
 impl MissingSecret {
     /// Condition and event reason.
     pub fn reason(&self) -> &'static str {
-        if self.secret_exists { "SecretKeyNotFound" } else { "SecretNotFound" }
+        if self.secret_exists {
+            "SecretKeyNotFound"
+        } else {
+            "SecretNotFound"
+        }
     }
 }
 
 impl fmt::Display for MissingSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.secret_exists {
-            write!(f, "key \"{}\" not found in Secret \"{}\" (referenced by {})", self.key, self.name, self.field)
+            write!(
+                f,
+                "key \"{}\" not found in Secret \"{}\" (referenced by {})",
+                self.key, self.name, self.field
+            )
         } else {
-            write!(f, "Secret \"{}\" not found (key \"{}\" referenced by {})", self.name, self.key, self.field)
+            write!(
+                f,
+                "Secret \"{}\" not found (key \"{}\" referenced by {})",
+                self.name, self.key, self.field
+            )
         }
     }
 }
 
 /// Names of the referenced Secrets, sorted and without duplicates.
 pub fn referenced_names(runner: &AgentRunner) -> Vec<String> {
-    let mut names: Vec<String> = runner.secret_refs().into_iter().map(|(_, r)| r.name.clone()).collect();
+    let mut names: Vec<String> = runner
+        .secret_refs()
+        .into_iter()
+        .map(|(_, r)| r.name.clone())
+        .collect();
     names.sort();
     names.dedup();
     names
 }
 
 /// Read the named Secrets; absent ones are simply left out of the map.
-pub async fn fetch(api: &Api<Secret>, namespace: &str, names: &[String]) -> Result<BTreeMap<String, Secret>, Error> {
+pub async fn fetch(
+    api: &Api<Secret>,
+    namespace: &str,
+    names: &[String],
+) -> Result<BTreeMap<String, Secret>, Error> {
     let mut found = BTreeMap::new();
     for name in names {
-        let secret = api.get_opt(name).await.map_err(|source| Error::ReadSecret {
-            namespace: namespace.to_owned(),
-            name: name.clone(),
-            source,
-        })?;
+        let secret = api
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::ReadSecret {
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+                source: Box::new(source),
+            })?;
         if let Some(secret) = secret {
             found.insert(name.clone(), secret);
         }
@@ -76,7 +99,10 @@ pub async fn fetch(api: &Api<Secret>, namespace: &str, names: &[String]) -> Resu
 ///
 /// Only referenced keys enter the digest, so editing an unrelated key of a shared Secret
 /// does not roll the runners.
-pub fn resolve(runner: &AgentRunner, secrets: &BTreeMap<String, Secret>) -> Result<SecretsDigest, Vec<MissingSecret>> {
+pub fn resolve(
+    runner: &AgentRunner,
+    secrets: &BTreeMap<String, Secret>,
+) -> Result<SecretsDigest, Vec<MissingSecret>> {
     let mut refs: Vec<(&'static str, &SecretKeyRef)> = runner.secret_refs();
     refs.sort_by(|a, b| (&a.1.name, &a.1.key).cmp(&(&b.1.name, &b.1.key)));
     let mut hasher = Sha256::new();
@@ -104,7 +130,11 @@ pub fn resolve(runner: &AgentRunner, secrets: &BTreeMap<String, Secret>) -> Resu
             }),
         }
     }
-    if missing.is_empty() { Ok(SecretsDigest(hex(&hasher.finalize()[..16]))) } else { Err(missing) }
+    if missing.is_empty() {
+        Ok(SecretsDigest(hex(&hasher.finalize()[..16])))
+    } else {
+        Err(missing)
+    }
 }
 
 enum Lookup<'a> {
@@ -131,10 +161,12 @@ fn lookup<'a>(secrets: &'a BTreeMap<String, Secret>, r: &SecretKeyRef) -> Lookup
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -149,7 +181,10 @@ mod tests {
             AgentRunnerSpec {
                 llm: Some(LlmSpec {
                     provider: Some(LlmProvider::Anthropic),
-                    api_key_secret_ref: Some(SecretKeyRef { name: name.into(), key: key.into() }),
+                    api_key_secret_ref: Some(SecretKeyRef {
+                        name: name.into(),
+                        key: key.into(),
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -160,15 +195,28 @@ mod tests {
     fn secret(name: &str, pairs: &[(&str, &str)]) -> (String, Secret) {
         let mut s = Secret::default();
         s.metadata.name = Some(name.into());
-        s.data = Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec()))).collect());
+        s.data = Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        );
         (name.to_owned(), s)
     }
 
     #[test]
     fn digest_changes_with_referenced_values_only() {
         let ar = runner_with_llm_key("llm", "api-key");
-        let a = resolve(&ar, &[secret("llm", &[("api-key", "one"), ("other", "x")])].into()).expect("found");
-        let b = resolve(&ar, &[secret("llm", &[("api-key", "one"), ("other", "y")])].into()).expect("found");
+        let a = resolve(
+            &ar,
+            &[secret("llm", &[("api-key", "one"), ("other", "x")])].into(),
+        )
+        .expect("found");
+        let b = resolve(
+            &ar,
+            &[secret("llm", &[("api-key", "one"), ("other", "y")])].into(),
+        )
+        .expect("found");
         let c = resolve(&ar, &[secret("llm", &[("api-key", "two")])].into()).expect("found");
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -186,13 +234,20 @@ mod tests {
         );
         let nokey = resolve(&ar, &[secret("llm", &[("other", "x")])].into()).expect_err("missing");
         assert_eq!(nokey[0].reason(), "SecretKeyNotFound");
-        assert!(nokey[0].to_string().starts_with("key \"api-key\" not found in Secret \"llm\""));
+        assert!(
+            nokey[0]
+                .to_string()
+                .starts_with("key \"api-key\" not found in Secret \"llm\"")
+        );
     }
 
     #[test]
     fn no_references_give_a_stable_digest() {
         let ar = AgentRunner::new("demo", AgentRunnerSpec::default());
-        assert_eq!(resolve(&ar, &BTreeMap::new()), resolve(&ar, &BTreeMap::new()));
+        assert_eq!(
+            resolve(&ar, &BTreeMap::new()),
+            resolve(&ar, &BTreeMap::new())
+        );
         assert!(referenced_names(&ar).is_empty());
     }
 }

@@ -43,7 +43,11 @@ pub struct Observed<'a> {
 pub fn compute(runner: &AgentRunner, observed: Observed<'_>, now: Timestamp) -> AgentRunnerStatus {
     let counts = Counts::of(observed.deployment);
     let generation = runner.metadata.generation;
-    let previous = runner.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let previous = runner
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let conditions = [
         ready(runner, &observed, &counts),
         progressing(&observed, &counts),
@@ -104,7 +108,10 @@ impl Counts {
             return Counts::default();
         };
         let Some(s) = &d.status else {
-            return Counts { current: d.metadata.generation.is_none(), ..Default::default() };
+            return Counts {
+                current: d.metadata.generation.is_none(),
+                ..Default::default()
+            };
         };
         let current = match (s.observed_generation, d.metadata.generation) {
             (Some(seen), Some(gen_)) => seen >= gen_,
@@ -112,10 +119,16 @@ impl Counts {
         };
         let stalled = s.conditions.iter().flatten().find_map(|c| {
             let type_ = c.type_.as_deref();
-            let failed_replicas = type_ == Some("ReplicaFailure") && c.status.as_deref() == Some("True");
-            let deadline = type_ == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded");
+            let failed_replicas =
+                type_ == Some("ReplicaFailure") && c.status.as_deref() == Some("True");
+            let deadline = type_ == Some("Progressing")
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded");
             (failed_replicas || deadline).then(|| {
-                let reason = if deadline { "RolloutStalled" } else { "ReplicaFailure" };
+                let reason = if deadline {
+                    "RolloutStalled"
+                } else {
+                    "ReplicaFailure"
+                };
                 (reason, c.message.clone().unwrap_or_default())
             })
         });
@@ -130,7 +143,10 @@ impl Counts {
     }
 
     fn rolling(&self, desired: i32) -> bool {
-        !self.current || self.updated < desired || self.replicas > self.updated || self.available < desired
+        !self.current
+            || self.updated < desired
+            || self.replicas > self.updated
+            || self.available < desired
     }
 }
 
@@ -139,7 +155,12 @@ type Cond = (&'static str, bool, &'static str, String);
 fn ready(runner: &AgentRunner, o: &Observed<'_>, c: &Counts) -> Cond {
     let desired = o.desired_replicas;
     if runner.spec.suspend {
-        return (READY, false, "Suspended", "spec.suspend is true: runners are scaled to zero".into());
+        return (
+            READY,
+            false,
+            "Suspended",
+            "spec.suspend is true: runners are scaled to zero".into(),
+        );
     }
     if let Some(b) = o.blocked
         && (o.deployment.is_none() || c.ready == 0)
@@ -159,7 +180,12 @@ fn ready(runner: &AgentRunner, o: &Observed<'_>, c: &Counts) -> Cond {
 
 fn progressing(o: &Observed<'_>, c: &Counts) -> Cond {
     if let Some(b) = o.blocked {
-        return (PROGRESSING, false, b.reason, "changes are not applied until the problem is fixed".into());
+        return (
+            PROGRESSING,
+            false,
+            b.reason,
+            "changes are not applied until the problem is fixed".into(),
+        );
     }
     if c.rolling(o.desired_replicas) {
         let message = format!(
@@ -168,7 +194,12 @@ fn progressing(o: &Observed<'_>, c: &Counts) -> Cond {
         );
         return (PROGRESSING, true, "RollingOut", message);
     }
-    (PROGRESSING, false, "RolloutComplete", "the runner pods match the spec".into())
+    (
+        PROGRESSING,
+        false,
+        "RolloutComplete",
+        "the runner pods match the spec".into(),
+    )
 }
 
 fn degraded(o: &Observed<'_>, c: &Counts) -> Cond {
@@ -194,7 +225,13 @@ mod tests {
     }
 
     fn runner(replicas: i32) -> AgentRunner {
-        let mut ar = AgentRunner::new("demo", AgentRunnerSpec { replicas, ..Default::default() });
+        let mut ar = AgentRunner::new(
+            "demo",
+            AgentRunnerSpec {
+                replicas,
+                ..Default::default()
+            },
+        );
         ar.metadata.generation = Some(2);
         ar
     }
@@ -213,12 +250,24 @@ mod tests {
         d
     }
 
-    fn observed<'a>(desired: i32, d: Option<&'a Deployment>, b: Option<&'a Blocked>) -> Observed<'a> {
-        Observed { desired_replicas: desired, deployment: d, blocked: b, selector: SELECTOR }
+    fn observed<'a>(
+        desired: i32,
+        d: Option<&'a Deployment>,
+        b: Option<&'a Blocked>,
+    ) -> Observed<'a> {
+        Observed {
+            desired_replicas: desired,
+            deployment: d,
+            blocked: b,
+            selector: SELECTOR,
+        }
     }
 
     fn cond<'a>(s: &'a AgentRunnerStatus, t: &str) -> &'a Condition {
-        s.conditions.iter().find(|c| c.type_ == t).expect("condition present")
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
     }
 
     #[test]
@@ -227,7 +276,10 @@ mod tests {
         let d = deployment(1, 1, 3, 3, 3);
         let s = compute(&ar, observed(3, Some(&d), None), at(100));
         assert_eq!(s.observed_generation, Some(2));
-        assert_eq!((s.replicas, s.ready_replicas, s.updated_replicas), (3, 3, 3));
+        assert_eq!(
+            (s.replicas, s.ready_replicas, s.updated_replicas),
+            (3, 3, 3)
+        );
         assert_eq!(s.selector.as_deref(), Some(SELECTOR));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, READY).reason, "RunnersReady");
@@ -285,7 +337,10 @@ mod tests {
     #[test]
     fn blocked_without_pods_is_degraded_and_not_ready() {
         let ar = runner(1);
-        let b = Blocked { reason: "SecretNotFound", message: "Secret \"jwt\" not found".into() };
+        let b = Blocked {
+            reason: "SecretNotFound",
+            message: "Secret \"jwt\" not found".into(),
+        };
         let s = compute(&ar, observed(1, None, Some(&b)), at(100));
         assert_eq!(cond(&s, DEGRADED).status, "True");
         assert_eq!(cond(&s, DEGRADED).reason, "SecretNotFound");
@@ -299,7 +354,10 @@ mod tests {
     fn blocked_with_running_pods_stays_ready() {
         let ar = runner(2);
         let d = deployment(1, 1, 2, 2, 2);
-        let b = Blocked { reason: "SecretKeyNotFound", message: "key".into() };
+        let b = Blocked {
+            reason: "SecretKeyNotFound",
+            message: "key".into(),
+        };
         let s = compute(&ar, observed(2, Some(&d), Some(&b)), at(100));
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, DEGRADED).status, "True");

@@ -11,8 +11,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
-use crate::crd::{AgentRunner, AgentRunnerSpec, EmptyDirWorkspace, ImageSpec, MAX_NAME_LEN, Mode, PullPolicy};
-use crate::error::Error;
+use crate::crd::{
+    AgentRunner, AgentRunnerSpec, EmptyDirWorkspace, ImageSpec, MAX_NAME_LEN, Mode, PullPolicy,
+};
 
 /// Environment variables the operator sets itself; `runner.extraEnv` may not override them.
 pub const RESERVED_ENV: &[&str] = &[
@@ -129,21 +130,29 @@ impl fmt::Display for InvalidSpec {
 pub enum Invalid {
     /// The user must fix the spec.
     Spec(InvalidSpec),
-    /// The object lacks apiserver-set metadata: a bug or a hand-made object, not a user error.
-    Metadata(Error),
+    /// The object lacks this apiserver-set metadata field: a bug or a hand-made object, not
+    /// a user error.
+    Metadata(&'static str),
 }
 
 /// Check `runner` and resolve its defaults.
-pub fn validate<'a>(runner: &'a AgentRunner, cfg: &OperatorConfig) -> Result<Validated<'a>, Invalid> {
-    let name = runner.metadata.name.clone().ok_or(Invalid::Metadata(Error::MissingMetadata("name")))?;
+pub fn validate<'a>(
+    runner: &'a AgentRunner,
+    cfg: &OperatorConfig,
+) -> Result<Validated<'a>, Invalid> {
+    let name = runner
+        .metadata
+        .name
+        .clone()
+        .ok_or(Invalid::Metadata("name"))?;
     let namespace = runner
         .metadata
         .namespace
         .clone()
-        .ok_or(Invalid::Metadata(Error::MissingMetadata("namespace")))?;
+        .ok_or(Invalid::Metadata("namespace"))?;
     let owner = runner
         .controller_owner_ref(&())
-        .ok_or(Invalid::Metadata(Error::MissingMetadata("uid")))?;
+        .ok_or(Invalid::Metadata("uid"))?;
 
     let problems = spec_problems(runner);
     if !problems.is_empty() {
@@ -192,7 +201,10 @@ pub fn validate<'a>(runner: &'a AgentRunner, cfg: &OperatorConfig) -> Result<Val
 
 /// `repository:tag`, or `repository@sha256:...` when the tag is a digest.
 fn image_ref(image: &ImageSpec, cfg: &OperatorConfig) -> String {
-    let repo = image.repository.as_deref().unwrap_or(&cfg.default_image_repository);
+    let repo = image
+        .repository
+        .as_deref()
+        .unwrap_or(&cfg.default_image_repository);
     let tag = image.tag.as_deref().unwrap_or(&cfg.default_image_tag);
     if tag.contains(':') {
         format!("{repo}@{tag}")
@@ -221,7 +233,9 @@ fn spec_problems(runner: &AgentRunner) -> Vec<String> {
     let mut problems = Vec::new();
     let name = runner.name_any();
     if name.len() > MAX_NAME_LEN {
-        problems.push(format!("metadata.name must be at most {MAX_NAME_LEN} characters"));
+        problems.push(format!(
+            "metadata.name must be at most {MAX_NAME_LEN} characters"
+        ));
     }
     if !is_dns_label(&name) {
         problems.push("metadata.name must start with a letter and contain only lowercase letters, digits and '-'".into());
@@ -241,9 +255,13 @@ fn spec_problems(runner: &AgentRunner) -> Vec<String> {
     }
     workspace_problems(spec, &mut problems);
     if let Some(llm) = &spec.llm {
-        let needs_key = llm.provider.is_some_and(|p| p != crate::crd::LlmProvider::Ollama);
+        let needs_key = llm
+            .provider
+            .is_some_and(|p| p != crate::crd::LlmProvider::Ollama);
         if needs_key && llm.api_key_secret_ref.is_none() {
-            problems.push("llm.apiKeySecretRef is required for the anthropic and openai providers".into());
+            problems.push(
+                "llm.apiKeySecretRef is required for the anthropic and openai providers".into(),
+            );
         }
     }
     for env in &spec.runner.extra_env {
@@ -274,12 +292,18 @@ fn cloud_problems(spec: &AgentRunnerSpec, problems: &mut Vec<String>) {
     match &cloud.backend {
         None => problems.push("cloud mode requires spec.cloud.backend.endpoint".into()),
         Some(b) if !(b.endpoint.starts_with("https://") || b.endpoint.starts_with("http://")) => {
-            problems.push("backend.endpoint must start with https:// (or http:// for a plaintext backend)".into())
+            problems.push(
+                "backend.endpoint must start with https:// (or http:// for a plaintext backend)"
+                    .into(),
+            )
         }
         Some(_) => {}
     }
     if cloud.jwt_secret_ref.is_none() {
-        problems.push("cloud mode requires spec.cloud.jwtSecretRef, the Secret key holding the runner's JWT".into());
+        problems.push(
+            "cloud mode requires spec.cloud.jwtSecretRef, the Secret key holding the runner's JWT"
+                .into(),
+        );
     }
     match &cloud.redis {
         None => problems.push("cloud mode requires spec.cloud.redis".into()),
@@ -305,11 +329,16 @@ fn workspace_problems(spec: &AgentRunnerSpec, problems: &mut Vec<String>) {
         return;
     };
     if ws.empty_dir.is_some() && ws.persistent_volume_claim.is_some() {
-        problems.push("set at most one of workspace.emptyDir or workspace.persistentVolumeClaim".into());
+        problems.push(
+            "set at most one of workspace.emptyDir or workspace.persistentVolumeClaim".into(),
+        );
     }
     if let Some(pvc) = &ws.persistent_volume_claim {
         if pvc.claim_name.is_some() == pvc.size.is_some() {
-            problems.push("set exactly one of persistentVolumeClaim.claimName or persistentVolumeClaim.size".into());
+            problems.push(
+                "set exactly one of persistentVolumeClaim.claimName or persistentVolumeClaim.size"
+                    .into(),
+            );
         }
         if pvc.storage_class_name.is_some() && pvc.size.is_none() {
             problems.push("persistentVolumeClaim.storageClassName applies only with persistentVolumeClaim.size".into());
@@ -327,14 +356,18 @@ fn is_dns_label(s: &str) -> bool {
         return false;
     };
     first.is_ascii_lowercase()
-        && rest.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && rest
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.last().is_some_and(|b| *b != b'-')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{AgentRunnerSpec, CloudSpec, LocalSpec, PvcWorkspace, RedisSpec, WorkspaceSpec};
+    use crate::crd::{
+        AgentRunnerSpec, CloudSpec, LocalSpec, PvcWorkspace, RedisSpec, WorkspaceSpec,
+    };
     use k8s_openapi::api::core::v1::EnvVar;
 
     fn runner(spec: AgentRunnerSpec) -> AgentRunner {
@@ -347,22 +380,34 @@ mod tests {
     fn problems(spec: AgentRunnerSpec) -> Vec<String> {
         match validate(&runner(spec), &OperatorConfig::default()) {
             Err(Invalid::Spec(s)) => s.problems,
-            Err(Invalid::Metadata(e)) => panic!("unexpected metadata error {e}"),
+            Err(Invalid::Metadata(f)) => panic!("unexpected metadata error {f}"),
             Ok(_) => Vec::new(),
         }
     }
 
     #[test]
     fn local_defaults_resolve() {
-        let ar = runner(AgentRunnerSpec { replicas: 2, ..Default::default() });
-        let cfg = OperatorConfig { default_image_tag: "1.2.3".into(), ..Default::default() };
+        let ar = runner(AgentRunnerSpec {
+            replicas: 2,
+            ..Default::default()
+        });
+        let cfg = OperatorConfig {
+            default_image_tag: "1.2.3".into(),
+            ..Default::default()
+        };
         let v = validate(&ar, &cfg).expect("valid");
         assert_eq!(v.image, "ghcr.io/stigmer/agent-runner:1.2.3");
         assert_eq!(v.control_plane_image, v.image);
         assert_eq!(v.replicas, 2);
         assert_eq!(v.termination_grace_seconds, 330);
-        assert_eq!(v.service_account, ServiceAccountChoice::Owned("demo".into()));
-        assert_eq!(v.workspace, Workspace::EmptyDir(EmptyDirWorkspace::default()));
+        assert_eq!(
+            v.service_account,
+            ServiceAccountChoice::Owned("demo".into())
+        );
+        assert_eq!(
+            v.workspace,
+            Workspace::EmptyDir(EmptyDirWorkspace::default())
+        );
         assert_eq!(v.owner.uid, "uid-1");
         assert_eq!(v.owner.controller, Some(true));
     }
@@ -372,7 +417,10 @@ mod tests {
         let ar = runner(AgentRunnerSpec {
             replicas: 3,
             suspend: true,
-            image: Some(ImageSpec { tag: Some("sha256:abc".into()), ..Default::default() }),
+            image: Some(ImageSpec {
+                tag: Some("sha256:abc".into()),
+                ..Default::default()
+            }),
             ..Default::default()
         });
         let v = validate(&ar, &OperatorConfig::default()).expect("valid");
@@ -382,7 +430,10 @@ mod tests {
 
     #[test]
     fn cloud_without_settings_lists_every_missing_part() {
-        let p = problems(AgentRunnerSpec { mode: Mode::Cloud, ..Default::default() });
+        let p = problems(AgentRunnerSpec {
+            mode: Mode::Cloud,
+            ..Default::default()
+        });
         assert_eq!(p.len(), 4, "{p:?}");
         assert!(p[0].contains("backend"));
         assert!(p[1].contains("jwtSecretRef"));
@@ -394,10 +445,17 @@ mod tests {
     fn redis_needs_exactly_one_source() {
         let spec = AgentRunnerSpec {
             mode: Mode::Cloud,
-            cloud: Some(CloudSpec { redis: Some(RedisSpec::default()), ..Default::default() }),
+            cloud: Some(CloudSpec {
+                redis: Some(RedisSpec::default()),
+                ..Default::default()
+            }),
             ..Default::default()
         };
-        assert!(problems(spec).iter().any(|p| p.contains("exactly one of redis.host")));
+        assert!(
+            problems(spec)
+                .iter()
+                .any(|p| p.contains("exactly one of redis.host"))
+        );
     }
 
     #[test]
@@ -406,7 +464,10 @@ mod tests {
             replicas: 2,
             local: Some(LocalSpec {
                 workspace: Some(WorkspaceSpec {
-                    persistent_volume_claim: Some(PvcWorkspace { claim_name: Some("data".into()), ..Default::default() }),
+                    persistent_volume_claim: Some(PvcWorkspace {
+                        claim_name: Some("data".into()),
+                        ..Default::default()
+                    }),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -420,8 +481,16 @@ mod tests {
     fn reserved_env_is_refused() {
         let mut spec = AgentRunnerSpec::default();
         spec.runner.extra_env = vec![
-            EnvVar { name: "MODE".into(), value: Some("cloud".into()), ..Default::default() },
-            EnvVar { name: "HTTP_PROXY".into(), value: Some("http://proxy".into()), ..Default::default() },
+            EnvVar {
+                name: "MODE".into(),
+                value: Some("cloud".into()),
+                ..Default::default()
+            },
+            EnvVar {
+                name: "HTTP_PROXY".into(),
+                value: Some("http://proxy".into()),
+                ..Default::default()
+            },
         ];
         let p = problems(spec);
         assert_eq!(p, vec!["runner.extraEnv must not set MODE: the operator manages it through a dedicated field".to_string()]);
@@ -442,7 +511,7 @@ mod tests {
         ar.metadata.uid = None;
         assert!(matches!(
             validate(&ar, &OperatorConfig::default()),
-            Err(Invalid::Metadata(Error::MissingMetadata("uid")))
+            Err(Invalid::Metadata("uid"))
         ));
     }
 }

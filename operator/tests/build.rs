@@ -15,11 +15,15 @@ use operator::{secrets, validate};
 use serde::Serialize;
 
 fn config() -> OperatorConfig {
-    OperatorConfig { default_image_tag: "0.1.0".into(), ..Default::default() }
+    OperatorConfig {
+        default_image_tag: "0.1.0".into(),
+        ..Default::default()
+    }
 }
 
 fn desired(runner: &AgentRunner, found: &BTreeMap<String, Secret>) -> Desired {
-    let v = validate::validate(runner, &config()).unwrap_or_else(|e| panic!("invalid fixture: {e:?}"));
+    let v =
+        validate::validate(runner, &config()).unwrap_or_else(|e| panic!("invalid fixture: {e:?}"));
     let digest = secrets::resolve(runner, found).expect("all secrets present");
     build::build(&v, &digest)
 }
@@ -45,7 +49,9 @@ fn to_yaml(desired: &Desired) -> String {
 }
 
 fn assert_snapshot(name: &str, actual: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/snapshots")
+        .join(name);
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, actual).expect("write snapshot");
         return;
@@ -54,7 +60,11 @@ fn assert_snapshot(name: &str, actual: &str) {
     if expected != actual {
         let new = path.with_extension("yaml.new");
         std::fs::write(&new, actual).expect("write new snapshot");
-        let line = expected.lines().zip(actual.lines()).position(|(a, b)| a != b).map_or(0, |i| i + 1);
+        let line = expected
+            .lines()
+            .zip(actual.lines())
+            .position(|(a, b)| a != b)
+            .map_or(0, |i| i + 1);
         panic!(
             "{name} differs from the built objects near line {line}; the new output is in {} \
              (rerun with UPDATE_SNAPSHOTS=1 to accept it)",
@@ -71,7 +81,10 @@ fn local_mode_snapshot() {
 
 #[test]
 fn cloud_mode_snapshot() {
-    let d = desired(&common::runner("cloud.yaml"), &common::secrets("cloud-secrets.yaml"));
+    let d = desired(
+        &common::runner("cloud.yaml"),
+        &common::secrets("cloud-secrets.yaml"),
+    );
     assert_snapshot("cloud.yaml", &to_yaml(&d));
 }
 
@@ -95,7 +108,11 @@ fn container<'a>(d: &'a Desired, name: &str) -> &'a Container {
 }
 
 fn env_value<'a>(c: &'a Container, name: &str) -> Option<&'a str> {
-    c.env.iter().flatten().find(|e| e.name == name).and_then(|e| e.value.as_deref())
+    c.env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.as_deref())
 }
 
 /// The checks of the `restricted` Pod Security Standard (v1.30+) that a pod spec can fail.
@@ -111,7 +128,11 @@ fn restricted_violations(p: &PodSpec) -> Vec<String> {
         }
     }
     let pod_seccomp = psc.seccomp_profile.as_ref().map(|s| s.type_.as_str());
-    for c in p.containers.iter().chain(p.init_containers.iter().flatten()) {
+    for c in p
+        .containers
+        .iter()
+        .chain(p.init_containers.iter().flatten())
+    {
         let sc = c.security_context.clone().unwrap_or_default();
         if sc.privileged == Some(true) {
             v.push(format!("{}: privileged", c.name));
@@ -125,7 +146,11 @@ fn restricted_violations(p: &PodSpec) -> Vec<String> {
         if sc.run_as_user == Some(0) || psc.run_as_user == Some(0) {
             v.push(format!("{}: runAsUser 0", c.name));
         }
-        let seccomp = sc.seccomp_profile.as_ref().map(|s| s.type_.as_str()).or(pod_seccomp);
+        let seccomp = sc
+            .seccomp_profile
+            .as_ref()
+            .map(|s| s.type_.as_str())
+            .or(pod_seccomp);
         if !matches!(seccomp, Some("RuntimeDefault" | "Localhost")) {
             v.push(format!("{}: seccomp not RuntimeDefault", c.name));
         }
@@ -136,7 +161,11 @@ fn restricted_violations(p: &PodSpec) -> Vec<String> {
         if caps.add.iter().flatten().any(|a| a != "NET_BIND_SERVICE") {
             v.push(format!("{}: capabilities added", c.name));
         }
-        if c.ports.iter().flatten().any(|port| port.host_port.is_some()) {
+        if c.ports
+            .iter()
+            .flatten()
+            .any(|port| port.host_port.is_some())
+        {
             v.push(format!("{}: hostPort", c.name));
         }
         // Not part of the standard, but part of this operator's promise.
@@ -156,14 +185,34 @@ fn pods_pass_the_restricted_standard() {
     ] {
         let mut runner = common::runner(fixture);
         // A user sidecar without a securityContext inherits the restricted one.
-        runner.spec.pod.sidecars.push(Container { name: "log-shipper".into(), ..Default::default() });
+        runner.spec.pod.sidecars.push(Container {
+            name: "log-shipper".into(),
+            ..Default::default()
+        });
         let d = desired(&runner, &secrets);
-        assert_eq!(restricted_violations(pod(&d)), Vec::<String>::new(), "{fixture}");
+        assert_eq!(
+            restricted_violations(pod(&d)),
+            Vec::<String>::new(),
+            "{fixture}"
+        );
     }
-    let mut bad = PodSpec { containers: vec![Container { name: "x".into(), ..Default::default() }], ..Default::default() };
-    assert!(!restricted_violations(&bad).is_empty(), "the checker must be able to fail");
+    let mut bad = PodSpec {
+        containers: vec![Container {
+            name: "x".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    assert!(
+        !restricted_violations(&bad).is_empty(),
+        "the checker must be able to fail"
+    );
     bad.host_network = Some(true);
-    assert!(restricted_violations(&bad).iter().any(|m| m == "host namespaces"));
+    assert!(
+        restricted_violations(&bad)
+            .iter()
+            .any(|m| m == "host namespaces")
+    );
 }
 
 #[test]
@@ -175,18 +224,36 @@ fn local_mode_runs_the_control_plane_as_a_native_sidecar() {
     assert_eq!(sidecar.restart_policy.as_deref(), Some("Always"));
     assert_eq!(
         sidecar.args.clone().unwrap_or_default(),
-        ["--listen", "127.0.0.1:50051", "--data-dir", "/workspace/stigmer"]
+        [
+            "--listen",
+            "127.0.0.1:50051",
+            "--data-dir",
+            "/workspace/stigmer"
+        ]
     );
     let runner = container(&d, "runner");
     assert_eq!(env_value(runner, "MODE"), Some("local"));
-    assert_eq!(env_value(runner, "STIGMER_API_KEY"), Some("dummy-local-key"));
+    assert_eq!(
+        env_value(runner, "STIGMER_API_KEY"),
+        Some("dummy-local-key")
+    );
     let cm = d.config_map.data.clone().unwrap_or_default();
     assert_eq!(cm["STIGMER_BACKEND_ENDPOINT"], "http://localhost:50051");
     assert_eq!(cm["SANDBOX_ROOT_DIR"], "/workspace/sandboxes");
     // Both containers share the workspace volume.
     for c in [runner, sidecar] {
-        assert!(c.volume_mounts.iter().flatten().any(|m| m.name == "workspace" && m.mount_path == "/workspace"));
-        assert!(c.volume_mounts.iter().flatten().any(|m| m.name == "tmp" && m.mount_path == "/tmp"));
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "workspace" && m.mount_path == "/workspace")
+        );
+        assert!(
+            c.volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.name == "tmp" && m.mount_path == "/tmp")
+        );
     }
     assert!(d.pod_disruption_budget.is_some(), "two replicas get a PDB");
 }
@@ -218,17 +285,35 @@ fn cloud_mode_references_secrets_and_never_copies_them() {
     let everything = to_yaml(&d);
     for secret in secrets.values() {
         for value in secret.string_data.iter().flatten().map(|(_, v)| v) {
-            let first_line = value.lines().find(|l| !l.starts_with("-----")).unwrap_or(value);
-            assert!(!everything.contains(first_line), "a secret value leaked into the built objects");
+            let first_line = value
+                .lines()
+                .find(|l| !l.starts_with("-----"))
+                .unwrap_or(value);
+            assert!(
+                !everything.contains(first_line),
+                "a secret value leaked into the built objects"
+            );
         }
     }
     let p = pod(&d);
     assert_eq!(p.termination_grace_period_seconds, Some(930));
-    assert_eq!(p.service_account_name.as_deref(), Some("runner-workload-identity"));
-    assert!(d.service_account.is_none(), "the user's ServiceAccount is used");
-    assert!(p.init_containers.is_none(), "no control plane sidecar in cloud mode");
+    assert_eq!(
+        p.service_account_name.as_deref(),
+        Some("runner-workload-identity")
+    );
+    assert!(
+        d.service_account.is_none(),
+        "the user's ServiceAccount is used"
+    );
+    assert!(
+        p.init_containers.is_none(),
+        "no control plane sidecar in cloud mode"
+    );
     let cm = d.config_map.data.clone().unwrap_or_default();
-    assert_eq!(cm["STIGMER_BACKEND_CA_FILE"], "/etc/stigmer/backend-ca/ca.crt");
+    assert_eq!(
+        cm["STIGMER_BACKEND_CA_FILE"],
+        "/etc/stigmer/backend-ca/ca.crt"
+    );
     assert_eq!(cm["REDIS_PORT"], "6380");
 }
 
@@ -236,20 +321,41 @@ fn cloud_mode_references_secrets_and_never_copies_them() {
 fn rotation_and_config_changes_roll_the_pods() {
     let runner = common::runner("cloud.yaml");
     let mut secrets = common::secrets("cloud-secrets.yaml");
-    let annotations = |d: &Desired| d.deployment.spec.template.metadata.clone().unwrap_or_default().annotations.unwrap_or_default();
+    let annotations = |d: &Desired| {
+        d.deployment
+            .spec
+            .template
+            .metadata
+            .clone()
+            .unwrap_or_default()
+            .annotations
+            .unwrap_or_default()
+    };
     let before = annotations(&desired(&runner, &secrets));
 
     if let Some(s) = secrets.get_mut("redis") {
-        s.string_data = Some(BTreeMap::from([("password".to_owned(), "rotated".to_owned())]));
+        s.string_data = Some(BTreeMap::from([(
+            "password".to_owned(),
+            "rotated".to_owned(),
+        )]));
     }
     let rotated = annotations(&desired(&runner, &secrets));
-    assert_ne!(before[SECRETS_HASH_ANNOTATION], rotated[SECRETS_HASH_ANNOTATION]);
-    assert_eq!(before[CONFIG_HASH_ANNOTATION], rotated[CONFIG_HASH_ANNOTATION]);
+    assert_ne!(
+        before[SECRETS_HASH_ANNOTATION],
+        rotated[SECRETS_HASH_ANNOTATION]
+    );
+    assert_eq!(
+        before[CONFIG_HASH_ANNOTATION],
+        rotated[CONFIG_HASH_ANNOTATION]
+    );
 
     let mut changed = runner.clone();
     changed.spec.runner.max_concurrency = 8;
     let reconfigured = annotations(&desired(&changed, &secrets));
-    assert_ne!(rotated[CONFIG_HASH_ANNOTATION], reconfigured[CONFIG_HASH_ANNOTATION]);
+    assert_ne!(
+        rotated[CONFIG_HASH_ANNOTATION],
+        reconfigured[CONFIG_HASH_ANNOTATION]
+    );
 }
 
 #[test]
@@ -258,7 +364,17 @@ fn suspend_keeps_objects_and_scales_to_zero() {
     assert_eq!(d.deployment.spec.replicas, Some(0));
     assert!(d.pod_disruption_budget.is_none());
     assert!(d.workspace_claim.is_some());
-    assert_eq!(d.deployment.spec.strategy.as_ref().and_then(|s| s.type_.as_deref()), Some("Recreate"));
+    assert_eq!(
+        d.deployment
+            .spec
+            .strategy
+            .as_ref()
+            .and_then(|s| s.type_.as_deref()),
+        Some("Recreate")
+    );
     let sidecar = container(&d, "stigmer-server");
-    assert_eq!(sidecar.image.as_deref(), Some("ghcr.io/stigmer/agent-runner:1.4.1"));
+    assert_eq!(
+        sidecar.image.as_deref(),
+        Some("ghcr.io/stigmer/agent-runner:1.4.1")
+    );
 }

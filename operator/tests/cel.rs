@@ -70,19 +70,29 @@ fn assert_refused(messages: Vec<String>, expected: &str) {
 #[test]
 fn every_rule_compiles() {
     let compiled = compile_schema(&schema());
-    assert!(!compiled.has_errors(), "{:?}", compiled.compilation_errors());
+    assert!(
+        !compiled.has_errors(),
+        "{:?}",
+        compiled.compilation_errors()
+    );
 }
 
 #[test]
 fn minimal_local_and_full_cloud_are_accepted() {
-    assert_eq!(broken("demo", json!({"mode": "local"})), Vec::<String>::new());
+    assert_eq!(
+        broken("demo", json!({"mode": "local"})),
+        Vec::<String>::new()
+    );
     assert_eq!(broken("demo", cloud()), Vec::<String>::new());
 }
 
 #[test]
 fn name_length_and_shape() {
     let long = "a".repeat(53);
-    assert_eq!(broken(&"a".repeat(52), json!({"mode": "local"})), Vec::<String>::new());
+    assert_eq!(
+        broken(&"a".repeat(52), json!({"mode": "local"})),
+        Vec::<String>::new()
+    );
     assert_refused(
         broken(&long, json!({"mode": "local"})),
         "metadata.name must be at most 52 characters: the operator derives object names such as <name>-workspace from it",
@@ -97,7 +107,10 @@ fn name_length_and_shape() {
 fn cloud_requires_each_connection() {
     let cases = [
         ("backend", "cloud mode requires spec.cloud.backend.endpoint"),
-        ("jwtSecretRef", "cloud mode requires spec.cloud.jwtSecretRef, the Secret key holding the runner's JWT"),
+        (
+            "jwtSecretRef",
+            "cloud mode requires spec.cloud.jwtSecretRef, the Secret key holding the runner's JWT",
+        ),
         ("redis", "cloud mode requires spec.cloud.redis"),
         ("daytona", "cloud mode requires spec.cloud.daytona"),
     ];
@@ -111,10 +124,21 @@ fn cloud_requires_each_connection() {
 
 #[test]
 fn mode_sections_match_the_mode() {
-    let local_with_cloud = with(json!({"mode": "local"}), "", "cloud", cloud()["cloud"].clone());
-    assert_refused(broken("demo", local_with_cloud), "spec.cloud is only allowed when spec.mode is cloud");
+    let local_with_cloud = with(
+        json!({"mode": "local"}),
+        "",
+        "cloud",
+        cloud()["cloud"].clone(),
+    );
+    assert_refused(
+        broken("demo", local_with_cloud),
+        "spec.cloud is only allowed when spec.mode is cloud",
+    );
     let cloud_with_local = with(cloud(), "", "local", json!({}));
-    assert_refused(broken("demo", cloud_with_local), "spec.local is only allowed when spec.mode is local");
+    assert_refused(
+        broken("demo", cloud_with_local),
+        "spec.local is only allowed when spec.mode is local",
+    );
 }
 
 #[test]
@@ -130,7 +154,10 @@ fn claim_backed_local_workspace_is_single_replica() {
     );
     // emptyDir workspaces scale freely.
     assert_eq!(
-        broken("demo", json!({"mode": "local", "replicas": 5, "local": {"workspace": {"emptyDir": {}}}})),
+        broken(
+            "demo",
+            json!({"mode": "local", "replicas": 5, "local": {"workspace": {"emptyDir": {}}}})
+        ),
         Vec::<String>::new()
     );
 }
@@ -138,11 +165,27 @@ fn claim_backed_local_workspace_is_single_replica() {
 #[test]
 fn backend_endpoint_needs_a_scheme() {
     assert_eq!(
-        broken("demo", with(cloud(), "/cloud/backend", "endpoint", json!("http://backend:8080"))),
+        broken(
+            "demo",
+            with(
+                cloud(),
+                "/cloud/backend",
+                "endpoint",
+                json!("http://backend:8080")
+            )
+        ),
         Vec::<String>::new()
     );
     assert_refused(
-        broken("demo", with(cloud(), "/cloud/backend", "endpoint", json!("api.stigmer.ai:443"))),
+        broken(
+            "demo",
+            with(
+                cloud(),
+                "/cloud/backend",
+                "endpoint",
+                json!("api.stigmer.ai:443"),
+            ),
+        ),
         "backend.endpoint must start with https:// (or http:// for a plaintext backend)",
     );
 }
@@ -150,13 +193,19 @@ fn backend_endpoint_needs_a_scheme() {
 #[test]
 fn redis_rules() {
     let url = json!({"urlSecretRef": {"name": "redis", "key": "url"}});
-    assert_eq!(broken("demo", with(cloud(), "/cloud", "redis", url)), Vec::<String>::new());
+    assert_eq!(
+        broken("demo", with(cloud(), "/cloud", "redis", url)),
+        Vec::<String>::new()
+    );
     assert_refused(
         broken("demo", with(cloud(), "/cloud", "redis", json!({}))),
         "set exactly one of redis.host or redis.urlSecretRef",
     );
     let both = json!({"host": "r", "urlSecretRef": {"name": "redis", "key": "url"}});
-    assert_refused(broken("demo", with(cloud(), "/cloud", "redis", both)), "set exactly one of redis.host or redis.urlSecretRef");
+    assert_refused(
+        broken("demo", with(cloud(), "/cloud", "redis", both)),
+        "set exactly one of redis.host or redis.urlSecretRef",
+    );
     let password_with_url = json!({"urlSecretRef": {"name": "redis", "key": "url"},
                                    "passwordSecretRef": {"name": "redis", "key": "password"}});
     assert_refused(
@@ -164,15 +213,27 @@ fn redis_rules() {
         "redis.passwordSecretRef goes with redis.host; with redis.urlSecretRef put the password in the URL",
     );
     let port_with_url = json!({"urlSecretRef": {"name": "redis", "key": "url"}, "port": 6380});
-    assert_refused(broken("demo", with(cloud(), "/cloud", "redis", port_with_url)), "redis.port goes with redis.host");
+    assert_refused(
+        broken("demo", with(cloud(), "/cloud", "redis", port_with_url)),
+        "redis.port goes with redis.host",
+    );
 }
 
 #[test]
 fn llm_key_is_required_for_hosted_providers() {
     let llm = |v: Value| with(json!({"mode": "local"}), "", "llm", v);
-    assert_eq!(broken("demo", llm(json!({"provider": "ollama", "model": "qwen2.5-coder:7b"}))), Vec::<String>::new());
     assert_eq!(
-        broken("demo", llm(json!({"provider": "anthropic", "apiKeySecretRef": {"name": "llm", "key": "k"}}))),
+        broken(
+            "demo",
+            llm(json!({"provider": "ollama", "model": "qwen2.5-coder:7b"}))
+        ),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        broken(
+            "demo",
+            llm(json!({"provider": "anthropic", "apiKeySecretRef": {"name": "llm", "key": "k"}}))
+        ),
         Vec::<String>::new()
     );
     assert_refused(
@@ -185,20 +246,35 @@ fn llm_key_is_required_for_hosted_providers() {
 fn workspace_rules() {
     let ws = |v: Value| json!({"mode": "local", "local": {"workspace": v}});
     assert_refused(
-        broken("demo", ws(json!({"emptyDir": {}, "persistentVolumeClaim": {"claimName": "x"}}))),
+        broken(
+            "demo",
+            ws(json!({"emptyDir": {}, "persistentVolumeClaim": {"claimName": "x"}})),
+        ),
         "set at most one of workspace.emptyDir or workspace.persistentVolumeClaim",
     );
-    assert_eq!(broken("demo", ws(json!({"persistentVolumeClaim": {"size": "20Gi", "storageClassName": "fast"}}))), Vec::<String>::new());
+    assert_eq!(
+        broken(
+            "demo",
+            ws(json!({"persistentVolumeClaim": {"size": "20Gi", "storageClassName": "fast"}}))
+        ),
+        Vec::<String>::new()
+    );
     assert_refused(
         broken("demo", ws(json!({"persistentVolumeClaim": {}}))),
         "set exactly one of persistentVolumeClaim.claimName or persistentVolumeClaim.size",
     );
     assert_refused(
-        broken("demo", ws(json!({"persistentVolumeClaim": {"claimName": "x", "size": "1Gi"}}))),
+        broken(
+            "demo",
+            ws(json!({"persistentVolumeClaim": {"claimName": "x", "size": "1Gi"}})),
+        ),
         "set exactly one of persistentVolumeClaim.claimName or persistentVolumeClaim.size",
     );
     assert_refused(
-        broken("demo", ws(json!({"persistentVolumeClaim": {"claimName": "x", "storageClassName": "fast"}}))),
+        broken(
+            "demo",
+            ws(json!({"persistentVolumeClaim": {"claimName": "x", "storageClassName": "fast"}})),
+        ),
         "persistentVolumeClaim.storageClassName applies only with persistentVolumeClaim.size",
     );
 }
@@ -213,7 +289,10 @@ fn bounds_are_in_the_schema() {
     assert_eq!(spec["replicas"]["default"], json!(1));
     let runner = &spec["runner"]["properties"];
     assert_eq!(bound(&runner["maxConcurrency"]), (Some(1.0), Some(256.0)));
-    assert_eq!(bound(&runner["drainTimeoutSeconds"]), (Some(1.0), Some(86400.0)));
+    assert_eq!(
+        bound(&runner["drainTimeoutSeconds"]),
+        (Some(1.0), Some(86400.0))
+    );
     assert_eq!(runner["extraEnv"]["maxItems"], json!(64));
     let llm = &spec["llm"]["properties"];
     assert_eq!(bound(&llm["temperature"]), (Some(0.0), Some(2.0)));

@@ -35,8 +35,14 @@ pub fn config_data(v: &Validated<'_>) -> BTreeMap<String, String> {
     let mut set = |k: &str, val: String| {
         data.insert(k.to_owned(), val);
     };
-    set("STIGMER_MAX_CONCURRENCY", spec.runner.max_concurrency.to_string());
-    set("STIGMER_DRAIN_TIMEOUT_SECS", spec.runner.drain_timeout_seconds.to_string());
+    set(
+        "STIGMER_MAX_CONCURRENCY",
+        spec.runner.max_concurrency.to_string(),
+    );
+    set(
+        "STIGMER_DRAIN_TIMEOUT_SECS",
+        spec.runner.drain_timeout_seconds.to_string(),
+    );
     set("LOG_LEVEL", spec.runner.log_level.as_str().to_owned());
     set("STIGMER_HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}"));
     if let Some(llm) = &spec.llm {
@@ -58,7 +64,10 @@ pub fn config_data(v: &Validated<'_>) -> BTreeMap<String, String> {
     }
     match spec.mode {
         Mode::Local => {
-            set("STIGMER_BACKEND_ENDPOINT", LOCAL_BACKEND_ENDPOINT.to_owned());
+            set(
+                "STIGMER_BACKEND_ENDPOINT",
+                LOCAL_BACKEND_ENDPOINT.to_owned(),
+            );
             set("SANDBOX_ROOT_DIR", LOCAL_SANDBOX_ROOT.to_owned());
         }
         Mode::Cloud => {
@@ -66,7 +75,10 @@ pub fn config_data(v: &Validated<'_>) -> BTreeMap<String, String> {
             if let Some(b) = &cloud.backend {
                 set("STIGMER_BACKEND_ENDPOINT", b.endpoint.clone());
                 if b.ca_secret_ref.is_some() {
-                    set("STIGMER_BACKEND_CA_FILE", format!("{BACKEND_CA_DIR}/{BACKEND_CA_FILE}"));
+                    set(
+                        "STIGMER_BACKEND_CA_FILE",
+                        format!("{BACKEND_CA_DIR}/{BACKEND_CA_FILE}"),
+                    );
                 }
             }
             if let Some(host) = cloud.redis.as_ref().and_then(|r| r.host.as_ref()) {

@@ -2,13 +2,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, TopologySpreadConstraint, Volume,
-    VolumeMount,
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -16,8 +18,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::config_map::{BACKEND_CA_DIR, BACKEND_CA_FILE};
 use super::{
-    CONFIG_HASH_ANNOTATION, HTTP_PORT, SECRETS_HASH_ANNOTATION, common_labels, meta, names, scrape_annotations,
-    selector_labels,
+    CONFIG_HASH_ANNOTATION, HTTP_PORT, SECRETS_HASH_ANNOTATION, common_labels, meta, names,
+    scrape_annotations, selector_labels,
 };
 use crate::crd::{Mode, PullPolicy, SecretKeyRef};
 use crate::validate::{Validated, Workspace};
@@ -40,7 +42,10 @@ pub(super) fn build(v: &Validated<'_>, config_hash: &str, secrets_hash: &str) ->
         spec: DeploymentSpec {
             replicas: Some(v.replicas),
             revision_history_limit: Some(3),
-            selector: LabelSelector { match_labels: Some(labels), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(labels),
+                ..Default::default()
+            },
             strategy: Some(strategy(v)),
             template: pod_template(v, config_hash, secrets_hash),
             ..Default::default()
@@ -53,8 +58,15 @@ pub(super) fn build(v: &Validated<'_>, config_hash: &str, secrets_hash: &str) ->
 /// claim-backed local workspace is the exception: its SQLite store admits one pod at a
 /// time, and the claim may be ReadWriteOnce.
 fn strategy(v: &Validated<'_>) -> DeploymentStrategy {
-    if matches!(v.workspace, Workspace::ExistingClaim(_) | Workspace::OwnedClaim { .. }) && v.spec().mode == Mode::Local {
-        return DeploymentStrategy { type_: Some("Recreate".into()), rolling_update: None };
+    if matches!(
+        v.workspace,
+        Workspace::ExistingClaim(_) | Workspace::OwnedClaim { .. }
+    ) && v.spec().mode == Mode::Local
+    {
+        return DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        };
     }
     DeploymentStrategy {
         type_: Some("RollingUpdate".into()),
@@ -80,7 +92,11 @@ fn pod_template(v: &Validated<'_>, config_hash: &str, secrets_hash: &str) -> Pod
     let init_containers = (v.spec().mode == Mode::Local).then(|| vec![control_plane_sidecar(v)]);
 
     PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: Some(annotations),
+            ..Default::default()
+        }),
         spec: Some(PodSpec {
             service_account_name: Some(v.service_account.name().to_owned()),
             // Runner pods never call the Kubernetes API; keep service links out of their env.
@@ -116,7 +132,10 @@ fn spread(v: &Validated<'_>) -> Vec<TopologySpreadConstraint> {
         max_skew: 1,
         topology_key: "kubernetes.io/hostname".into(),
         when_unsatisfiable: "ScheduleAnyway".into(),
-        label_selector: Some(LabelSelector { match_labels: Some(selector_labels(&v.name)), ..Default::default() }),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector_labels(&v.name)),
+            ..Default::default()
+        }),
         ..Default::default()
     }]
 }
@@ -134,7 +153,10 @@ fn pod_security_context() -> PodSecurityContext {
 }
 
 fn runtime_default_seccomp() -> SeccompProfile {
-    SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None }
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    }
 }
 
 /// What the `restricted` Pod Security Standard demands of every container.
@@ -144,7 +166,10 @@ pub fn restricted_security_context() -> SecurityContext {
         privileged: Some(false),
         read_only_root_filesystem: Some(true),
         run_as_non_root: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
         seccomp_profile: Some(runtime_default_seccomp()),
         ..Default::default()
     }
@@ -182,12 +207,20 @@ fn runner_container(v: &Validated<'_>) -> Container {
         }]),
         env: Some(runner_env(v)),
         env_from: Some(vec![EnvFromSource {
-            config_map_ref: Some(ConfigMapEnvSource { name: names::config_map(&v.name), optional: Some(false) }),
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: names::config_map(&v.name),
+                optional: Some(false),
+            }),
             ..Default::default()
         }]),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        resources: Some(spec.runner.resources.clone().unwrap_or_else(|| default_resources("250m", "256Mi", "2Gi"))),
+        resources: Some(
+            spec.runner
+                .resources
+                .clone()
+                .unwrap_or_else(|| default_resources("250m", "256Mi", "2Gi")),
+        ),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(mounts),
         ..Default::default()
@@ -214,7 +247,10 @@ fn default_resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceReq
             ("cpu".to_owned(), Quantity(cpu.into())),
             ("memory".to_owned(), Quantity(memory.into())),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_owned(), Quantity(memory_limit.into()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(memory_limit.into()),
+        )])),
         ..Default::default()
     }
 }
@@ -228,7 +264,10 @@ fn runner_env(v: &Validated<'_>) -> Vec<EnvVar> {
         EnvVar {
             name: "POD_NAME".into(),
             value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector { field_path: "metadata.name".into(), api_version: None }),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    api_version: None,
+                }),
                 ..Default::default()
             }),
             value: None,
@@ -253,7 +292,11 @@ fn runner_env(v: &Validated<'_>) -> Vec<EnvVar> {
         }
         _ => env.push(value_env("STIGMER_API_KEY", LOCAL_API_KEY)),
     }
-    if let Some(r) = spec.llm.as_ref().and_then(|l| l.api_key_secret_ref.as_ref()) {
+    if let Some(r) = spec
+        .llm
+        .as_ref()
+        .and_then(|l| l.api_key_secret_ref.as_ref())
+    {
         env.push(secret_env("STIGMER_LLM_API_KEY", r));
     }
     env.extend(spec.runner.extra_env.iter().cloned());
@@ -261,7 +304,11 @@ fn runner_env(v: &Validated<'_>) -> Vec<EnvVar> {
 }
 
 fn value_env(name: &str, value: &str) -> EnvVar {
-    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        value_from: None,
+    }
 }
 
 fn secret_env(name: &str, r: &SecretKeyRef) -> EnvVar {
@@ -269,7 +316,11 @@ fn secret_env(name: &str, r: &SecretKeyRef) -> EnvVar {
         name: name.into(),
         value: None,
         value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector { name: r.name.clone(), key: r.key.clone(), optional: Some(false) }),
+            secret_key_ref: Some(SecretKeySelector {
+                name: r.name.clone(),
+                key: r.key.clone(),
+                optional: Some(false),
+            }),
             ..Default::default()
         }),
     }
@@ -280,15 +331,28 @@ fn secret_env(name: &str, r: &SecretKeyRef) -> EnvVar {
 /// its only client (reach it from outside with `kubectl port-forward`), which is also why
 /// it has no kubelet probe (the kubelet probes the pod IP).
 fn control_plane_sidecar(v: &Validated<'_>) -> Container {
-    let resources = v.spec().local.as_ref().and_then(|l| l.control_plane.as_ref()).and_then(|c| c.resources.clone());
+    let resources = v
+        .spec()
+        .local
+        .as_ref()
+        .and_then(|l| l.control_plane.as_ref())
+        .and_then(|c| c.resources.clone());
     Container {
         name: "stigmer-server".into(),
         image: Some(v.control_plane_image.clone()),
         image_pull_policy: v.control_plane_pull_policy.map(|p| p.as_str().to_owned()),
         restart_policy: Some("Always".into()),
         command: Some(vec!["/usr/local/bin/stigmer-server".into()]),
-        args: Some(vec!["--listen".into(), SIDECAR_LISTEN.into(), "--data-dir".into(), SIDECAR_DATA_DIR.into()]),
-        env: Some(vec![value_env("LOG_LEVEL", v.spec().runner.log_level.as_str())]),
+        args: Some(vec![
+            "--listen".into(),
+            SIDECAR_LISTEN.into(),
+            "--data-dir".into(),
+            SIDECAR_DATA_DIR.into(),
+        ]),
+        env: Some(vec![value_env(
+            "LOG_LEVEL",
+            v.spec().runner.log_level.as_str(),
+        )]),
         resources: Some(resources.unwrap_or_else(|| default_resources("50m", "64Mi", "512Mi"))),
         security_context: Some(restricted_security_context()),
         volume_mounts: Some(base_mounts()),
@@ -298,8 +362,16 @@ fn control_plane_sidecar(v: &Validated<'_>) -> Container {
 
 fn base_mounts() -> Vec<VolumeMount> {
     vec![
-        VolumeMount { name: WORKSPACE_VOLUME.into(), mount_path: "/workspace".into(), ..Default::default() },
-        VolumeMount { name: TMP_VOLUME.into(), mount_path: "/tmp".into(), ..Default::default() },
+        VolumeMount {
+            name: WORKSPACE_VOLUME.into(),
+            mount_path: "/workspace".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: TMP_VOLUME.into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
     ]
 }
 
@@ -307,21 +379,37 @@ fn ca_ref<'a>(v: &'a Validated<'_>) -> Option<&'a SecretKeyRef> {
     if v.spec().mode != Mode::Cloud {
         return None;
     }
-    v.spec().cloud.as_ref()?.backend.as_ref()?.ca_secret_ref.as_ref()
+    v.spec()
+        .cloud
+        .as_ref()?
+        .backend
+        .as_ref()?
+        .ca_secret_ref
+        .as_ref()
 }
 
 fn volumes(v: &Validated<'_>) -> Vec<Volume> {
-    let mut volumes = vec![workspace_volume(v), Volume {
-        name: TMP_VOLUME.into(),
-        empty_dir: Some(EmptyDirVolumeSource { size_limit: Some(Quantity("1Gi".into())), ..Default::default() }),
-        ..Default::default()
-    }];
+    let mut volumes = vec![
+        workspace_volume(v),
+        Volume {
+            name: TMP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("1Gi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
     if let Some(r) = ca_ref(v) {
         volumes.push(Volume {
             name: CA_VOLUME.into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(r.name.clone()),
-                items: Some(vec![KeyToPath { key: r.key.clone(), path: BACKEND_CA_FILE.into(), ..Default::default() }]),
+                items: Some(vec![KeyToPath {
+                    key: r.key.clone(),
+                    path: BACKEND_CA_FILE.into(),
+                    ..Default::default()
+                }]),
                 default_mode: Some(0o444),
                 optional: Some(false),
                 ..Default::default()
@@ -336,7 +424,10 @@ fn volumes(v: &Validated<'_>) -> Vec<Volume> {
 fn workspace_volume(v: &Validated<'_>) -> Volume {
     let claim = |name: String| Volume {
         name: WORKSPACE_VOLUME.into(),
-        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: name, read_only: None }),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: name,
+            read_only: None,
+        }),
         ..Default::default()
     };
     match &v.workspace {

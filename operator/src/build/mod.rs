@@ -91,7 +91,11 @@ pub fn selector_labels(runner: &str) -> BTreeMap<String, String> {
 
 /// The selector as a string, for the status of the scale subresource.
 pub fn selector_string(runner: &str) -> String {
-    selector_labels(runner).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+    selector_labels(runner)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Label selector finding every object the operator made for `runner`.

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServiceAccount, ServicePort, ServiceSpec,
-    VolumeResourceRequirements,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, Service, ServiceAccount, ServicePort,
+    ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -26,7 +26,11 @@ pub(super) fn service_account(v: &Validated<'_>) -> Option<ServiceAccount> {
 }
 
 pub(super) fn workspace_claim(v: &Validated<'_>) -> Option<PersistentVolumeClaim> {
-    let Workspace::OwnedClaim { size, storage_class } = &v.workspace else {
+    let Workspace::OwnedClaim {
+        size,
+        storage_class,
+    } = &v.workspace
+    else {
         return None;
     };
     Some(PersistentVolumeClaim {
@@ -72,7 +76,10 @@ pub(super) fn pod_disruption_budget(v: &Validated<'_>) -> Option<PodDisruptionBu
         metadata: meta(v, names::base(&v.name)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector { match_labels: Some(selector_labels(&v.name)), ..Default::default() }),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(&v.name)),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         status: None,

@@ -9,7 +9,9 @@ use operator::crd::AgentRunner;
 use serde::Deserialize;
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub fn read(path: &Path) -> String {
@@ -17,7 +19,8 @@ pub fn read(path: &Path) -> String {
 }
 
 pub fn runner(name: &str) -> AgentRunner {
-    serde_yaml_ng::from_str(&read(&fixture_path(name))).unwrap_or_else(|e| panic!("parsing {name}: {e}"))
+    serde_yaml_ng::from_str(&read(&fixture_path(name)))
+        .unwrap_or_else(|e| panic!("parsing {name}: {e}"))
 }
 
 /// Every Secret in a multi-document YAML file, by name.
