@@ -130,3 +130,44 @@ impl From<&RunArgs> for OperatorConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_with_and_without_the_run_subcommand() {
+        let bare = Cli::try_parse_from([
+            "operator",
+            "--leader-election=false",
+            "--watch-namespace",
+            "agents",
+        ])
+        .expect("parses");
+        assert!(bare.command.is_none());
+        assert!(!bare.run.leader_election);
+        assert_eq!(bare.run.watch_namespace.as_deref(), Some("agents"));
+
+        let run = Cli::try_parse_from(["operator", "run", "--default-image-tag", "2.0.0"])
+            .expect("parses");
+        let Some(Command::Run(args)) = run.command else {
+            panic!("expected run");
+        };
+        let cfg = OperatorConfig::from(&args);
+        assert_eq!(cfg.default_image_tag, "2.0.0");
+        assert_eq!(cfg.drain_margin_seconds, DEFAULT_DRAIN_MARGIN_SECS);
+
+        assert!(matches!(
+            Cli::try_parse_from(["operator", "crd"])
+                .expect("parses")
+                .command,
+            Some(Command::Crd)
+        ));
+    }
+}

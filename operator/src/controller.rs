@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -96,6 +96,7 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
                 reason: "InvalidSpec",
                 message: invalid.to_string(),
             };
+            ctx.metrics.failure(&metric_reason(blocked.reason));
             return report_blocked(runner, ctx, blocked).await;
         }
     };
@@ -115,6 +116,7 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
+            ctx.metrics.failure(&metric_reason(reason));
             return report_blocked(runner, ctx, Blocked { reason, message }).await;
         }
     };
@@ -123,7 +125,7 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
     let deployment = match crate::apply::apply(&ctx.client, &v, &desired).await {
         Ok(d) => d,
         Err(e) => {
-            // Show the failure on the resource too, then let the error policy retry.
+            // Show the failure on the resource too, then let the error policy count and retry.
             let blocked = Blocked {
                 reason: "ApplyFailed",
                 message: e.to_string(),
@@ -158,7 +160,6 @@ async fn report_blocked(
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = runner.name_any();
-    ctx.metrics.failure(&metric_reason(blocked.reason));
     warn!(reason = blocked.reason, message = %blocked.message, "AgentRunner is blocked");
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let deployment = deployments
@@ -351,6 +352,23 @@ pub async fn run(
         })
         .await;
     info!("AgentRunner controller stopped");
+}
+
+/// Fail fast with a clear message when the CRD is missing or unreadable.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), String> {
+    let api: Api<AgentRunner> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Err(
+            "the AgentRunner CRD (agentrunners.agentic.stigmer.ai) is not installed; install it with \
+             `operator crd | kubectl apply --server-side -f -` or `kubectl apply --server-side -f crds/`"
+                .to_owned(),
+        ),
+        Err(e) => Err(format!("cannot list AgentRunners (is the CRD installed and the operator allowed to list it?): {e}")),
+    }
 }
 
 #[cfg(test)]

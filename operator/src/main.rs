@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use clap::Parser;
-use kube::api::ListParams;
-use kube::{Api, Client, CustomResourceExt};
+use kube::{Client, CustomResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -67,7 +66,7 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(message) = check_crd(&client, args.watch_namespace.as_deref()).await {
+    if let Err(message) = controller::check_crd(&client, args.watch_namespace.as_deref()).await {
         error!("{message}");
         eprintln!("{message}");
         return ExitCode::FAILURE;
@@ -176,23 +175,6 @@ async fn run_as_elected(
     } else {
         error!("lost the leader Lease; exiting so that this replica restarts as a candidate");
         ExitCode::FAILURE
-    }
-}
-
-/// Fail fast with a clear message when the CRD is missing or unreadable.
-async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), String> {
-    let api: Api<AgentRunner> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Err(
-            "the AgentRunner CRD (agentrunners.agentic.stigmer.ai) is not installed; install it with \
-             `operator crd | kubectl apply --server-side -f -` or `kubectl apply --server-side -f crds/`"
-                .to_owned(),
-        ),
-        Err(e) => Err(format!("cannot list AgentRunners (is the CRD installed and the operator allowed to list it?): {e}")),
     }
 }
 

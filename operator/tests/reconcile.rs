@@ -712,3 +712,33 @@ async fn single_replica_removes_the_owned_disruption_budget() {
     drop(ctx);
     server.expect_nothing_more().await;
 }
+
+#[tokio::test]
+async fn start_up_fails_clearly_without_the_crd() {
+    let (client, mut server) = mock();
+    let check = tokio::spawn(async move { controller::check_crd(&client, None).await });
+    server
+        .expect("GET", "/apis/agentic.stigmer.ai/v1alpha1/agentrunners?&limit=1", |_| {
+            (
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                       "message": "the server could not find the requested resource"}),
+            )
+        })
+        .await;
+    let message = check.await.expect("join").expect_err("missing CRD");
+    assert!(
+        message
+            .starts_with("the AgentRunner CRD (agentrunners.agentic.stigmer.ai) is not installed"),
+        "{message}"
+    );
+
+    let (client, mut server) = mock();
+    let check = tokio::spawn(async move { controller::check_crd(&client, Some("agents")).await });
+    server
+        .expect("GET", "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners?&limit=1", |_| {
+            (StatusCode::OK, json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}))
+        })
+        .await;
+    assert_eq!(check.await.expect("join"), Ok(()));
+}
