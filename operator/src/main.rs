@@ -59,6 +59,9 @@ fn init_logging(format: LogFormat) {
 
 async fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
+    // Pin ring as the process-wide TLS provider: rustls panics at the first connection if
+    // a dependency ever compiles in a second provider and none was chosen.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match Client::try_default().await {
         Ok(c) => c,
         Err(e) => {
