@@ -120,6 +120,7 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
             return report_blocked(runner, ctx, Blocked { reason, message }).await;
         }
     };
+    // Secret values are needed only for the digest; do not keep them through the apply.
     drop(found);
     let desired = build::build(&v, &digest);
     let deployment = match crate::apply::apply(&ctx.client, &v, &desired).await {

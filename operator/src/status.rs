@@ -10,11 +10,11 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{AgentRunner, AgentRunnerStatus};
 
-/// Condition types.
+/// Condition type: the desired runners are up (or the user asked for none).
 pub const READY: &str = "Ready";
-/// Condition types.
+/// Condition type: a rollout is under way.
 pub const PROGRESSING: &str = "Progressing";
-/// Condition types.
+/// Condition type: something needs a human (spec, Secret, apply or rollout failure).
 pub const DEGRADED: &str = "Degraded";
 
 /// Why the pipeline stopped before applying anything.
