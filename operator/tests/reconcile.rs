@@ -1,0 +1,744 @@
+//! Reconcile against a mocked API server (`tower_test::mock::pair`): every request the
+//! operator sends is matched, in order, against the exact method, path, query and body
+//! the apiserver should receive, and must be allowed by the RBAC table. A request the test
+//! does not expect fails the test; so does a missing one.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use operator::build;
+use operator::config::OperatorConfig;
+use operator::controller::{self, Context};
+use operator::crd::{AgentRunner, AgentRunnerStatus};
+use operator::metrics::Metrics;
+use operator::{rbac, secrets, validate};
+use serde_json::{Value, json};
+use tower_test::mock::{Handle, SendResponse};
+
+const NOW: i64 = 1_700_000_000;
+const NOW_RFC3339: &str = "2023-11-14T22:13:20Z";
+const APPLY: &str = "?&force=true&fieldManager=agentrunner-operator";
+
+fn now() -> Timestamp {
+    Timestamp::from_second(NOW).expect("valid time")
+}
+
+fn config() -> OperatorConfig {
+    OperatorConfig {
+        default_image_tag: "0.1.0".into(),
+        ..Default::default()
+    }
+}
+
+fn context(client: Client, metrics: Arc<Metrics>) -> Arc<Context> {
+    let mut ctx = Context::new(client, config(), metrics, Some("operator-0".into()));
+    ctx.clock = now;
+    Arc::new(ctx)
+}
+
+/// The apiserver side of the mock.
+struct ApiServer(Handle<Request<Body>, Response<Body>>);
+
+impl ApiServer {
+    /// Take the next request, check it, and answer with `respond(body)`.
+    async fn expect(
+        &mut self,
+        method: &str,
+        uri: &str,
+        respond: impl FnOnce(Value) -> (StatusCode, Value),
+    ) {
+        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
+        let Ok(Some((request, send))) = next else {
+            panic!("expected {method} {uri}, but no request came");
+        };
+        let actual_method = request.method().to_string();
+        let actual_uri = request.uri().to_string();
+        assert_eq!(
+            (actual_method.as_str(), actual_uri.as_str()),
+            (method, uri),
+            "unexpected request"
+        );
+        let (group, resource, verb) = rbac::classify(method, uri).expect("a resource request");
+        assert!(
+            rbac::allows(&group, &resource, &verb),
+            "RBAC table lacks {verb} on {group}/{resource}"
+        );
+        if method == "PATCH" && uri.contains("fieldManager=agentrunner-operator") {
+            let content_type = request
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok());
+            assert_eq!(
+                content_type,
+                Some("application/apply-patch+yaml"),
+                "server-side apply"
+            );
+        }
+        let bytes = request.into_body().collect_bytes().await.expect("body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        let (status, answer) = respond(body);
+        reply(send, status, &answer);
+    }
+
+    /// Expect a server-side apply whose body is exactly `expected`; answer with it, after
+    /// `enrich` adds what the apiserver would (status, generation).
+    async fn expect_apply(&mut self, uri: &str, expected: Value, enrich: impl FnOnce(&mut Value)) {
+        self.expect("PATCH", &format!("{uri}{APPLY}"), |body| {
+            assert_eq!(body, expected, "apply body for {uri}");
+            let mut answer = body;
+            enrich(&mut answer);
+            (StatusCode::OK, answer)
+        })
+        .await;
+    }
+
+    /// After the scenario: the operator must have sent nothing else.
+    async fn expect_nothing_more(mut self) {
+        let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
+        match next {
+            Ok(None) => {}
+            Ok(Some((r, _))) => panic!("unexpected extra request {} {}", r.method(), r.uri()),
+            Err(_) => panic!("the client was not dropped"),
+        }
+    }
+}
+
+/// Run one reconcile; a reconcile that waits for an answer the script never gives sent a
+/// request the test did not expect.
+async fn reconcile(runner: AgentRunner, ctx: &Arc<Context>) -> Result<Action, operator::Error> {
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        controller::reconcile(Arc::new(runner), ctx.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!("reconcile hung: it sent a request the scripted apiserver did not expect")
+    })
+}
+
+fn reply(send: SendResponse<Response<Body>>, status: StatusCode, body: &Value) {
+    let bytes = serde_json::to_vec(body).expect("json");
+    let response = Response::builder()
+        .status(status)
+        .body(Body::from(bytes))
+        .expect("response");
+    send.send_response(response);
+}
+
+fn not_found(kind: &str, name: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+               "message": format!("{kind} \"{name}\" not found")}),
+    )
+}
+
+fn mock() -> (Client, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    (Client::new(service, "default"), ApiServer(handle))
+}
+
+/// The objects the pipeline builds for `runner`, as JSON, computed without a client.
+fn desired(runner: &AgentRunner, found: &BTreeMap<String, Secret>) -> build::Desired {
+    let v = validate::validate(runner, &config()).expect("valid");
+    build::build(&v, &secrets::resolve(runner, found).expect("secrets"))
+}
+
+fn to_json<T: serde::Serialize>(obj: &T) -> Value {
+    serde_json::to_value(obj).expect("json")
+}
+
+/// The apiserver fills status and generation into an applied Deployment.
+fn rolled_out(replicas: i32) -> impl FnOnce(&mut Value) {
+    move |d: &mut Value| {
+        d["metadata"]["generation"] = json!(1);
+        d["status"] = json!({"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                             "readyReplicas": replicas, "availableReplicas": replicas});
+    }
+}
+
+/// The apiserver answers a status patch with the whole object.
+fn stored(runner: &Value, patch: &Value) -> Value {
+    let mut v = runner.clone();
+    v["status"] = patch["status"].clone();
+    v
+}
+
+fn condition(type_: &str, status: &str, reason: &str, message: &str, generation: i64) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "observedGeneration": generation, "lastTransitionTime": NOW_RFC3339})
+}
+
+#[tokio::test]
+async fn local_mode_applies_every_object_then_writes_status_once() {
+    let runner = common::runner("local.yaml");
+    let want = desired(&runner, &BTreeMap::new());
+    let (client, mut server) = mock();
+    let metrics = Arc::new(Metrics::new());
+    let ctx = context(client, metrics.clone());
+
+    let expected_status = json!({
+        "apiVersion": "agentic.stigmer.ai/v1alpha1",
+        "kind": "AgentRunner",
+        "status": {
+            "observedGeneration": 1,
+            "replicas": 2,
+            "readyReplicas": 2,
+            "updatedReplicas": 2,
+            "selector": "app.kubernetes.io/instance=dev,app.kubernetes.io/name=agent-runner",
+            "conditions": [
+                condition("Ready", "True", "RunnersReady", "2/2 runner pods ready", 1),
+                condition("Progressing", "False", "RolloutComplete", "the runner pods match the spec", 1),
+                condition("Degraded", "False", "AsExpected", "no problems found", 1),
+            ]
+        }
+    });
+
+    let runner_json = to_json(&runner);
+    let first = {
+        let want = want.clone();
+        let expected_status = expected_status.clone();
+        tokio::spawn(async move {
+            let ns = "/api/v1/namespaces/agents";
+            server
+                .expect_apply(
+                    &format!("{ns}/serviceaccounts/dev"),
+                    to_json(&want.service_account),
+                    |_| {},
+                )
+                .await;
+            server
+                .expect_apply(
+                    &format!("{ns}/configmaps/dev-config"),
+                    to_json(&want.config_map),
+                    |_| {},
+                )
+                .await;
+            server
+                .expect_apply(
+                    &format!("{ns}/services/dev-metrics"),
+                    to_json(&want.service),
+                    |_| {},
+                )
+                .await;
+            server
+                .expect_apply(
+                    "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/dev",
+                    to_json(&want.pod_disruption_budget),
+                    |_| {},
+                )
+                .await;
+            server
+                .expect_apply(
+                    "/apis/apps/v1/namespaces/agents/deployments/dev",
+                    to_json(&want.deployment),
+                    rolled_out(2),
+                )
+                .await;
+            let status_uri = format!(
+                "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners/dev/status{APPLY}"
+            );
+            server
+                .expect("PATCH", &status_uri, |body| {
+                    assert_eq!(body, expected_status, "status patch");
+                    (StatusCode::OK, stored(&runner_json, &body))
+                })
+                .await;
+            server
+        })
+    };
+    let action = reconcile(runner.clone(), &ctx).await.expect("reconciled");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let mut server = first.await.expect("server");
+
+    // Second reconcile, with the status the first one wrote: the same applies, no status write.
+    let mut stored = runner.clone();
+    stored.status = Some(
+        serde_json::from_value::<AgentRunnerStatus>(expected_status["status"].clone())
+            .expect("status"),
+    );
+    let second = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/agents";
+        server
+            .expect_apply(
+                &format!("{ns}/serviceaccounts/dev"),
+                to_json(&want.service_account),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                &format!("{ns}/configmaps/dev-config"),
+                to_json(&want.config_map),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                &format!("{ns}/services/dev-metrics"),
+                to_json(&want.service),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/dev",
+                to_json(&want.pod_disruption_budget),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                "/apis/apps/v1/namespaces/agents/deployments/dev",
+                to_json(&want.deployment),
+                rolled_out(2),
+            )
+            .await;
+        server
+    });
+    reconcile(stored, &ctx).await.expect("reconciled");
+    let server = second.await.expect("server");
+    drop(ctx);
+    server.expect_nothing_more().await;
+
+    let text = metrics.encode();
+    assert!(
+        text.contains("agentrunner_operator_reconciles_total 2"),
+        "{text}"
+    );
+    assert!(!text.contains("reconcile_failures_total{"), "{text}");
+}
+
+fn secret_json(name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| {
+            (
+                (*k).to_owned(),
+                json!(k8s_openapi::ByteString(v.as_bytes().to_vec())),
+            )
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "agents"}, "data": data})
+}
+
+/// The cloud fixture's Secrets as the apiserver returns them (`data`, base64).
+fn served_secrets() -> BTreeMap<String, Value> {
+    common::secrets("cloud-secrets.yaml")
+        .into_iter()
+        .map(|(name, s)| {
+            let pairs: Vec<(String, String)> = s
+                .string_data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            let refs: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            (name.clone(), secret_json(&name, &refs))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cloud_mode_reads_secrets_applies_and_removes_the_stale_service_account() {
+    let runner = common::runner("cloud.yaml");
+    let served = served_secrets();
+    let found: BTreeMap<String, Secret> = served
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::from_value(v.clone()).expect("secret"),
+            )
+        })
+        .collect();
+    let want = desired(&runner, &found);
+    let (client, mut server) = mock();
+    let ctx = context(client, Arc::new(Metrics::new()));
+
+    let runner_json = to_json(&runner);
+    let scenario = tokio::spawn(async move {
+        for name in ["backend-ca", "llm", "redis", "runner-credentials"] {
+            let secret = served[name].clone();
+            server
+                .expect(
+                    "GET",
+                    &format!("/api/v1/namespaces/agents/secrets/{name}"),
+                    |_| (StatusCode::OK, secret),
+                )
+                .await;
+        }
+        server
+            .expect_apply(
+                "/api/v1/namespaces/agents/configmaps/prod-config",
+                to_json(&want.config_map),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                "/api/v1/namespaces/agents/services/prod-metrics",
+                to_json(&want.service),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/prod",
+                to_json(&want.pod_disruption_budget),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                "/apis/apps/v1/namespaces/agents/deployments/prod",
+                to_json(&want.deployment),
+                rolled_out(3),
+            )
+            .await;
+        // The user now names their own ServiceAccount, so the one the operator made earlier goes.
+        let selector = "labelSelector=app.kubernetes.io%2Finstance%3Dprod%2Capp.kubernetes.io%2Fmanaged-by%3Dagentrunner-operator";
+        server
+            .expect("GET", &format!("/api/v1/namespaces/agents/serviceaccounts?&{selector}"), |_| {
+                let owned = json!({"metadata": {"name": "prod", "namespace": "agents",
+                    "ownerReferences": [{"apiVersion": "agentic.stigmer.ai/v1alpha1", "kind": "AgentRunner",
+                        "name": "prod", "uid": "5b0c2f1e-0000-4000-8000-000000000002", "controller": true}]}});
+                let foreign = json!({"metadata": {"name": "someone-elses", "namespace": "agents"}});
+                (StatusCode::OK, json!({"apiVersion": "v1", "kind": "ServiceAccountList", "metadata": {}, "items": [owned, foreign]}))
+            })
+            .await;
+        server
+            .expect(
+                "DELETE",
+                "/api/v1/namespaces/agents/serviceaccounts/prod?",
+                |body| {
+                    assert_eq!(body["propagationPolicy"], "Background");
+                    (
+                        StatusCode::OK,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    )
+                },
+            )
+            .await;
+        let status_uri = format!(
+            "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners/prod/status{APPLY}"
+        );
+        server
+            .expect("PATCH", &status_uri, |body| {
+                assert_eq!(body["status"]["observedGeneration"], 3);
+                assert_eq!(body["status"]["readyReplicas"], 3);
+                assert_eq!(body["status"]["conditions"][0]["reason"], "RunnersReady");
+                (StatusCode::OK, stored(&runner_json, &body))
+            })
+            .await;
+        server
+    });
+    reconcile(runner, &ctx).await.expect("reconciled");
+    let server = scenario.await.expect("server");
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn missing_secret_degrades_warns_and_leaves_the_deployment_alone() {
+    let runner = common::runner("cloud.yaml");
+    let mut served = served_secrets();
+    served.remove("runner-credentials");
+    let (client, server) = mock();
+    let metrics = Arc::new(Metrics::new());
+    let ctx = context(client, metrics.clone());
+    let message = "Secret \"runner-credentials\" not found (key \"daytona-api-key\" referenced by spec.cloud.daytona.apiKeySecretRef); \
+                   Secret \"runner-credentials\" not found (key \"jwt\" referenced by spec.cloud.jwtSecretRef)";
+    // Running pods from before the problem.
+    let existing = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "prod", "namespace": "agents", "generation": 4},
+        "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "agent-runner"}}, "template": {}},
+        "status": {"observedGeneration": 4, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 3, "availableReplicas": 3}});
+
+    let expected_status = json!({
+        "apiVersion": "agentic.stigmer.ai/v1alpha1",
+        "kind": "AgentRunner",
+        "status": {
+            "observedGeneration": 3,
+            "replicas": 3,
+            "readyReplicas": 3,
+            "updatedReplicas": 3,
+            "selector": "app.kubernetes.io/instance=prod,app.kubernetes.io/name=agent-runner",
+            "conditions": [
+                condition("Ready", "True", "RunnersReady", "3/3 runner pods ready", 3),
+                condition("Progressing", "False", "SecretNotFound", "changes are not applied until the problem is fixed", 3),
+                condition("Degraded", "True", "SecretNotFound", message, 3),
+            ]
+        }
+    });
+
+    let runner_json = to_json(&runner);
+    let script = {
+        let served = served.clone();
+        let existing = existing.clone();
+        let expected_status = expected_status.clone();
+        move |mut server: ApiServer, with_event: bool| async move {
+            for name in ["backend-ca", "llm", "redis", "runner-credentials"] {
+                let uri = format!("/api/v1/namespaces/agents/secrets/{name}");
+                match served.get(name) {
+                    Some(secret) => {
+                        server
+                            .expect("GET", &uri, |_| (StatusCode::OK, secret.clone()))
+                            .await
+                    }
+                    None => {
+                        server
+                            .expect("GET", &uri, |_| not_found("secrets", name))
+                            .await
+                    }
+                }
+            }
+            let deployment = existing.clone();
+            server
+                .expect(
+                    "GET",
+                    "/apis/apps/v1/namespaces/agents/deployments/prod",
+                    |_| (StatusCode::OK, deployment),
+                )
+                .await;
+            if with_event {
+                server
+                    .expect(
+                        "POST",
+                        "/apis/events.k8s.io/v1/namespaces/agents/events?",
+                        |body| {
+                            assert_eq!(body["type"], "Warning");
+                            assert_eq!(body["reason"], "SecretNotFound");
+                            assert_eq!(body["note"], message);
+                            assert_eq!(body["regarding"]["kind"], "AgentRunner");
+                            assert_eq!(body["regarding"]["name"], "prod");
+                            assert_eq!(body["reportingController"], "agentrunner-operator");
+                            (StatusCode::CREATED, body)
+                        },
+                    )
+                    .await;
+                let status_uri = format!(
+                    "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners/prod/status{APPLY}"
+                );
+                server
+                    .expect("PATCH", &status_uri, |body| {
+                        assert_eq!(body, expected_status, "status patch");
+                        (StatusCode::OK, stored(&runner_json, &body))
+                    })
+                    .await;
+            }
+            server
+        }
+    };
+
+    let first = tokio::spawn(script.clone()(server, true));
+    reconcile(runner.clone(), &ctx)
+        .await
+        .expect("blocked is not an error");
+    let server = first.await.expect("server");
+
+    // Nothing changed: same reads, no event, no status write, still no apply.
+    let mut stored = runner;
+    stored.status =
+        Some(serde_json::from_value(expected_status["status"].clone()).expect("status"));
+    let second = tokio::spawn(script(server, false));
+    reconcile(stored, &ctx)
+        .await
+        .expect("blocked is not an error");
+    let server = second.await.expect("server");
+    drop(ctx);
+    server.expect_nothing_more().await;
+
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            "agentrunner_operator_reconcile_failures_total{error=\"secret_not_found\"} 2"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn apply_failure_is_reported_and_returned() {
+    let mut runner = common::runner("local.yaml");
+    runner.spec.replicas = 1;
+    let want = desired(&runner, &BTreeMap::new());
+    let (client, mut server) = mock();
+    let ctx = context(client, Arc::new(Metrics::new()));
+    let runner_json = to_json(&runner);
+    let scenario = tokio::spawn(async move {
+        server
+            .expect_apply(
+                "/api/v1/namespaces/agents/serviceaccounts/dev",
+                to_json(&want.service_account),
+                |_| {},
+            )
+            .await;
+        server
+            .expect("PATCH", &format!("/api/v1/namespaces/agents/configmaps/dev-config{APPLY}"), |_| {
+                (
+                    StatusCode::FORBIDDEN,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403,
+                           "message": "configmaps \"dev-config\" is forbidden"}),
+                )
+            })
+            .await;
+        server
+            .expect(
+                "GET",
+                "/apis/apps/v1/namespaces/agents/deployments/dev",
+                |_| not_found("deployments", "dev"),
+            )
+            .await;
+        server
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/agents/events?",
+                |body| {
+                    assert_eq!(body["reason"], "ApplyFailed");
+                    (StatusCode::CREATED, body)
+                },
+            )
+            .await;
+        let status_uri = format!(
+            "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners/dev/status{APPLY}"
+        );
+        server
+            .expect("PATCH", &status_uri, |body| {
+                let degraded = &body["status"]["conditions"][2];
+                assert_eq!(degraded["reason"], "ApplyFailed");
+                assert!(
+                    degraded["message"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with("applying ConfigMap agents/dev-config")
+                );
+                (StatusCode::OK, stored(&runner_json, &body))
+            })
+            .await;
+        server
+    });
+    let err = reconcile(runner, &ctx).await.expect_err("apply failed");
+    assert_eq!(err.metric_label(), "apply");
+    let server = scenario.await.expect("server");
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn single_replica_removes_the_owned_disruption_budget() {
+    let mut runner = common::runner("local.yaml");
+    runner.spec.replicas = 1;
+    let want = desired(&runner, &BTreeMap::new());
+    assert!(want.pod_disruption_budget.is_none());
+    let runner_json = to_json(&runner);
+    let (client, mut server) = mock();
+    let ctx = context(client, Arc::new(Metrics::new()));
+    let scenario = tokio::spawn(async move {
+        let ns = "/api/v1/namespaces/agents";
+        server
+            .expect_apply(
+                &format!("{ns}/serviceaccounts/dev"),
+                to_json(&want.service_account),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                &format!("{ns}/configmaps/dev-config"),
+                to_json(&want.config_map),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                &format!("{ns}/services/dev-metrics"),
+                to_json(&want.service),
+                |_| {},
+            )
+            .await;
+        server
+            .expect_apply(
+                "/apis/apps/v1/namespaces/agents/deployments/dev",
+                to_json(&want.deployment),
+                rolled_out(1),
+            )
+            .await;
+        let selector = "labelSelector=app.kubernetes.io%2Finstance%3Ddev%2Capp.kubernetes.io%2Fmanaged-by%3Dagentrunner-operator";
+        server
+            .expect("GET", &format!("/apis/policy/v1/namespaces/agents/poddisruptionbudgets?&{selector}"), |_| {
+                let owned = json!({"metadata": {"name": "dev", "namespace": "agents",
+                    "ownerReferences": [{"apiVersion": "agentic.stigmer.ai/v1alpha1", "kind": "AgentRunner",
+                        "name": "dev", "uid": "5b0c2f1e-0000-4000-8000-000000000001", "controller": true}]}});
+                (StatusCode::OK, json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudgetList", "metadata": {}, "items": [owned]}))
+            })
+            .await;
+        // Already deleted by someone else: that is fine.
+        server
+            .expect(
+                "DELETE",
+                "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/dev?",
+                |_| not_found("poddisruptionbudgets", "dev"),
+            )
+            .await;
+        let status_uri = format!(
+            "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners/dev/status{APPLY}"
+        );
+        server
+            .expect("PATCH", &status_uri, |body| {
+                (StatusCode::OK, stored(&runner_json, &body))
+            })
+            .await;
+        server
+    });
+    reconcile(runner, &ctx).await.expect("reconciled");
+    let server = scenario.await.expect("server");
+    drop(ctx);
+    server.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn start_up_fails_clearly_without_the_crd() {
+    let (client, mut server) = mock();
+    let check = tokio::spawn(async move { controller::check_crd(&client, None).await });
+    server
+        .expect("GET", "/apis/agentic.stigmer.ai/v1alpha1/agentrunners?&limit=1", |_| {
+            (
+                StatusCode::NOT_FOUND,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+                       "message": "the server could not find the requested resource"}),
+            )
+        })
+        .await;
+    let message = check.await.expect("join").expect_err("missing CRD");
+    assert!(
+        message
+            .starts_with("the AgentRunner CRD (agentrunners.agentic.stigmer.ai) is not installed"),
+        "{message}"
+    );
+
+    let (client, mut server) = mock();
+    let check = tokio::spawn(async move { controller::check_crd(&client, Some("agents")).await });
+    server
+        .expect("GET", "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners?&limit=1", |_| {
+            (StatusCode::OK, json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList", "metadata": {}, "items": []}))
+        })
+        .await;
+    assert_eq!(check.await.expect("join"), Ok(()));
+}
