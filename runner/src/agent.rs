@@ -15,7 +15,7 @@ use crate::llm::{AssistantTurn, LlmClient, LlmRequest, StopReason, ToolSpec};
 use crate::metrics::{LlmLabels, Metrics, ToolLabels};
 use crate::sandbox::Sandbox;
 use crate::status::{StatusReporter, now};
-use crate::tools::{self, TodoUpdate, ToolContext, ToolEffect, ToolError, ToolLimits};
+use crate::tools::{self, TodoUpdate, ToolContext, ToolEffect, ToolError, ToolLimits, ToolOutcome};
 
 /// Model parameters after applying execution, agent and runner defaults.
 #[derive(Debug, Clone)]
@@ -198,7 +198,23 @@ impl AgentRun<'_> {
             limits: self.limits,
         };
         let started = Instant::now();
-        let result = tools::execute(name, input, &ctx).await;
+        let result = if self.tools.iter().any(|t| t.name == name) {
+            tools::execute(name, input, &ctx).await
+        } else {
+            // The model may name a tool it was not offered; it gets an answer it can act on.
+            Ok(ToolOutcome {
+                output: format!(
+                    "tool '{name}' is not available to this agent; available: {}",
+                    self.tools
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                is_error: true,
+                effect: ToolEffect::None,
+            })
+        };
         let outcome = match &result {
             Ok(o) if o.is_error => "error",
             Ok(_) => "ok",

@@ -139,7 +139,6 @@ async fn prepare(
     let sandbox = ctx
         .sandboxes
         .open(sandbox_id)
-        .await
         .map_err(|e| format!("cannot prepare the sandbox for session {}: {e}", session.id))?;
     let mut conversation = conversation::from_proto(&session.history)
         .map_err(|e| format!("session {} has an unreadable history: {e}", session.id))?;

@@ -414,3 +414,91 @@ async fn read_pid_file_exists(path: &std::path::Path) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_while_the_model_streams_closes_the_stream() {
+    let llm = ScriptedLlm::start(vec![Reply::Stall {
+        text: "Thinking about".into(),
+    }])
+    .await;
+    let h = Harness::new(llm).await;
+    h.cp.apply_agent("a", "").await;
+    let _runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
+    let created = h.cp.create_execution("a", "", "think hard").await;
+    let id = execution_id(&created);
+    // The streamed text reaches the status before the model finishes.
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let e = h.cp.get_execution(&id).await;
+        if status(&e)
+            .messages
+            .iter()
+            .any(|m| m.content.contains("Thinking about"))
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "streamed text never reached the status"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.llm.open_streams(), 1);
+    h.cp.executions()
+        .await
+        .cancel_execution(CancelExecutionRequest {
+            id: id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .expect("cancel");
+    let done = h.cp.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert_eq!(phase(&done), ExecutionPhase::ExecutionCancelled);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.llm.open_streams() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the LLM stream stayed open after cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_endpoints_report_the_work() {
+    let llm = ScriptedLlm::start(vec![Reply::Text("hello".into())]).await;
+    let h = Harness::new(llm).await;
+    h.cp.apply_agent("a", "").await;
+    let runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
+    let addr = runner.http_addr.expect("http addr");
+    let created = h.cp.create_execution("a", "", "hi").await;
+    h.cp.wait_terminal(&execution_id(&created), RUN_TIMEOUT)
+        .await;
+    let (code, body) = testkit::process::http_get(addr, "/healthz")
+        .await
+        .expect("healthz");
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, metrics) = testkit::process::http_get(addr, "/metrics")
+        .await
+        .expect("metrics");
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("stigmer_runner_executions_total{outcome=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stigmer_runner_llm_call_duration_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("stigmer_runner_claim_wait_seconds"),
+        "{metrics}"
+    );
+    let (code, status_json) = testkit::process::http_get(addr, "/status")
+        .await
+        .expect("status");
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&status_json).expect("json");
+    assert_eq!(v["in_flight"], 0);
+    assert_eq!(v["capacity"], 10);
+}

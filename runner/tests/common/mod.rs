@@ -121,9 +121,16 @@ pub fn session_id(e: &AgentExecution) -> String {
     e.spec.as_ref().expect("spec").session_id.clone()
 }
 
-/// True while a process with this pid exists.
+/// True while a process with this pid runs. A zombie counts as gone: it was killed, and on
+/// machines whose pid 1 does not reap orphans it stays a zombie.
 pub fn process_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 /// Reads a pid file a tool command wrote, waiting for it to appear.
