@@ -161,8 +161,18 @@ async fn the_typed_key_reaches_the_runner_environment_and_nothing_else() {
 
     // It is the key the model API receives.
     let out = p.cli(&["run", "Say hello"]).await;
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), p.all_logs());
-    assert!(stdout(&out).contains("Hello from the model."), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        p.all_logs()
+    );
+    assert!(
+        stdout(&out).contains("Hello from the model."),
+        "{}",
+        text(&out)
+    );
     let requests = llm.requests();
     assert_eq!(requests.len(), 1);
     assert_eq!(requests[0].header("x-api-key"), Some(TEST_KEY));
@@ -178,7 +188,11 @@ async fn the_typed_key_reaches_the_runner_environment_and_nothing_else() {
             entry.display()
         );
     }
-    assert!(p.log("runner").contains("ANTHROPIC_API_KEY"), "{}", p.log("runner"));
+    assert!(
+        p.log("runner").contains("ANTHROPIC_API_KEY"),
+        "{}",
+        p.log("runner")
+    );
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -212,7 +226,9 @@ async fn a_killed_runner_is_restarted_until_the_supervisor_gives_up() {
             .wait_state("the runner restarted and ready", |s| {
                 s["runner"]["restarts"] == restart
                     && s["runner"]["state"] == "running"
-                    && s["runner"]["pid"].as_i64().is_some_and(|pid| pid != previous as i64)
+                    && s["runner"]["pid"]
+                        .as_i64()
+                        .is_some_and(|pid| pid != previous as i64)
             })
             .await;
         let pid = state["runner"]["pid"].as_i64().expect("pid") as i32;
@@ -240,11 +256,22 @@ async fn a_killed_runner_is_restarted_until_the_supervisor_gives_up() {
     let status = p.local(&["status"]).await;
     assert_eq!(status.status.code(), Some(3), "{}", text(&status));
     assert!(stdout(&status).contains("gave up"), "{}", text(&status));
-    let json = p.run(["-o", "json", "local", "--data-dir"].iter().map(|s| s.to_string()).chain([p.data_dir().display().to_string(), "status".into()])).await;
+    let json = p
+        .run(
+            ["-o", "json", "local", "--data-dir"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([p.data_dir().display().to_string(), "status".into()]),
+        )
+        .await;
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
     assert_eq!(json["runner"]["gave_up"], true);
     assert_eq!(json["server"]["health"], "serving");
-    assert!(p.log("supervisor").contains("gave up on the runner"), "{}", p.log("supervisor"));
+    assert!(
+        p.log("supervisor").contains("gave up on the runner"),
+        "{}",
+        p.log("supervisor")
+    );
     // No further restart happens once given up.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(p.state()["runner"]["pid"], serde_json::Value::Null);
@@ -257,7 +284,7 @@ async fn a_killed_runner_is_restarted_until_the_supervisor_gives_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_drains_an_in_flight_execution() {
     let llm = ScriptedLlm::start(vec![Reply::Delay(
-        Duration::from_secs(3),
+        Duration::from_secs(4),
         Box::new(Reply::Text("Finished after the stop was asked for.".into())),
     )])
     .await;
@@ -266,7 +293,6 @@ async fn stop_drains_an_in_flight_execution() {
     let out = p.cli(&["run", "--detach", "Take your time"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let id = detached_id(&out);
-    wait_phase(&p, &id, "EXECUTION_IN_PROGRESS").await;
     // Following the execution from another process: it must see the end.
     let watch = p
         .command(["--endpoint", &p.endpoint(), "execution", "watch", &id])
@@ -274,6 +300,7 @@ async fn stop_drains_an_in_flight_execution() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("watch");
+    // In flight once the model has been called (its answer takes seconds).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while llm.request_count() == 0 {
         assert!(tokio::time::Instant::now() < deadline, "no model call");
@@ -320,7 +347,11 @@ async fn a_second_start_refuses_and_a_crashed_one_is_cleaned_up() {
 
     let again = p.run(p.start_args(&[])).await;
     assert_eq!(again.status.code(), Some(1), "{}", text(&again));
-    assert!(stderr(&again).contains("already running"), "{}", text(&again));
+    assert!(
+        stderr(&again).contains("already running"),
+        "{}",
+        text(&again)
+    );
     assert!(
         stderr(&again).contains(first["endpoint"].as_str().expect("endpoint")),
         "{}",
@@ -337,7 +368,11 @@ async fn a_second_start_refuses_and_a_crashed_one_is_cleaned_up() {
     assert!(alive(runner) && alive(server));
     let status = p.local(&["status"]).await;
     assert_eq!(status.status.code(), Some(1), "{}", text(&status));
-    assert!(stdout(&status).contains("stale PID files"), "{}", text(&status));
+    assert!(
+        stdout(&status).contains("stale PID files"),
+        "{}",
+        text(&status)
+    );
 
     p.start(&[]).await;
     wait_dead(runner, Duration::from_secs(30)).await;
@@ -385,9 +420,16 @@ async fn foreground_start_stops_in_order_on_ctrl_c() {
     assert!(!alive(runner));
     let err = stderr(&out);
     assert!(err.contains("stigmer local is running"), "{err}");
-    assert!(err.contains("runner | "), "child output on the terminal: {err}");
+    assert!(
+        err.contains("runner | "),
+        "child output on the terminal: {err}"
+    );
     assert!(err.contains("SIGINT: stopping"), "{err}");
-    assert!(p.log("runner").contains("draining") || p.log("runner").contains("shutdown"), "{}", p.log("runner"));
+    assert!(
+        p.log("runner").contains("draining") || p.log("runner").contains("shutdown"),
+        "{}",
+        p.log("runner")
+    );
     assert_eq!(p.state()["phase"], "stopped");
     let logs = p.local(&["logs", "-c", "supervisor", "-n", "5"]).await;
     assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));

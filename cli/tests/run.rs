@@ -55,11 +55,20 @@ async fn run_shows_tool_calls_live_and_exits_by_phase() {
         .await
         .expect("run");
     let shown = stdout(&out);
-    assert_eq!(out.status.code(), Some(0), "{}\n{}", text(&out), p.all_logs());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        p.all_logs()
+    );
     assert!(shown.contains("Writing the haiku."), "{shown}");
     assert!(shown.contains("-> write_file("), "tool call shown: {shown}");
     assert!(shown.contains("haiku.txt"), "{shown}");
-    assert!(shown.contains("Done: haiku.txt holds the haiku."), "{shown}");
+    assert!(
+        shown.contains("Done: haiku.txt holds the haiku."),
+        "{shown}"
+    );
     let sessions = p.data_dir().join("workspace");
     let written: Vec<_> = std::fs::read_dir(&sessions)
         .expect("workspace")
@@ -97,7 +106,11 @@ async fn ctrl_c_cancels_the_execution_on_the_server() {
     let pid = run.id().expect("pid") as i32;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while llm.request_count() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no model call\n{}", p.all_logs());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no model call\n{}",
+            p.all_logs()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Let the CLI see the streamed text, then interrupt it like a terminal would.
@@ -107,7 +120,13 @@ async fn ctrl_c_cancels_the_execution_on_the_server() {
         .await
         .expect("run ended")
         .expect("output");
-    assert_eq!(out.status.code(), Some(3), "{}\n{}", text(&out), p.all_logs());
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        text(&out),
+        p.all_logs()
+    );
     assert!(stderr(&out).contains("cancelling"), "{}", text(&out));
 
     let list = p
@@ -123,7 +142,10 @@ async fn ctrl_c_cancels_the_execution_on_the_server() {
     // The runner hung up on the model: the cancellation reached it, not just the server.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while llm.open_streams() > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the model stream stayed open");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the model stream stayed open"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let status = p.local(&["status"]).await;

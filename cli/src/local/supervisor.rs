@@ -13,6 +13,7 @@
 //! reaches the supervisor only and the order above holds. Their output is piped through the
 //! supervisor into size-rotated log files, with the LLM key scrubbed should it ever appear.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -225,7 +226,8 @@ impl Events {
 
     fn log(&self, message: &str) {
         let line = format!("{:.3} supervisor: {message}\n", jiff::Timestamp::now());
-        eprint!("{line}");
+        // Not `eprint!`, which panics when stderr (a detached supervisor's log file) fails.
+        let _ = std::io::stderr().write_all(line.as_bytes());
         if let Some(file) = &self.file {
             file.write_line(line.as_bytes());
         }
@@ -490,6 +492,8 @@ impl Supervisor {
             .arg(s.paths.server_data())
             // Through the environment: a key on the command line is visible in `ps`.
             .env("STIGMER_SERVER_API_KEYS", &s.api_key)
+            // Log files are read with less and grep: no colour codes in them.
+            .env("NO_COLOR", "1")
             .current_dir(s.paths.root());
         // The control plane has no use for the LLM key.
         for var in KEY_VARIABLES {
@@ -869,6 +873,7 @@ fn runner_env(s: &Settings, endpoint: &str, http_addr: SocketAddr) -> Vec<(Strin
             s.paths.workspace().display().to_string(),
         ),
         ("STIGMER_HTTP_ADDR".into(), http_addr.to_string()),
+        ("NO_COLOR".into(), "1".into()),
     ]
 }
 
@@ -928,7 +933,7 @@ fn pipe(
             }
             log.write_line(text.as_bytes());
             if let Some(name) = echo {
-                eprint!("{name} | {text}");
+                let _ = write!(std::io::stderr(), "{name} | {text}");
             }
         }
     }))

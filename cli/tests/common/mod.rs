@@ -34,7 +34,10 @@ pub fn bin_dir() -> &'static Path {
                 cmd.arg("--release");
             }
             let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "cargo build -p runner -p stigmer-server failed");
+            assert!(
+                status.success(),
+                "cargo build -p runner -p stigmer-server failed"
+            );
         }
         dir
     })
@@ -72,7 +75,12 @@ impl Platform {
         set("STIGMER_CLAIM_WAIT_MS", "1000");
         set("STIGMER_STATUS_FLUSH_MS", "50");
         set("STIGMER_DRAIN_TIMEOUT_SECS", "20");
-        set("LOG_LEVEL", "debug");
+        // The runner at debug level (where a leaked key would most likely show), without
+        // the transport crates' chatter.
+        set(
+            "RUST_LOG",
+            "debug,h2=warn,hyper=warn,hyper_util=warn,tower=warn,reqwest=warn",
+        );
         match wire {
             Wire::Anthropic => {
                 set("STIGMER_LLM_PROVIDER", "anthropic");
@@ -190,8 +198,8 @@ impl Platform {
 
     pub fn state(&self) -> Value {
         let path = self.data_dir().join("run/state.json");
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_str(&text).expect("state is JSON")
     }
 
