@@ -435,3 +435,80 @@ async fn foreground_start_stops_in_order_on_ctrl_c() {
     assert_eq!(logs.status.code(), Some(0), "{}", text(&logs));
     assert!(stdout(&logs).contains("stopped"), "{}", text(&logs));
 }
+
+/// A runner that is alive but does not answer (stopped with SIGSTOP) is replaced after the
+/// configured number of failed readiness checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresponsive_runner_is_replaced() {
+    let llm = ScriptedLlm::start(vec![]).await;
+    let p = Platform::new(Wire::OpenAi, &llm.base_url()).with_key();
+    p.start(&["--unhealthy-after", "2", "--runner-stop-timeout-secs", "1"])
+        .await;
+    let frozen = p.pid("runner").expect("runner pid");
+    kill(frozen, Signal::SIGSTOP);
+    let state = p
+        .wait_state("a new runner", |s| {
+            s["runner"]["state"] == "running"
+                && s["runner"]["pid"]
+                    .as_i64()
+                    .is_some_and(|pid| pid != frozen as i64)
+        })
+        .await;
+    wait_dead(frozen, Duration::from_secs(10)).await;
+    assert_eq!(state["runner"]["restarts"], 1, "{state}");
+    let log = p.log("supervisor");
+    assert!(log.contains("is not ready (1 of 2 checks)"), "{log}");
+    assert!(log.contains("stays unready: restarting it"), "{log}");
+    assert!(log.contains("did not stop in time: killing it"), "{log}");
+}
+
+/// While the runner drains a long execution, a second Ctrl-C forces it out at once instead
+/// of waiting for the drain timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_forces_the_stop() {
+    let llm = ScriptedLlm::start(vec![Reply::Stall {
+        text: "Working on it".into(),
+    }])
+    .await;
+    let p = Platform::new(Wire::Anthropic, &llm.base_url()).with_key();
+    let child = p
+        .command(p.start_args(&["--foreground"]))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let supervisor = child.id().expect("pid") as i32;
+    p.wait_state("running", |s| s["phase"] == "running").await;
+    let runner = p.pid("runner").expect("runner");
+    let out = p.cli(&["run", "--detach", "Never finish"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while llm.request_count() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no model call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = tokio::time::Instant::now();
+    kill(supervisor, Signal::SIGINT);
+    p.wait_state("stopping", |s| s["phase"] == "stopping").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(runner), "the runner drains after the first signal");
+    kill(supervisor, Signal::SIGINT);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("stopped in time")
+        .expect("output");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "forced, not drained (drain timeout is 20 s)"
+    );
+    assert!(!alive(runner));
+    assert!(
+        stderr(&out).contains("again: forcing the runner to exit"),
+        "{}",
+        text(&out)
+    );
+    for file in ["supervisor.pid", "server.pid", "runner.pid"] {
+        assert!(!p.data_dir().join("run").join(file).exists(), "{file} left");
+    }
+}

@@ -108,31 +108,27 @@ impl Platform {
         self.dir.path().join("stigmer-home")
     }
 
-    /// `stigmer local start` arguments with short timings, and `extra`.
+    /// `stigmer local start` arguments with short timings, and `extra` (which wins over a
+    /// default of the same flag).
     pub fn start_args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "local",
-            "start",
-            "--data-dir",
-            &self.data_dir().display().to_string(),
-            "--port",
-            "0",
-            "--wait-timeout",
-            "40",
-            "--health-interval-ms",
-            "200",
-            "--restart-backoff-ms",
-            "100",
-            "--restart-backoff-max-ms",
-            "400",
-            "--runner-stop-timeout-secs",
-            "30",
-            "--server-stop-timeout-secs",
-            "5",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let data_dir = self.data_dir().display().to_string();
+        let defaults = [
+            ("--data-dir", data_dir.as_str()),
+            ("--port", "0"),
+            ("--wait-timeout", "40"),
+            ("--health-interval-ms", "200"),
+            ("--restart-backoff-ms", "100"),
+            ("--restart-backoff-max-ms", "400"),
+            ("--runner-stop-timeout-secs", "30"),
+            ("--server-stop-timeout-secs", "5"),
+        ];
+        let mut args = vec!["local".to_string(), "start".to_string()];
+        for (flag, value) in defaults {
+            if !extra.contains(&flag) {
+                args.push(flag.to_string());
+                args.push(value.to_string());
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         args
     }
