@@ -2,6 +2,7 @@
 //! (asking for it on a terminal), then either supervises in the foreground or starts a
 //! detached supervisor and waits until it reports both components healthy.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -245,10 +246,25 @@ fn banner(state: &State, llm: &LlmSettings, foreground: bool) -> String {
     lines.push(format!(
         "Next: stigmer{endpoint_flag} agent apply -f agent.yaml; stigmer{endpoint_flag} run \"Hello\""
     ));
+    // Other `local` commands find this platform by its data directory.
+    let default_dir = Paths::resolve(
+        std::env::var_os("STIGMER_HOME")
+            .map(PathBuf::from)
+            .as_deref(),
+    )
+    .ok()
+    .map(|p| p.root().display().to_string());
+    let data_dir_flag = if default_dir.as_deref() == Some(state.data_dir.as_str()) {
+        String::new()
+    } else {
+        format!(" --data-dir {}", state.data_dir)
+    };
     lines.push(if foreground {
         "Ctrl-C drains the runner and stops both.".into()
     } else {
-        "Stop: stigmer local stop".into()
+        format!(
+            "Status: stigmer local{data_dir_flag} status; stop: stigmer local{data_dir_flag} stop"
+        )
     });
     lines.join("\n")
 }

@@ -381,7 +381,11 @@ impl Supervisor {
         let failure = tokio::select! {
             addr = announced => match addr {
                 Ok(addr) => return Ok(addr),
-                Err(_) => "the control plane closed its output before it was listening".to_string(),
+                // Its output closed: it is exiting. Say how, if it does so promptly.
+                Err(_) => match tokio::time::timeout(Duration::from_secs(2), wait(&mut self.server)).await {
+                    Ok(status) => format!("the control plane exited during start-up ({})", describe(status.ok())),
+                    Err(_) => "the control plane closed its output before it was listening".to_string(),
+                },
             },
             status = wait(&mut self.server) => {
                 format!("the control plane exited during start-up ({})", describe(status.ok()))
@@ -472,8 +476,13 @@ impl Supervisor {
         }
         let path = self.settings.paths.log(component);
         let tail = logs::last_lines(&path, 15);
+        let hint = if component == Component::Server && tail.contains("in use") {
+            "\nAnother program holds the port: stop it, or pick another one with --port."
+        } else {
+            ""
+        };
         LocalError::StartFailed(format!(
-            "{what}. The end of {}:\n{}",
+            "{what}. The end of {}:\n{}{hint}",
             path.display(),
             indent(&tail)
         ))
