@@ -502,3 +502,59 @@ async fn health_and_metrics_endpoints_report_the_work() {
     assert_eq!(v["in_flight"], 0);
     assert_eq!(v["capacity"], 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_bounded_by_the_configured_slots() {
+    // Every execution runs one slow tool call, then ends.
+    let llm = ScriptedLlm::with_handler(|req| {
+        if req.body.to_string().contains("tool_result") {
+            Reply::Text("done".into())
+        } else {
+            Reply::ToolCalls {
+                text: None,
+                calls: vec![("run_command".into(), json!({"command": "sleep 0.4"}))],
+            }
+        }
+    })
+    .await;
+    let h = Harness::new(llm).await;
+    h.cp.apply_agent("a", "").await;
+    let mut env = h.runner_env(Wire::Anthropic);
+    env.insert("STIGMER_MAX_CONCURRENCY".into(), "2".into());
+    let _runner = h.start_runner(&env).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(execution_id(
+            &h.cp.create_execution("a", "", &format!("job {i}")).await,
+        ));
+    }
+    let mut max_running = 0;
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let mut running = 0;
+        let mut finished = 0;
+        for id in &ids {
+            match phase(&h.cp.get_execution(id).await) {
+                ExecutionPhase::ExecutionInProgress => running += 1,
+                p if p.is_terminal() => finished += 1,
+                _ => {}
+            }
+        }
+        max_running = max_running.max(running);
+        if finished == ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "executions did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(max_running, 2, "expected exactly 2 executions at a time");
+    for id in &ids {
+        assert_eq!(
+            phase(&h.cp.get_execution(id).await),
+            ExecutionPhase::ExecutionCompleted
+        );
+    }
+}

@@ -1,1 +1,23 @@
+//! The Stigmer control plane: agents, executions and sessions in SQLite, dispatch to runners
+//! with leases and long-polling, and live execution state for subscribers, over gRPC.
+//!
+//! Embed it with [`serve`] (or [`ControlPlane`] to open the store before binding), or run the
+//! `stigmer-server` binary.
 
+mod api;
+mod auth;
+mod broadcast;
+mod clock;
+mod config;
+mod dispatch;
+mod leases;
+mod merge;
+mod secrets;
+mod server;
+mod store;
+mod sweep;
+mod transitions;
+
+pub use config::{ConfigError, ServerConfig};
+pub use server::{ControlPlane, ServerError, serve};
+pub use store::StoreError;

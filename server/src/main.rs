@@ -1,1 +1,202 @@
-fn main() {}
+//! `stigmer-server`: the control plane as a process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use stigmer_proto::LOCAL_API_KEY;
+use stigmer_server::{ControlPlane, ServerConfig};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+/// The Stigmer control plane: stores agents and executions and hands executions to runners.
+#[derive(Debug, Parser)]
+#[command(name = "stigmer-server", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "STIGMER_SERVER_LISTEN", default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// Directory for the database [default: $HOME/.stigmer/data].
+    #[arg(long, env = "STIGMER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Accepted bearer token; repeat the flag, or separate with commas in the variable.
+    #[arg(
+        long = "api-key",
+        env = "STIGMER_SERVER_API_KEYS",
+        value_delimiter = ',',
+        default_value = LOCAL_API_KEY,
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    api_keys: Vec<String>,
+    /// Seconds a claim stays valid without a heartbeat or status update.
+    #[arg(long, env = "STIGMER_LEASE_TTL_SECS", default_value_t = 30)]
+    lease_ttl_secs: u64,
+    /// Longest long-poll a runner may ask for, in seconds.
+    #[arg(long, env = "STIGMER_MAX_CLAIM_WAIT_SECS", default_value_t = 30)]
+    max_claim_wait_secs: u64,
+    /// How often expired leases are looked for, in milliseconds.
+    #[arg(long, env = "STIGMER_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    sweep_interval_ms: u64,
+    /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error("invalid log level '{0}': {1}")]
+    LogLevel(String, String),
+    #[error("no data directory given and $HOME is not set; pass --data-dir")]
+    NoHome,
+    #[error("address {0} is in use: is another stigmer-server running?")]
+    AddressInUse(String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error(transparent)]
+    Server(#[from] stigmer_server::ServerError),
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("stigmer-server: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), StartError> {
+    init_logging(&args.log_level)?;
+    let config = config_from(&args)?;
+    // Bind before touching the data directory: a second server started by mistake must not
+    // apply lease expiry to the first one's store.
+    let listener = bind(&args.listen).await?;
+    let control_plane = ControlPlane::open(config).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|err| StartError::Bind(args.listen.clone(), err))?;
+    announce(&addr.to_string())?;
+    tracing::info!(%addr, database = %control_plane.database_path().display(), "serving");
+    control_plane.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn config_from(args: &Args) -> Result<ServerConfig, StartError> {
+    let data_dir = match &args.data_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".stigmer").join("data"))
+            .ok_or(StartError::NoHome)?,
+    };
+    let mut config = ServerConfig::local(data_dir);
+    config.api_keys = args
+        .api_keys
+        .iter()
+        .map(|key| key.trim().to_string())
+        .collect();
+    config.lease_ttl = Duration::from_secs(args.lease_ttl_secs);
+    config.max_claim_wait = Duration::from_secs(args.max_claim_wait_secs);
+    config.sweep_interval = Duration::from_millis(args.sweep_interval_ms);
+    Ok(config)
+}
+
+/// Accepts the Python runner's level names (INFO, WARNING, CRITICAL) as well as tracing's.
+fn init_logging(level: &str) -> Result<(), StartError> {
+    let directive = match level.trim().to_ascii_lowercase().as_str() {
+        "warning" => "warn".to_string(),
+        "critical" | "fatal" => "error".to_string(),
+        other => other.to_string(),
+    };
+    let filter = EnvFilter::try_new(&directive)
+        .map_err(|err| StartError::LogLevel(level.to_string(), err.to_string()))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    Ok(())
+}
+
+async fn bind(listen: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|err| match err.kind() {
+            std::io::ErrorKind::AddrInUse => StartError::AddressInUse(listen.to_string()),
+            _ => StartError::Bind(listen.to_string(), err),
+        })
+}
+
+/// The one line on stdout; tests and supervisors parse it to learn the actual port.
+fn announce(addr: &str) -> Result<(), StartError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "stigmer-server listening on {addr}")
+        .and_then(|()| stdout.flush())
+        .map_err(StartError::Stdout)
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once, for when a graceful
+/// stop takes longer than the operator is willing to wait.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("stigmer-server: second signal, exiting now");
+        std::process::exit(130);
+    });
+}
+
+#[cfg(unix)]
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("stigmer-server").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults() {
+        // Environment variables would change defaults; none of these are set under test.
+        let args = parse(&["--data-dir", "/tmp/d"]);
+        assert_eq!(args.listen, "127.0.0.1:50051");
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.api_keys, vec![LOCAL_API_KEY.to_string()]);
+        assert_eq!(config.lease_ttl, Duration::from_secs(30));
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/d"));
+    }
+
+    #[test]
+    fn repeated_api_keys() {
+        let args = parse(&["--data-dir", "/d", "--api-key", "a", "--api-key", "b,c"]);
+        assert_eq!(config_from(&args).unwrap().api_keys, ["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,101 @@
+//! The gRPC services and what they share.
+
+pub mod agents;
+pub mod executions;
+pub mod runner;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::broadcast::Broadcaster;
+use crate::dispatch::Dispatcher;
+use crate::leases::LeaseRefusal;
+use crate::store::{ExecutionRecord, Store, StoreError};
+
+/// State behind every service.
+pub struct Shared {
+    pub store: Arc<Store>,
+    pub broadcaster: Broadcaster,
+    pub dispatcher: Dispatcher,
+    pub lease_ttl: Duration,
+    pub max_claim_wait: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl Shared {
+    pub fn new(
+        store: Arc<Store>,
+        lease_ttl: Duration,
+        max_claim_wait: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            dispatcher: Dispatcher::new(Arc::clone(&store), lease_ttl, shutdown.clone()),
+            store,
+            broadcaster: Broadcaster::default(),
+            lease_ttl,
+            max_claim_wait,
+            shutdown,
+        }
+    }
+
+    /// After executions ended: show subscribers the final state, and wake runners since each
+    /// ending may free a session with more work queued.
+    pub fn ended(&self, records: &[ExecutionRecord]) {
+        for record in records {
+            self.broadcaster.publish(record);
+        }
+        self.dispatcher.wake(records.len());
+    }
+}
+
+/// Why a request failed, as the API reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidArgument(message.into())
+    }
+
+    pub fn lease(refusal: LeaseRefusal) -> Self {
+        Self::FailedPrecondition(format!("lease not held: {refusal}"))
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        match err {
+            ApiError::InvalidArgument(message) => Status::invalid_argument(message),
+            ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ApiError::Store(err) => {
+                // The detail may name files and SQL; it goes to the log, not to the client.
+                tracing::error!(error = %err, "request failed in the store");
+                Status::internal("internal storage error")
+            }
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<tonic::Response<T>, Status>;
+
+pub fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, ApiError> {
+    if value.trim().is_empty() {
+        Err(ApiError::invalid(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
+}

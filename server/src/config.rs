@@ -1,0 +1,100 @@
+//! Server configuration shared by the library API and the binary.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stigmer_proto::LOCAL_API_KEY;
+
+/// How the control plane runs. Build one with [`ServerConfig::local`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory that holds `stigmer.db`; created when missing.
+    pub data_dir: PathBuf,
+    /// Bearer tokens accepted on every API call (the health service excepted).
+    pub api_keys: Vec<String>,
+    /// How long a claim stays valid without a heartbeat or status update.
+    pub lease_ttl: Duration,
+    /// Upper bound for a runner's long-poll `wait_ms`.
+    pub max_claim_wait: Duration,
+    /// How often expired leases are looked for.
+    pub sweep_interval: Duration,
+}
+
+impl ServerConfig {
+    /// Local-mode defaults: the well-known local key, 30 s leases, 30 s long-polls, 1 s sweeps.
+    pub fn local(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            api_keys: vec![LOCAL_API_KEY.to_string()],
+            lease_ttl: Duration::from_secs(30),
+            max_claim_wait: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// Refuses settings that would make the server unusable rather than merely slow.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.api_keys.is_empty() {
+            return Err(ConfigError::NoApiKeys);
+        }
+        if self.api_keys.iter().any(|key| key.trim().is_empty()) {
+            return Err(ConfigError::EmptyApiKey);
+        }
+        for (name, value) in [
+            ("lease_ttl", self.lease_ttl),
+            ("sweep_interval", self.sweep_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration(name));
+            }
+        }
+        // Leases are reported to runners as u32 milliseconds.
+        if self.lease_ttl > Duration::from_millis(u64::from(u32::MAX)) {
+            return Err(ConfigError::LeaseTooLong);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("at least one API key is required")]
+    NoApiKeys,
+    #[error("API keys must not be empty")]
+    EmptyApiKey,
+    #[error("{0} must be greater than zero")]
+    ZeroDuration(&'static str),
+    #[error("lease_ttl must fit in u32 milliseconds")]
+    LeaseTooLong,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_defaults() {
+        let config = ServerConfig::local("/tmp/x");
+        assert_eq!(config.api_keys, vec!["dummy-local-key".to_string()]);
+        assert_eq!(config.lease_ttl, Duration::from_secs(30));
+        assert_eq!(config.max_claim_wait, Duration::from_secs(30));
+        assert_eq!(config.sweep_interval, Duration::from_secs(1));
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_unusable_settings() {
+        let mut config = ServerConfig::local("/tmp/x");
+        config.api_keys.clear();
+        assert_eq!(config.validate(), Err(ConfigError::NoApiKeys));
+        config.api_keys = vec![" ".into()];
+        assert_eq!(config.validate(), Err(ConfigError::EmptyApiKey));
+        config.api_keys = vec!["k".into()];
+        config.lease_ttl = Duration::ZERO;
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ZeroDuration("lease_ttl"))
+        );
+    }
+}

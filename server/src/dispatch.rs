@@ -1,0 +1,181 @@
+//! Handing pending executions to runners: claims with leases and long-polling.
+//!
+//! The store is the queue (pending, unclaimed executions in creation order), so there is no
+//! in-memory queue to rebuild after a restart. Waiting runners park on a [`Notify`]; every
+//! event that can make one execution dispatchable (created, its session freed, requeued after
+//! a lease expiry) wakes one waiter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use stigmer_proto::runner::v1::{ClaimedExecution, Lease};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::{self, Now};
+use crate::store::{ExecutionRecord, LeaseRecord, Store, StoreError, Tx};
+use crate::transitions;
+
+/// More than this per claim would only hold work back from other runners.
+pub const MAX_CLAIM_BATCH: usize = 256;
+
+pub struct Dispatcher {
+    store: Arc<Store>,
+    lease_ttl: Duration,
+    work: Notify,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub runner_id: String,
+    pub max_executions: usize,
+    pub wait: Duration,
+}
+
+/// What a claim did: executions handed out, and any the server had to fail instead.
+#[derive(Debug, Default)]
+pub struct ClaimOutcome {
+    pub claimed: Vec<ClaimedExecution>,
+    pub failed: Vec<ExecutionRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ClaimError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the claiming request went away")]
+    Abandoned,
+}
+
+impl Dispatcher {
+    pub fn new(store: Arc<Store>, lease_ttl: Duration, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            lease_ttl,
+            work: Notify::new(),
+            shutdown,
+        }
+    }
+
+    /// Tells waiting runners that `count` executions may have become dispatchable.
+    pub fn wake(&self, count: usize) {
+        for _ in 0..count {
+            self.work.notify_one();
+        }
+    }
+
+    /// Claims up to `max_executions`, waiting up to `wait` for the first one. Returns nothing
+    /// when the wait ends empty-handed or the server shuts down.
+    pub async fn claim(&self, request: ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        let deadline = Instant::now() + request.wait;
+        loop {
+            // Registered before looking, so a wake-up between the look and the wait is kept.
+            let notified = self.work.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+
+            let outcome = self.try_claim(&request).await?;
+            if !outcome.claimed.is_empty() || !outcome.failed.is_empty() {
+                if outcome.claimed.len() == request.max_executions {
+                    // There may be more; let the next waiter look.
+                    self.work.notify_one();
+                }
+                return Ok(outcome);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => return Ok(ClaimOutcome::default()),
+                () = self.shutdown.cancelled() => return Ok(ClaimOutcome::default()),
+            }
+        }
+    }
+
+    async fn try_claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        // If the caller goes away while the transaction runs on the blocking pool, roll it
+        // back rather than hand out executions nobody will receive.
+        let wanted = Arc::new(AtomicBool::new(true));
+        let _guard = ClearOnDrop(Arc::clone(&wanted));
+        let request = request.clone();
+        let ttl = self.lease_ttl;
+        let result = self
+            .store
+            .write(move |tx| {
+                let outcome = claim_in(tx, &request, ttl, Now::read())?;
+                if wanted.load(Ordering::Acquire) {
+                    Ok(outcome)
+                } else {
+                    Err(ClaimError::Abandoned)
+                }
+            })
+            .await;
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(ClaimError::Store(err)) => Err(err),
+            Err(ClaimError::Abandoned) => Ok(ClaimOutcome::default()),
+        }
+    }
+}
+
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn claim_in(
+    tx: &Tx<'_>,
+    request: &ClaimRequest,
+    ttl: Duration,
+    now: Now,
+) -> Result<ClaimOutcome, StoreError> {
+    let mut outcome = ClaimOutcome::default();
+    let expires_at_ms = now.plus(ttl);
+    for id in tx.dispatchable(request.max_executions)? {
+        let Some(mut record) = tx.execution(&id)? else {
+            continue;
+        };
+        let agent = tx.agent(&record.spec.agent_id)?;
+        let session = tx.session(&record.spec.session_id)?;
+        let (Some(agent), Some(session)) = (agent, session) else {
+            // Deleting an agent is refused while it has live executions, so this only
+            // happens to a store edited by hand; failing beats blocking the queue.
+            let error = format!(
+                "agent '{}' or its session no longer exists",
+                record.spec.agent_id
+            );
+            transitions::fail(
+                &mut record,
+                &error,
+                format!("Execution failed: {error}"),
+                &now.rfc3339(),
+            );
+            tx.save_execution(&mut record)?;
+            outcome.failed.push(record);
+            continue;
+        };
+        let lease = LeaseRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            expires_at_ms,
+        };
+        record.claimed_by = Some(request.runner_id.clone());
+        record.lease = Some(lease.clone());
+        tx.save_execution(&mut record)?;
+        tracing::debug!(execution = %id, runner = %request.runner_id, "claimed");
+        outcome.claimed.push(ClaimedExecution {
+            execution: Some(record.to_execution()),
+            agent: Some(agent),
+            session: Some(session),
+            lease: Some(Lease {
+                lease_id: lease.id,
+                expires_at: clock::rfc3339(expires_at_ms),
+                ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+            }),
+        });
+    }
+    Ok(outcome)
+}

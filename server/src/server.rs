@@ -1,0 +1,159 @@
+//! Wiring: open the store, recover, serve the gRPC services until shutdown.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stigmer_proto::agent::v1::agent_service_server::AgentServiceServer;
+use stigmer_proto::agentexecution::v1::execution_service_server::ExecutionServiceServer;
+use stigmer_proto::runner::v1::runner_service_server::RunnerServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::Shared;
+use crate::api::agents::AgentApi;
+use crate::api::executions::ExecutionApi;
+use crate::api::runner::RunnerApi;
+use crate::auth::BearerAuth;
+use crate::config::{ConfigError, ServerConfig};
+use crate::store::{Store, StoreError};
+use crate::sweep;
+
+/// Detects runners and clients that vanished without closing their connection, so that
+/// their long-polls and streams end.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("recovering leases after start-up failed: {0}")]
+    Recovery(#[source] StoreError),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// An opened, recovered control plane, ready to serve. Opening before binding the port lets
+/// a caller report store problems before it announces an address.
+pub struct ControlPlane {
+    shared: Arc<Shared>,
+    api_keys: Vec<String>,
+    sweep_interval: Duration,
+}
+
+impl ControlPlane {
+    /// Opens the store in `config.data_dir` and applies the lease rules to what the previous
+    /// run left: expired claims are requeued or ended; live ones are kept, since their runner
+    /// may still be alive and heartbeating.
+    pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
+        config.validate()?;
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+            .await
+            .map_err(|err| StoreError::Task(err.to_string()))??;
+        tracing::info!(database = %store.path().display(), "store opened");
+        let shared = Arc::new(Shared::new(
+            Arc::new(store),
+            config.lease_ttl,
+            config.max_claim_wait,
+            CancellationToken::new(),
+        ));
+        let recovered = sweep::sweep_once(&shared)
+            .await
+            .map_err(ServerError::Recovery)?;
+        if recovered.requeued + recovered.ended.len() > 0 {
+            tracing::info!(
+                requeued = recovered.requeued,
+                ended = recovered.ended.len(),
+                "applied lease expiry to claims left by the previous run"
+            );
+        }
+        Ok(Self {
+            shared,
+            api_keys: config.api_keys,
+            sweep_interval: config.sweep_interval,
+        })
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.shared.store.path().to_path_buf()
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then stops gracefully: long-polls
+    /// return empty, subscriptions end with UNAVAILABLE, in-flight calls finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+        let auth = BearerAuth::new(&self.api_keys);
+        let shared = self.shared;
+        let sweeper = tokio::spawn(sweep::run(Arc::clone(&shared), self.sweep_interval));
+
+        let token = shared.shutdown.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            set_health(&health, ServingStatus::NotServing).await;
+            token.cancel();
+        };
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let result = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
+            .add_service(health_service)
+            .add_service(AgentServiceServer::with_interceptor(
+                AgentApi::new(Arc::clone(&shared)),
+                auth.clone(),
+            ))
+            .add_service(ExecutionServiceServer::with_interceptor(
+                ExecutionApi::new(Arc::clone(&shared)),
+                auth.clone(),
+            ))
+            .add_service(RunnerServiceServer::with_interceptor(
+                RunnerApi::new(Arc::clone(&shared)),
+                auth,
+            ))
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await;
+        shared.shutdown.cancel();
+        if let Err(err) = sweeper.await {
+            tracing::error!(error = %err, "lease sweep task failed");
+        }
+        tracing::info!("stopped");
+        result.map_err(ServerError::Serve)
+    }
+}
+
+/// Opens the store in `config.data_dir`, recovers, and serves on `listener` until `shutdown`
+/// resolves.
+pub async fn serve(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    ControlPlane::open(config)
+        .await?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// "" (the whole server) and each service by name, as probes and clients may ask for either.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for service in [
+        "",
+        <AgentServiceServer<AgentApi> as NamedService>::NAME,
+        <ExecutionServiceServer<ExecutionApi> as NamedService>::NAME,
+        <RunnerServiceServer<RunnerApi> as NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}

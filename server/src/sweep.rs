@@ -1,0 +1,38 @@
+//! The periodic pass that applies the lease-expiry rule, so that work held by a runner that
+//! disappeared is requeued or ended without anyone asking.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+
+use crate::api::Shared;
+use crate::clock::Now;
+use crate::leases::{self, ExpiredLeases};
+use crate::store::StoreError;
+
+pub async fn run(shared: Arc<Shared>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shared.shutdown.cancelled() => return,
+        }
+        if let Err(err) = sweep_once(&shared).await {
+            tracing::error!(error = %err, "lease sweep failed; retrying on the next tick");
+        }
+        shared.broadcaster.prune();
+    }
+}
+
+/// Applies the expiry rule once and tells runners and subscribers what changed.
+pub async fn sweep_once(shared: &Shared) -> Result<ExpiredLeases, StoreError> {
+    let expired = shared
+        .store
+        .write(|tx| leases::expire_all(tx, Now::read()))
+        .await?;
+    shared.dispatcher.wake(expired.requeued);
+    shared.ended(&expired.ended);
+    Ok(expired)
+}
