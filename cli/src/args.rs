@@ -44,7 +44,14 @@ pub enum Output {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Define and inspect agents.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+            stigmer agent apply -f writer.yaml\n  \
+            stigmer agent list\n  \
+            stigmer -o json agent get writer\n  \
+            stigmer agent delete writer"
+    )]
     Agent(AgentCommand),
     /// Run an agent on a message and stream what it does.
     #[command(after_help = "Examples:\n  \
@@ -55,7 +62,14 @@ pub enum Command {
         Ctrl-C cancels the execution; a second Ctrl-C leaves without waiting.")]
     Run(RunArgs),
     /// List, inspect, follow and cancel executions.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  \
+            stigmer execution list --phase in-progress --phase pending\n  \
+            stigmer execution get exec-0192...\n  \
+            stigmer execution watch exec-0192...\n  \
+            stigmer execution cancel exec-0192... --reason \"wrong agent\""
+    )]
     Execution(ExecutionCommand),
     /// Run the platform on this machine: the control plane and a supervised runner.
     Local(LocalArgs),
@@ -100,6 +114,14 @@ pub enum LocalCommand {
         stigmer local stop --timeout 10     # kill whatever is left after 10 s\n\n\
         Exit status: 0 stopped or not running; 1 something had to be killed.")]
     Stop(StopArgs),
+    /// Stop the platform (draining the runner) and start it again with these settings.
+    #[command(after_help = "Examples:\n  \
+        stigmer local restart\n  \
+        STIGMER_LLM_MODEL=claude-sonnet-4-5 stigmer local restart   # pick up a new setting\n\n\
+        The key is settled (asked for, if missing) before anything is stopped. It is never\n\
+        stored, so a key typed at the first start is asked for again unless it is in the\n\
+        environment.")]
+    Restart(StartArgs),
     /// Show whether the platform is up: control plane, runner, endpoint, data directory.
     #[command(after_help = "Examples:\n  \
         stigmer local status\n  \
@@ -217,10 +239,15 @@ pub enum AgentCommand {
         file: PathBuf,
     },
     /// List agents.
+    #[command(after_help = "Examples:\n  stigmer agent list\n  stigmer -o json agent list")]
     List,
     /// Show one agent.
+    #[command(
+        after_help = "Examples:\n  stigmer agent get writer\n  stigmer -o json agent get writer"
+    )]
     Get { name: String },
     /// Delete an agent (refused while it has unfinished executions).
+    #[command(after_help = "Example:\n  stigmer agent delete writer")]
     Delete { name: String },
 }
 
@@ -252,6 +279,10 @@ pub struct RunArgs {
 #[derive(Subcommand, Debug)]
 pub enum ExecutionCommand {
     /// List executions, newest first.
+    #[command(after_help = "Examples:\n  \
+        stigmer execution list\n  \
+        stigmer execution list --agent writer --phase failed --limit 5\n  \
+        stigmer -o json execution list --session sess-0192...")]
     List {
         #[arg(long)]
         agent: Option<String>,
@@ -264,10 +295,16 @@ pub enum ExecutionCommand {
         limit: u32,
     },
     /// Show one execution in full.
+    #[command(after_help = "Example:\n  stigmer execution get exec-0192...")]
     Get { id: String },
     /// Follow an execution until it ends (exit status as for `stigmer run`).
+    #[command(after_help = "Example:\n  stigmer execution watch exec-0192...\n\n\
+        Exit status: 0 completed, 1 failed, 3 cancelled. Ctrl-C leaves; the execution goes on.")]
     Watch { id: String },
     /// Cancel an execution.
+    #[command(
+        after_help = "Example:\n  stigmer execution cancel exec-0192... --reason \"not needed\""
+    )]
     Cancel {
         id: String,
         #[arg(long, default_value = "cancelled by user")]

@@ -512,3 +512,35 @@ async fn a_second_signal_forces_the_stop() {
         assert!(!p.data_dir().join("run").join(file).exists(), "{file} left");
     }
 }
+
+/// `restart` drains and stops the running platform, then starts a new one on the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_replaces_the_running_platform() {
+    let llm = ScriptedLlm::start(vec![Reply::Text("Still here.".into())]).await;
+    let p = Platform::new(Wire::OpenAi, &llm.base_url()).with_key();
+    p.start(&[]).await;
+    let before = p.state();
+    let old_runner = p.pid("runner").expect("runner");
+    let mut args = p.start_args(&[]);
+    args[1] = "restart".into();
+    let out = p.run(args).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out),
+        p.all_logs()
+    );
+    assert!(
+        stdout(&out).contains("stigmer local is running"),
+        "{}",
+        text(&out)
+    );
+    let after = p.state();
+    assert_ne!(after["supervisor_pid"], before["supervisor_pid"]);
+    assert!(!alive(old_runner));
+    let run = p.cli(&["run", "Are you there?"]).await;
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run));
+    // The previous run's logs are kept, rotated.
+    assert!(p.data_dir().join("logs/supervisor.log.1").exists());
+}

@@ -74,6 +74,7 @@ pub async fn run(args: LocalArgs, api_key: &str, output: Output) -> Result<u8, L
     let paths = Paths::resolve(args.data_dir.as_deref())?;
     match args.command {
         LocalCommand::Start(start) => start::run(paths, start, api_key, output).await,
+        LocalCommand::Restart(start) => start::restart(paths, start, api_key, output).await,
         LocalCommand::Stop(stop) => stop::run(&paths, stop, output).await,
         LocalCommand::Status => status::run(&paths, output).await,
         LocalCommand::Logs(logs) => logs::run(&paths, logs).await,

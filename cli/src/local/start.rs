@@ -35,6 +35,25 @@ pub async fn run(
                 .unwrap_or_else(|_| "unknown".into()),
         });
     }
+    let settings = prepare(&paths, &args, api_key)?;
+    launch(&paths, &args, settings, output).await
+}
+
+/// `stigmer local restart`: everything a start needs (the key too, possibly asked for) is
+/// settled while the old platform still runs, then it is stopped and the new one started.
+pub async fn restart(
+    paths: Paths,
+    args: StartArgs,
+    api_key: &str,
+    output: Output,
+) -> Result<u8, LocalError> {
+    let settings = prepare(&paths, &args, api_key)?;
+    super::stop::run(&paths, crate::args::StopArgs { timeout: None }, output).await?;
+    launch(&paths, &args, settings, output).await
+}
+
+/// Finds the binaries and the LLM key (asking for a missing one on a terminal).
+fn prepare(paths: &Paths, args: &StartArgs, api_key: &str) -> Result<Settings, LocalError> {
     let server_bin = binaries::locate(
         SERVER,
         args.server_bin.as_deref(),
@@ -48,13 +67,13 @@ pub async fn run(
         "STIGMER_RUNNER_BIN",
     )?;
     let llm = secrets::resolve(&|k| std::env::var(k).ok(), &mut Terminal)?;
-    let settings = Settings {
+    Ok(Settings {
         paths: paths.clone(),
         server_bin,
         runner_bin,
         port: args.port,
         runner_http_port: args.runner_http_port,
-        llm: llm.clone(),
+        llm,
         api_key: api_key.to_string(),
         policy: RestartPolicy {
             initial_backoff: Duration::from_millis(args.restart_backoff_ms),
@@ -69,7 +88,17 @@ pub async fn run(
         server_stop_timeout: Duration::from_secs(args.server_stop_timeout_secs),
         log_max_bytes: args.log_max_bytes.max(1024),
         interactive: !args.detached_child,
-    };
+    })
+}
+
+/// Supervises in the foreground, or detaches.
+async fn launch(
+    paths: &Paths,
+    args: &StartArgs,
+    settings: Settings,
+    output: Output,
+) -> Result<u8, LocalError> {
+    let llm = settings.llm.clone();
     if args.foreground {
         let interactive = settings.interactive;
         return supervisor::run(settings, |state| {
@@ -79,7 +108,7 @@ pub async fn run(
         })
         .await;
     }
-    detach(&paths, &args, settings, &llm, output).await
+    detach(paths, args, settings, &llm, output).await
 }
 
 /// Starts `stigmer local start --foreground --detached-child` in its own session with its

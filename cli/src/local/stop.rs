@@ -13,7 +13,7 @@ use crate::args::{Component, Output, StopArgs};
 pub async fn run(paths: &Paths, args: StopArgs, output: Output) -> Result<u8, LocalError> {
     let state = State::read(&paths.state_file()).ok();
     let mut killed = false;
-    let outcome = match pidfile::running_supervisor(paths) {
+    let outcome = match supervisor_pid(paths).await {
         Some(pid) if pid > 0 => {
             let timeout = Duration::from_secs(
                 args.timeout
@@ -78,6 +78,18 @@ pub async fn run(paths: &Paths, args: StopArgs, output: Output) -> Result<u8, Lo
         ),
     }
     Ok(u8::from(killed))
+}
+
+/// The live supervisor's PID. A supervisor that has just taken the lock may not have written
+/// its PID file yet: give it a moment.
+async fn supervisor_pid(paths: &Paths) -> Option<u32> {
+    for _ in 0..20 {
+        match pidfile::running_supervisor(paths) {
+            Some(0) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => return other,
+        }
+    }
+    Some(0)
 }
 
 fn binary_name(recorded: Option<&str>, default: &str) -> String {
