@@ -651,13 +651,19 @@ impl Supervisor {
     fn on_runner_exit(&mut self, status: std::io::Result<ExitStatus>) {
         let ran_for = self.runner.as_ref().map(|r| r.since.elapsed());
         self.runner = None;
-        self.kill_runner_at = None;
+        // Set only while the supervisor itself is stopping an unhealthy runner.
+        let was_unhealthy = self.kill_runner_at.take().is_some();
         let how = describe(status.ok());
         self.state.runner.pid = None;
         self.state.runner.last_exit = Some(how.clone());
         pidfile::remove(&self.settings.paths.pid_file(Component::Runner));
         self.events.log(&format!(
-            "the runner exited unexpectedly ({how}) after {}",
+            "the runner {} ({how}) after {}",
+            if was_unhealthy {
+                "that was not ready stopped"
+            } else {
+                "exited unexpectedly"
+            },
             ran_for.map(human).unwrap_or_else(|| "0s".into())
         ));
         match self.runner_restarts.on_exit(Instant::now()) {
