@@ -1,7 +1,8 @@
 //! Test helpers with real parts on loopback: the control plane, child processes, and a scripted
 //! LLM server that speaks the Anthropic and OpenAI wire formats (a stand-in for the real APIs,
-//! which CI cannot reach).
+//! which CI cannot reach), and a Daytona contract server (a stand-in for Daytona, likewise).
 
 pub mod control_plane;
+pub mod daytona;
 pub mod llm;
 pub mod process;

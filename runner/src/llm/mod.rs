@@ -8,7 +8,7 @@ mod anthropic;
 mod error;
 mod http;
 mod openai;
-mod retry;
+pub(crate) mod retry;
 #[cfg(test)]
 mod tests;
 

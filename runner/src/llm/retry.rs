@@ -29,20 +29,44 @@ impl From<LlmError> for Failure {
     }
 }
 
+/// Exponential backoff between a first and a maximum wait. Shared with other HTTP clients of
+/// the runner (Daytona), which retry on their own time scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Backoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The LLM clients' policy: 500 ms doubling up to 8 s.
+    pub(crate) const LLM: Self = Self {
+        first: FIRST_BACKOFF,
+        max: MAX_BACKOFF,
+    };
+
+    /// Wait before the attempt after `failed_attempt` (1-based). `jitter` in `[0, 1]`.
+    pub(crate) fn delay(
+        &self,
+        failed_attempt: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Duration {
+        if let Some(asked) = retry_after {
+            return asked.min(MAX_RETRY_AFTER);
+        }
+        let doublings = failed_attempt.saturating_sub(1).min(16);
+        let nominal = self.first.saturating_mul(1 << doublings).min(self.max);
+        nominal.mul_f64(1.0 - JITTER_SHARE * jitter.clamp(0.0, 1.0))
+    }
+}
+
 /// Wait before the attempt after `failed_attempt` (1-based). `jitter` in `[0, 1]`.
 pub(crate) fn backoff_delay(
     failed_attempt: u32,
     retry_after: Option<Duration>,
     jitter: f64,
 ) -> Duration {
-    if let Some(asked) = retry_after {
-        return asked.min(MAX_RETRY_AFTER);
-    }
-    let doublings = failed_attempt.saturating_sub(1).min(16);
-    let nominal = FIRST_BACKOFF
-        .saturating_mul(1 << doublings)
-        .min(MAX_BACKOFF);
-    nominal.mul_f64(1.0 - JITTER_SHARE * jitter.clamp(0.0, 1.0))
+    Backoff::LLM.delay(failed_attempt, retry_after, jitter)
 }
 
 /// `retry-after` is either delta-seconds or an HTTP date (RFC 9110 §10.2.3).
@@ -131,6 +155,17 @@ mod tests {
         // Out-of-range jitter must not produce a longer or negative wait.
         assert_eq!(backoff_delay(1, None, 7.0), Duration::from_millis(375));
         assert_eq!(backoff_delay(1, None, -3.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn other_policies_double_between_their_own_bounds() {
+        let fast = Backoff {
+            first: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(fast.delay(1, None, 0.0), Duration::from_millis(100));
+        assert_eq!(fast.delay(4, None, 0.0), Duration::from_millis(800));
+        assert_eq!(fast.delay(5, None, 0.0), Duration::from_secs(1));
     }
 
     #[test]

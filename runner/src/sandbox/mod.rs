@@ -14,6 +14,7 @@ mod capped;
 mod command;
 #[cfg(test)]
 mod command_tests;
+pub mod daytona;
 mod filesystem;
 #[cfg(test)]
 mod fs_tests;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use capped::{CappedBuffer, cap_text, truncation_marker};
+pub use daytona::DaytonaSandbox;
 pub use filesystem::{FsSandbox, MAX_READ_BYTES};
 
 /// A command for the sandbox to run with `sh -c` in the session directory.
@@ -106,6 +108,9 @@ pub enum SandboxError {
     },
     #[error("cancelled")]
     Cancelled,
+    /// Cloud mode: the Daytona API or the sandbox's toolbox failed.
+    #[error(transparent)]
+    Daytona(#[from] daytona::DaytonaError),
 }
 
 /// The directory under which every session gets its own directory.
@@ -174,12 +179,14 @@ fn validate_id(id: &str) -> Result<(), SandboxError> {
 #[derive(Debug, Clone)]
 pub enum Sandbox {
     Filesystem(FsSandbox),
+    Daytona(DaytonaSandbox),
 }
 
 impl Sandbox {
     pub fn id(&self) -> &str {
         match self {
             Self::Filesystem(fs) => fs.id(),
+            Self::Daytona(remote) => remote.id(),
         }
     }
 
@@ -187,6 +194,7 @@ impl Sandbox {
     pub fn describe(&self) -> String {
         match self {
             Self::Filesystem(fs) => format!("directory {}", fs.path().display()),
+            Self::Daytona(remote) => remote.describe(),
         }
     }
 
@@ -196,6 +204,7 @@ impl Sandbox {
     ) -> Result<CommandOutput, SandboxError> {
         match self {
             Self::Filesystem(fs) => fs.run_command(req).await,
+            Self::Daytona(remote) => remote.run_command(req).await,
         }
     }
 
@@ -203,6 +212,7 @@ impl Sandbox {
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         match self {
             Self::Filesystem(fs) => fs.read_file(path).await,
+            Self::Daytona(remote) => remote.read_file(path).await,
         }
     }
 
@@ -210,6 +220,7 @@ impl Sandbox {
     pub async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
         match self {
             Self::Filesystem(fs) => fs.write_file(path, contents).await,
+            Self::Daytona(remote) => remote.write_file(path, contents).await,
         }
     }
 
@@ -217,6 +228,7 @@ impl Sandbox {
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
         match self {
             Self::Filesystem(fs) => fs.list_dir(path).await,
+            Self::Daytona(remote) => remote.list_dir(path).await,
         }
     }
 }
