@@ -12,6 +12,8 @@ pub enum CliError {
     Rpc(#[from] tonic::Status),
     #[error("{0}")]
     Io(String),
+    #[error(transparent)]
+    Local(#[from] crate::local::LocalError),
 }
 
 fn describe(status: &tonic::Status) -> String {
@@ -32,6 +34,7 @@ impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => 2,
+            CliError::Local(e) => e.exit_code(),
             _ => 1,
         }
     }

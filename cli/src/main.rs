@@ -7,6 +7,7 @@ mod client;
 mod error;
 mod executions;
 mod json;
+mod local;
 mod render;
 
 use std::process::ExitCode;
@@ -15,6 +16,9 @@ use clap::Parser;
 
 use args::{Cli, Command};
 use error::CliError;
+
+/// Where the control plane is when neither `--endpoint` nor a running `stigmer local` says.
+const DEFAULT_ENDPOINT: &str = "http://localhost:50051";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -38,12 +42,22 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, CliError> {
-    let clients = client::connect(&cli.endpoint, &cli.api_key).await?;
-    match cli.command {
+    // `local` manages the platform; it needs no connection to it.
+    let command = match cli.command {
+        Command::Local(args) => return Ok(local::run(args, &cli.api_key, cli.output).await?),
+        other => other,
+    };
+    let endpoint = cli
+        .endpoint
+        .or_else(local::running_endpoint)
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+    let clients = client::connect(&endpoint, &cli.api_key).await?;
+    match command {
         Command::Agent(cmd) => agents::run(clients.agents, cmd, cli.output)
             .await
             .map(|()| 0),
         Command::Run(args) => executions::run(clients, args, cli.output).await,
         Command::Execution(cmd) => executions::execution(clients, cmd, cli.output).await,
+        Command::Local(_) => Ok(0),
     }
 }

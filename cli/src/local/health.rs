@@ -1,0 +1,148 @@
+//! Health probes: the runner's HTTP `/readyz` and `/status`, and the control plane's standard
+//! gRPC health service (unauthenticated by design).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The runner's `/status` document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunnerStatus {
+    pub runner_id: String,
+    pub pid: u32,
+    pub capacity: u64,
+    pub in_flight: u64,
+    pub connected: bool,
+    pub draining: bool,
+    pub version: String,
+}
+
+/// `GET path` over HTTP/1.0 (no chunked bodies to decode): status code and body, or `None`
+/// when nothing answered in time.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let response = String::from_utf8_lossy(&response);
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// The runner is ready: connected to the control plane and not draining.
+pub async fn runner_ready(addr: SocketAddr) -> bool {
+    matches!(http_get(addr, "/readyz").await, Some((200, _)))
+}
+
+pub async fn runner_status(addr: SocketAddr) -> Option<RunnerStatus> {
+    match http_get(addr, "/status").await {
+        Some((200, body)) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHealth {
+    Serving,
+    NotServing,
+    Unreachable,
+}
+
+impl ServerHealth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerHealth::Serving => "serving",
+            ServerHealth::NotServing => "not serving",
+            ServerHealth::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// The overall status of the control plane's gRPC health service.
+pub async fn server_health(endpoint: &str) -> ServerHealth {
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+            .ok()?
+            .connect_timeout(PROBE_TIMEOUT)
+            .timeout(PROBE_TIMEOUT)
+            .connect()
+            .await
+            .ok()?;
+        let response = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        Some(response.into_inner().status())
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT * 2, check).await {
+        Ok(Some(ServingStatus::Serving)) => ServerHealth::Serving,
+        Ok(Some(_)) => ServerHealth::NotServing,
+        _ => ServerHealth::Unreachable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_a_plain_http_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let body = r#"{"runner_id":"r1","pid":7,"capacity":10,"in_flight":2,"connected":true,"draining":false,"version":"0.1.0"}"#;
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        let status = runner_status(addr).await.expect("status");
+        assert_eq!(status.in_flight, 2);
+        assert_eq!(status.capacity, 10);
+        assert!(status.connected);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_not_ready() {
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        assert!(!runner_ready(addr).await);
+        assert_eq!(
+            server_health(&format!("http://{addr}")).await,
+            ServerHealth::Unreachable
+        );
+    }
+}
