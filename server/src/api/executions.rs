@@ -77,7 +77,7 @@ impl ExecutionService for ExecutionApi {
             })
             .await?;
         self.shared.dispatcher.wake(1);
-        tracing::info!(
+        tracing::debug!(
             execution = %record.id(),
             agent = %record.spec.agent_id,
             session = %record.spec.session_id,

@@ -65,6 +65,12 @@ impl RunnerService for RunnerApi {
         required("runner_id", &runner_id)?;
         let now = Now::read();
         let expires_at_ms = now.plus(self.shared.lease_ttl);
+        if held.is_empty() {
+            return Ok(Response::new(HeartbeatResponse {
+                expires_at: clock::rfc3339(expires_at_ms),
+                ..Default::default()
+            }));
+        }
         let response = self
             .shared
             .store
@@ -113,7 +119,7 @@ impl RunnerService for RunnerApi {
             })
             .await?;
         if record.phase().is_terminal() {
-            tracing::info!(
+            tracing::debug!(
                 execution = %record.id(),
                 phase = record.phase().as_str_name(),
                 "execution ended"
