@@ -100,8 +100,9 @@ impl Dispatcher {
     }
 
     async fn try_claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        // If the caller goes away while the transaction runs on the blocking pool, roll it
-        // back rather than hand out executions nobody will receive.
+        // If the caller goes away before the claim runs on the writer thread, roll it back
+        // rather than hand out executions nobody will receive. (Going away after that is
+        // covered by the lease: unstarted work returns to the queue when it expires.)
         let wanted = Arc::new(AtomicBool::new(true));
         let _guard = ClearOnDrop(Arc::clone(&wanted));
         let request = request.clone();
