@@ -72,12 +72,13 @@ impl Broadcaster {
             .subscribe()
     }
 
-    /// Drops the channel of an execution that turned out not to exist.
+    /// Drops the channel of an execution that turned out not to exist, once its would-be
+    /// subscriber has dropped its receiver.
     pub fn forget(&self, id: &str) {
         let mut channels = self.channels();
         if channels
             .get(id)
-            .is_some_and(|sender| sender.receiver_count() <= 1)
+            .is_some_and(|sender| sender.receiver_count() == 0)
         {
             channels.remove(id);
         }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prost::Message;
 use stigmer_proto::runner::v1::{ClaimedExecution, Lease};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -20,6 +21,9 @@ use crate::transitions;
 
 /// More than this per claim would only hold work back from other runners.
 pub const MAX_CLAIM_BATCH: usize = 256;
+/// A claim answer stops growing past this size (it always carries at least one execution),
+/// so that long session histories do not exceed a runner's 4 MiB default message limit.
+const CLAIM_RESPONSE_BUDGET: usize = 3 * 1024 * 1024;
 
 pub struct Dispatcher {
     store: Arc<Store>,
@@ -40,6 +44,8 @@ pub struct ClaimRequest {
 pub struct ClaimOutcome {
     pub claimed: Vec<ClaimedExecution>,
     pub failed: Vec<ExecutionRecord>,
+    /// Stopped at the response size budget with work left.
+    pub truncated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +85,7 @@ impl Dispatcher {
 
             let outcome = self.try_claim(&request).await?;
             if !outcome.claimed.is_empty() || !outcome.failed.is_empty() {
-                if outcome.claimed.len() == request.max_executions {
+                if outcome.truncated || outcome.claimed.len() == request.max_executions {
                     // There may be more; let the next waiter look.
                     self.work.notify_one();
                 }
@@ -94,8 +100,9 @@ impl Dispatcher {
     }
 
     async fn try_claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        // If the caller goes away while the transaction runs on the blocking pool, roll it
-        // back rather than hand out executions nobody will receive.
+        // If the caller goes away before the claim runs on the writer thread, roll it back
+        // rather than hand out executions nobody will receive. (Going away after that is
+        // covered by the lease: unstarted work returns to the queue when it expires.)
         let wanted = Arc::new(AtomicBool::new(true));
         let _guard = ClearOnDrop(Arc::clone(&wanted));
         let request = request.clone();
@@ -135,6 +142,7 @@ fn claim_in(
 ) -> Result<ClaimOutcome, StoreError> {
     let mut outcome = ClaimOutcome::default();
     let expires_at_ms = now.plus(ttl);
+    let mut response_size = 0;
     for id in tx.dispatchable(request.max_executions)? {
         let Some(mut record) = tx.execution(&id)? else {
             continue;
@@ -162,20 +170,26 @@ fn claim_in(
             id: uuid::Uuid::new_v4().to_string(),
             expires_at_ms,
         };
-        record.claimed_by = Some(request.runner_id.clone());
-        record.lease = Some(lease.clone());
-        tx.save_execution(&mut record)?;
-        tracing::debug!(execution = %id, runner = %request.runner_id, "claimed");
-        outcome.claimed.push(ClaimedExecution {
+        let claimed = ClaimedExecution {
             execution: Some(record.to_execution()),
             agent: Some(agent),
             session: Some(session),
             lease: Some(Lease {
-                lease_id: lease.id,
+                lease_id: lease.id.clone(),
                 expires_at: clock::rfc3339(expires_at_ms),
                 ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
             }),
-        });
+        };
+        response_size += claimed.encoded_len();
+        if response_size > CLAIM_RESPONSE_BUDGET && !outcome.claimed.is_empty() {
+            outcome.truncated = true;
+            break;
+        }
+        record.claimed_by = Some(request.runner_id.clone());
+        record.lease = Some(lease);
+        tx.save_execution(&mut record)?;
+        tracing::debug!(execution = %id, runner = %request.runner_id, "claimed");
+        outcome.claimed.push(claimed);
     }
     Ok(outcome)
 }

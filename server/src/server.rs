@@ -11,6 +11,7 @@ use stigmer_proto::runner::v1::runner_service_server::RunnerServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -27,6 +28,9 @@ use crate::sweep;
 /// Detects runners and clients that vanished without closing their connection, so that
 /// their long-polls and streams end.
 const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
+
+/// Statuses are cumulative, so a long execution's updates outgrow gRPC's 4 MiB default.
+const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -110,16 +114,18 @@ impl ControlPlane {
         let result = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
             .add_service(health_service)
-            .add_service(AgentServiceServer::with_interceptor(
-                AgentApi::new(Arc::clone(&shared)),
+            .add_service(InterceptedService::new(
+                AgentServiceServer::new(AgentApi::new(Arc::clone(&shared))),
                 auth.clone(),
             ))
-            .add_service(ExecutionServiceServer::with_interceptor(
-                ExecutionApi::new(Arc::clone(&shared)),
+            .add_service(InterceptedService::new(
+                ExecutionServiceServer::new(ExecutionApi::new(Arc::clone(&shared)))
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE),
                 auth.clone(),
             ))
-            .add_service(RunnerServiceServer::with_interceptor(
-                RunnerApi::new(Arc::clone(&shared)),
+            .add_service(InterceptedService::new(
+                RunnerServiceServer::new(RunnerApi::new(Arc::clone(&shared)))
+                    .max_decoding_message_size(MAX_MESSAGE_SIZE),
                 auth,
             ))
             .serve_with_incoming_shutdown(incoming, signal)

@@ -678,3 +678,56 @@ async fn expired_work_with_a_cancellation_request_ends_cancelled() {
     assert!(claim(&server, "runner-2", 1, 100).await.is_empty());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn large_claims_are_split_to_fit_a_default_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(fast_config(dir.path())).await;
+    apply_agent(&server, "alpha").await;
+    let big = "x".repeat(1_500_000);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let created = server
+            .executions()
+            .create_execution(stigmer_proto::agentexecution::v1::CreateExecutionRequest {
+                spec: Some(spec("alpha", "", &big)),
+                labels: Default::default(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(id(&created));
+    }
+    // Default client limits (4 MiB) still decode every answer.
+    let first: Vec<String> = claim(&server, "runner-1", 10, 0)
+        .await
+        .iter()
+        .map(claimed_id)
+        .collect();
+    assert_eq!(first, ids[..2]);
+    let rest: Vec<String> = claim(&server, "runner-1", 10, 0)
+        .await
+        .iter()
+        .map(claimed_id)
+        .collect();
+    assert_eq!(rest, ids[2..]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn status_updates_may_exceed_the_default_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(fast_config(dir.path())).await;
+    apply_agent(&server, "alpha").await;
+    create(&server, "alpha", "").await;
+    let claimed = claim_one(&server, "runner-1").await;
+    let mut runners = server.runners().max_decoding_message_size(16 * 1024 * 1024);
+    let update = phase_update(
+        &claimed,
+        ExecutionPhase::ExecutionInProgress,
+        ai_messages(6, 1024 * 1024),
+    );
+    let merged = runners.update_status(update).await.unwrap().into_inner();
+    assert_eq!(status(&merged).messages.len(), 6);
+    server.stop().await;
+}

@@ -17,7 +17,7 @@ use stigmer_proto::runner::v1::{HeartbeatRequest, HeldExecution, UpdateSessionRe
 #[tokio::test]
 async fn state_survives_a_restart_and_leases_follow_the_expiry_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let short_lease = Duration::from_millis(800);
+    let short_lease = Duration::from_millis(500);
     let mut first_config = fast_config(dir.path());
     first_config.lease_ttl = short_lease;
 

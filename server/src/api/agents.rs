@@ -78,7 +78,8 @@ impl AgentService for AgentApi {
         request: Request<DeleteAgentRequest>,
     ) -> ApiResult<DeleteAgentResponse> {
         let name = required("name", &request.get_ref().name)?.to_string();
-        self.shared
+        let name = self
+            .shared
             .store
             .write(move |tx| {
                 if tx.agent(&name)?.is_none() {
@@ -92,10 +93,10 @@ impl AgentService for AgentApi {
                     )));
                 }
                 tx.delete_agent(&name)?;
-                tracing::info!(agent = %name, "agent deleted");
-                Ok(())
+                Ok(name)
             })
             .await?;
+        tracing::info!(agent = %name, "agent deleted");
         Ok(Response::new(DeleteAgentResponse {}))
     }
 }

@@ -11,7 +11,7 @@ use stigmer_proto::agentexecution::v1::{
 };
 use tonic::{Request, Response};
 
-use super::{ApiError, ApiResult, Shared, required};
+use super::{ApiError, ApiResult, Shared, required, to_completion};
 use crate::broadcast::{self, ExecutionStream};
 use crate::clock::Now;
 use crate::secrets::masked;
@@ -60,24 +60,28 @@ impl ExecutionService for ExecutionApi {
             created_at: now.clone(),
             ..Default::default()
         };
-        let record = self
-            .shared
-            .store
-            .write(move |tx| {
-                if tx.agent(&spec.agent_id)?.is_none() {
-                    return Err(ApiError::NotFound(format!(
-                        "agent '{}' not found; apply it first",
-                        spec.agent_id
-                    )));
-                }
-                spec.session_id = session_for(tx, &spec.session_id, &spec.agent_id, &now)?;
-                let record = ExecutionRecord::new(metadata, spec);
-                tx.insert_execution(&record)?;
-                Ok(record)
-            })
-            .await?;
-        self.shared.dispatcher.wake(1);
-        tracing::info!(
+        let shared = Arc::clone(&self.shared);
+        let record = to_completion(async move {
+            let record = shared
+                .store
+                .write(move |tx| {
+                    if tx.agent(&spec.agent_id)?.is_none() {
+                        return Err(ApiError::NotFound(format!(
+                            "agent '{}' not found; apply it first",
+                            spec.agent_id
+                        )));
+                    }
+                    spec.session_id = session_for(tx, &spec.session_id, &spec.agent_id, &now)?;
+                    let record = ExecutionRecord::new(metadata, spec);
+                    tx.insert_execution(&record)?;
+                    Ok(record)
+                })
+                .await?;
+            shared.dispatcher.wake(1);
+            Ok(record)
+        })
+        .await?;
+        tracing::debug!(
             execution = %record.id(),
             agent = %record.spec.agent_id,
             session = %record.spec.session_id,
@@ -125,21 +129,25 @@ impl ExecutionService for ExecutionApi {
             reason => reason.to_string(),
         };
         let now = Now::read().rfc3339();
-        let (record, cancellation) = self
-            .shared
-            .store
-            .write(move |tx| cancel_in(tx, &id, reason, &now))
-            .await?;
-        match cancellation {
-            Cancellation::Unchanged => {}
-            Cancellation::Ended => {
-                tracing::info!(execution = %record.id(), "execution cancelled before it was claimed");
-                self.shared.ended(std::slice::from_ref(&record));
+        let shared = Arc::clone(&self.shared);
+        let record = to_completion(async move {
+            let (record, cancellation) = shared
+                .store
+                .write(move |tx| cancel_in(tx, &id, reason, &now))
+                .await?;
+            match cancellation {
+                Cancellation::Unchanged => {}
+                Cancellation::Ended => {
+                    tracing::info!(execution = %record.id(), "execution cancelled before it was claimed");
+                    shared.ended(std::slice::from_ref(&record));
+                }
+                Cancellation::Requested => {
+                    tracing::info!(execution = %record.id(), "cancellation requested from its runner");
+                }
             }
-            Cancellation::Requested => {
-                tracing::info!(execution = %record.id(), "cancellation requested from its runner");
-            }
-        }
+            Ok(record)
+        })
+        .await?;
         Ok(Response::new(masked(record.to_execution())))
     }
 

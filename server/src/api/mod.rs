@@ -4,6 +4,7 @@ pub mod agents;
 pub mod executions;
 pub mod runner;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +64,8 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ApiError {
@@ -86,8 +89,25 @@ impl From<ApiError> for Status {
                 tracing::error!(error = %err, "request failed in the store");
                 Status::internal("internal storage error")
             }
+            ApiError::Internal(message) => {
+                tracing::error!(error = %message, "request failed");
+                Status::internal("internal error")
+            }
         }
     }
+}
+
+/// Runs `work` as a task of its own so that it finishes even if the caller goes away: tonic
+/// drops a handler as soon as its client cancels, and once a change is committed, subscribers
+/// and waiting runners must still hear of it.
+pub async fn to_completion<T, F>(work: F) -> Result<T, ApiError>
+where
+    F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::spawn(work)
+        .await
+        .map_err(|err| ApiError::Internal(format!("request task failed: {err}")))?
 }
 
 pub type ApiResult<T> = Result<tonic::Response<T>, Status>;

@@ -11,7 +11,7 @@ use stigmer_proto::runner::v1::{
 };
 use tonic::{Request, Response};
 
-use super::{ApiError, ApiResult, Shared, required};
+use super::{ApiError, ApiResult, Shared, required, to_completion};
 use crate::clock::{self, Now};
 use crate::dispatch::{self, MAX_CLAIM_BATCH};
 use crate::leases;
@@ -65,6 +65,12 @@ impl RunnerService for RunnerApi {
         required("runner_id", &runner_id)?;
         let now = Now::read();
         let expires_at_ms = now.plus(self.shared.lease_ttl);
+        if held.is_empty() {
+            return Ok(Response::new(HeartbeatResponse {
+                expires_at: clock::rfc3339(expires_at_ms),
+                ..Default::default()
+            }));
+        }
         let response = self
             .shared
             .store
@@ -93,35 +99,39 @@ impl RunnerService for RunnerApi {
         required("execution_id", &execution_id)?;
         required("lease_id", &lease_id)?;
         let status = status.ok_or_else(|| ApiError::invalid("status is required"))?;
-        let ttl = self.shared.lease_ttl;
-        let record = self
-            .shared
-            .store
-            .write(move |tx| {
-                let now = Now::read();
-                let mut record = held_execution(tx, &execution_id, &lease_id, now)?;
-                record.status = merge_status(&record.status, status, &now.rfc3339())
-                    .map_err(|err| ApiError::invalid(err.to_string()))?;
-                if record.phase().is_terminal() {
-                    record.lease = None;
-                } else if let Some(lease) = record.lease.as_mut() {
-                    // A status update is as good a sign of life as a heartbeat.
-                    lease.expires_at_ms = now.plus(ttl);
-                }
-                tx.save_execution(&mut record)?;
-                Ok::<_, ApiError>(record)
-            })
-            .await?;
-        if record.phase().is_terminal() {
-            tracing::info!(
-                execution = %record.id(),
-                phase = record.phase().as_str_name(),
-                "execution ended"
-            );
-            self.shared.ended(std::slice::from_ref(&record));
-        } else {
-            self.shared.broadcaster.publish(&record);
-        }
+        let shared = Arc::clone(&self.shared);
+        let record = to_completion(async move {
+            let ttl = shared.lease_ttl;
+            let record = shared
+                .store
+                .write(move |tx| {
+                    let now = Now::read();
+                    let mut record = held_execution(tx, &execution_id, &lease_id, now)?;
+                    record.status = merge_status(&record.status, status, &now.rfc3339())
+                        .map_err(|err| ApiError::invalid(err.to_string()))?;
+                    if record.phase().is_terminal() {
+                        record.lease = None;
+                    } else if let Some(lease) = record.lease.as_mut() {
+                        // A status update is as good a sign of life as a heartbeat.
+                        lease.expires_at_ms = now.plus(ttl);
+                    }
+                    tx.save_execution(&mut record)?;
+                    Ok::<_, ApiError>(record)
+                })
+                .await?;
+            if record.phase().is_terminal() {
+                tracing::debug!(
+                    execution = %record.id(),
+                    phase = record.phase().as_str_name(),
+                    "execution ended"
+                );
+                shared.ended(std::slice::from_ref(&record));
+            } else {
+                shared.broadcaster.publish(&record);
+            }
+            Ok(record)
+        })
+        .await?;
         Ok(Response::new(masked(record.to_execution())))
     }
 
