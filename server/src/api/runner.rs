@@ -36,8 +36,15 @@ impl RunnerService for RunnerApi {
             runner_id,
             max_executions,
             wait_ms,
+            execution_ids,
         } = request.into_inner();
         required("runner_id", &runner_id)?;
+        if !execution_ids.is_empty() {
+            return Err(ApiError::invalid(
+                "claims by execution id belong to Redis (cloud) dispatch, which this control plane is not configured for",
+            )
+            .into());
+        }
         if max_executions == 0 {
             return Err(ApiError::invalid("max_executions must be at least 1").into());
         }
@@ -57,6 +64,7 @@ impl RunnerService for RunnerApi {
         self.shared.ended(&outcome.failed);
         Ok(Response::new(ClaimResponse {
             executions: outcome.claimed,
+            refused: Vec::new(),
         }))
     }
 
