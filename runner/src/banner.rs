@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::cloud_config::{CloudConfig, TokenOrigin};
 use crate::config::{Config, ConfigError, KeySource, Mode};
 
 pub fn startup(config: &Config) -> String {
@@ -20,22 +21,32 @@ pub fn startup(config: &Config) -> String {
         let _ = writeln!(out, "  {k:<15} {v}");
     };
     row("runner id", config.runner_id.clone());
+    let transport = if config.backend_endpoint.starts_with("https://") {
+        "TLS gRPC"
+    } else {
+        "plaintext gRPC"
+    };
     row(
         "control plane",
-        format!("{} (plaintext gRPC)", config.backend_endpoint),
+        format!("{} ({transport})", config.backend_endpoint),
     );
-    row(
-        "api key",
-        if config.api_key_is_local_default {
-            "local default".to_string()
-        } else {
-            "set (STIGMER_API_KEY)".to_string()
-        },
-    );
-    row(
-        "sandbox",
-        format!("filesystem under {}", config.sandbox_root_display()),
-    );
+    match &config.cloud {
+        None => {
+            row(
+                "api key",
+                if config.api_key_is_local_default {
+                    "local default".to_string()
+                } else {
+                    "set (STIGMER_API_KEY)".to_string()
+                },
+            );
+            row(
+                "sandbox",
+                format!("filesystem under {}", config.sandbox_root_display()),
+            );
+        }
+        Some(cloud) => cloud_rows(&mut row, cloud),
+    }
     row(
         "concurrency",
         format!(
@@ -72,9 +83,13 @@ pub fn startup(config: &Config) -> String {
     );
     row(
         "redis",
-        match config.mode {
-            Mode::Local => "not used in local mode".to_string(),
-            Mode::Cloud => "cloud".to_string(),
+        match (&config.mode, &config.cloud) {
+            (Mode::Cloud, Some(cloud)) => format!(
+                "{} ({})",
+                cloud.redis.display_address(),
+                cloud.redis.password_state()
+            ),
+            _ => "not used in local mode".to_string(),
         },
     );
     row(
@@ -83,6 +98,32 @@ pub fn startup(config: &Config) -> String {
     );
     let _ = write!(out, "{line}");
     out
+}
+
+fn cloud_rows(row: &mut impl FnMut(&str, String), cloud: &CloudConfig) {
+    let source = match &cloud.token {
+        TokenOrigin::Env(_) => "STIGMER_API_KEY".to_string(),
+        TokenOrigin::File(path) => format!("file {}, re-read on change", path.display()),
+    };
+    row("api key", format!("JWT set (from {source})"));
+    row(
+        "jwt checks",
+        format!(
+            "{}; expires {}",
+            cloud.jwt_checks_description(),
+            cloud.token_expires_at.as_deref().unwrap_or("never")
+        ),
+    );
+    if let Some(ca) = &cloud.ca_file {
+        row("tls ca", ca.display().to_string());
+    }
+    row(
+        "sandbox",
+        format!(
+            "Daytona at {} (snapshot {}, key set)",
+            cloud.daytona.api_url, cloud.daytona.snapshot
+        ),
+    );
 }
 
 pub fn config_error(err: &ConfigError) -> String {
@@ -131,6 +172,70 @@ mod tests {
         assert!(text.contains("not used in local mode"));
         assert!(!text.contains("backend-secret-123"));
         assert!(!text.contains("sk-ant-very-secret"));
+    }
+
+    /// An unsigned-but-well-formed JWT expiring in an hour (start-up checks structure and
+    /// times; the signature is checked only when a key is configured).
+    fn test_jwt() -> String {
+        use base64::Engine as _;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let exp = jiff::Timestamp::now().as_second() + 3600;
+        format!(
+            "{}.{}.{}",
+            b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+            b64(serde_json::json!({"sub": "runner", "exp": exp})),
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("signature")
+        )
+    }
+
+    #[test]
+    fn cloud_banner_redacts_jwt_redis_and_daytona_secrets() {
+        let jwt = test_jwt();
+        let env = Env::from_pairs([
+            ("MODE", "cloud"),
+            ("STIGMER_BACKEND_ENDPOINT", "api.example.com:443"),
+            ("STIGMER_API_KEY", jwt.as_str()),
+            ("STIGMER_JWT_AUDIENCE", "runners"),
+            ("REDIS_URL", "redis://:hunter2@redis.internal:6380/0"),
+            ("DAYTONA_API_KEY", "dtn-secret"),
+            ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "snap-1"),
+            ("ANTHROPIC_API_KEY", "sk-ant-x"),
+        ]);
+        let config = Config::from_env(&env).expect("valid cloud config");
+        let text = startup(&config);
+        assert!(text.contains("CLOUD Mode"));
+        assert!(text.contains("https://api.example.com:443 (TLS gRPC)"));
+        assert!(text.contains("JWT set (from STIGMER_API_KEY)"));
+        assert!(text.contains("structure, exp, nbf, aud"));
+        assert!(text.contains("redis.internal:6380 (password set)"));
+        assert!(text.contains("Daytona at https://app.daytona.io/api (snapshot snap-1"));
+        for secret in [jwt.as_str(), "hunter2", "dtn-secret", "sk-ant-x"] {
+            assert!(!text.contains(secret), "banner shows a secret");
+        }
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn cloud_refuses_plaintext_and_bad_tokens() {
+        let env = Env::from_pairs([
+            ("MODE", "cloud"),
+            ("STIGMER_BACKEND_ENDPOINT", "http://api:80"),
+            ("STIGMER_API_KEY", "not-a-jwt"),
+            ("REDIS_HOST", "redis"),
+            ("DAYTONA_API_KEY", "k"),
+            ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "s"),
+            ("ANTHROPIC_API_KEY", "k"),
+        ]);
+        let err = Config::from_env(&env).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("STIGMER_BACKEND_ENDPOINT: 'http://api:80' is plaintext"),
+            "{text}"
+        );
+        assert!(text.contains("STIGMER_API_KEY: not a valid JWT"), "{text}");
+        assert!(!text.contains("not-a-jwt"), "the token was echoed: {text}");
     }
 
     #[test]

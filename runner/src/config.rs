@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::cloud_config::{self, CloudConfig};
 use crate::llm::Provider;
 
 /// Where configuration values come from: the process environment first, then `.env`.
@@ -141,6 +142,8 @@ pub struct Config {
     pub log_level: String,
     pub log_json: bool,
     pub llm: LlmConfig,
+    /// Set in cloud mode only.
+    pub cloud: Option<CloudConfig>,
 }
 
 impl fmt::Debug for Config {
@@ -199,25 +202,25 @@ const DEFAULT_LOCAL_MODEL: &str = "qwen2.5-coder:7b";
 const DEFAULT_CLOUD_MODEL: &str = "claude-sonnet-4-5";
 
 /// Collects problems while reading values, so that all of them are reported at once.
-struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     env: &'a Env,
     problems: Vec<Problem>,
 }
 
 impl<'a> Reader<'a> {
-    fn problem(&mut self, variable: &str, message: impl Into<String>) {
+    pub(crate) fn problem(&mut self, variable: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             variable: variable.to_string(),
             message: message.into(),
         });
     }
 
-    fn string(&self, key: &str) -> Option<String> {
+    pub(crate) fn string(&self, key: &str) -> Option<String> {
         self.env.get(key).map(str::to_string)
     }
 
     /// A number within bounds; `default` when unset.
-    fn number<T>(&mut self, keys: &[&str], default: T, min: T, max: T) -> T
+    pub(crate) fn number<T>(&mut self, keys: &[&str], default: T, min: T, max: T) -> T
     where
         T: std::str::FromStr + PartialOrd + Copy + fmt::Display,
     {
@@ -262,7 +265,8 @@ impl Config {
             problems: Vec::new(),
         };
         let mode = read_mode(&mut r);
-        let (backend_endpoint, api_key, api_key_is_local_default) = read_backend(&mut r, mode);
+        let (backend_endpoint, api_key, api_key_is_local_default, cloud) =
+            read_backend(&mut r, mode);
         let llm = read_llm(&mut r, mode);
         let config = Config {
             mode,
@@ -300,6 +304,7 @@ impl Config {
             log_level: read_log_level(&mut r),
             log_json: matches!(r.string("LOG_FORMAT").as_deref(), Some("json")),
             llm,
+            cloud,
         };
         if r.problems.is_empty() {
             Ok(config)
@@ -318,14 +323,7 @@ impl Config {
 fn read_mode(r: &mut Reader<'_>) -> Mode {
     match r.string("MODE").map(|m| m.to_ascii_lowercase()).as_deref() {
         None | Some("local") => Mode::Local,
-        Some("cloud") => {
-            r.problem(
-                "MODE",
-                "cloud mode (TLS backend, Redis, Daytona) is not available in this build yet; \
-                 use MODE=local",
-            );
-            Mode::Cloud
-        }
+        Some("cloud") => Mode::Cloud,
         Some(other) => {
             r.problem(
                 "MODE",
@@ -336,10 +334,16 @@ fn read_mode(r: &mut Reader<'_>) -> Mode {
     }
 }
 
-fn read_backend(r: &mut Reader<'_>, mode: Mode) -> (String, String, bool) {
-    let endpoint = match r.string("STIGMER_BACKEND_ENDPOINT") {
+/// Endpoint, API key, whether the key is the local default, and the cloud settings.
+fn read_backend(r: &mut Reader<'_>, mode: Mode) -> (String, String, bool, Option<CloudConfig>) {
+    let default_scheme = match mode {
+        Mode::Local => "http",
+        Mode::Cloud => "https",
+    };
+    let raw = r.string("STIGMER_BACKEND_ENDPOINT");
+    let endpoint = match &raw {
         None => DEFAULT_LOCAL_ENDPOINT.to_string(),
-        Some(raw) => match normalize_endpoint(&raw) {
+        Some(raw) => match normalize_endpoint(raw, default_scheme) {
             Ok(e) if mode == Mode::Local && e.starts_with("https://") => {
                 r.problem(
                     "STIGMER_BACKEND_ENDPOINT",
@@ -350,29 +354,41 @@ fn read_backend(r: &mut Reader<'_>, mode: Mode) -> (String, String, bool) {
             Ok(e) => e,
             Err(msg) => {
                 r.problem("STIGMER_BACKEND_ENDPOINT", msg);
-                raw
+                raw.clone()
             }
         },
     };
+    if mode == Mode::Cloud {
+        cloud_config::check_endpoint(r, &endpoint, raw.is_some());
+        return match cloud_config::read(r) {
+            Some((cloud, token)) => (endpoint, token, false, Some(cloud)),
+            None => (endpoint, String::new(), false, None),
+        };
+    }
     match r.string("STIGMER_API_KEY") {
-        Some(key) => (endpoint, key, false),
-        None => (endpoint, stigmer_proto::LOCAL_API_KEY.to_string(), true),
+        Some(key) => (endpoint, key, false, None),
+        None => (
+            endpoint,
+            stigmer_proto::LOCAL_API_KEY.to_string(),
+            true,
+            None,
+        ),
     }
 }
 
-/// Accepts `host:port`, `http://host:port` and `https://host:port`.
-fn normalize_endpoint(raw: &str) -> Result<String, String> {
+/// Accepts `host:port` (meaning `default_scheme`), `http://host:port` and `https://host:port`.
+fn normalize_endpoint(raw: &str, default_scheme: &str) -> Result<String, String> {
     let with_scheme = if raw.contains("://") {
         raw.to_string()
     } else {
-        format!("http://{raw}")
+        format!("{default_scheme}://{raw}")
     };
     let (scheme, rest) = with_scheme
         .split_once("://")
         .ok_or_else(|| format!("'{raw}' is not an endpoint"))?;
     if scheme != "http" && scheme != "https" {
         return Err(format!(
-            "'{raw}': scheme must be http or https (or none, meaning http)"
+            "'{raw}': scheme must be http or https (or none, meaning {default_scheme})"
         ));
     }
     let authority = rest.trim_end_matches('/');
@@ -663,25 +679,33 @@ mod tests {
     #[test]
     fn endpoint_forms() {
         assert_eq!(
-            normalize_endpoint("localhost:50051").as_deref(),
+            normalize_endpoint("localhost:50051", "http").as_deref(),
             Ok("http://localhost:50051")
         );
         assert_eq!(
-            normalize_endpoint("http://127.0.0.1:1/").as_deref(),
+            normalize_endpoint("http://127.0.0.1:1/", "http").as_deref(),
             Ok("http://127.0.0.1:1")
         );
-        assert!(normalize_endpoint("localhost").is_err());
-        assert!(normalize_endpoint("http://host:port").is_err());
-        assert!(normalize_endpoint("http://host:1/path").is_err());
+        assert!(normalize_endpoint("localhost", "http").is_err());
+        assert!(normalize_endpoint("http://host:port", "http").is_err());
+        assert!(normalize_endpoint("http://host:1/path", "http").is_err());
         let err = load(&[("STIGMER_BACKEND_ENDPOINT", "https://cp:443")]).expect_err("tls");
         assert!(err.problems[0].message.contains("plaintext"));
     }
 
     #[test]
-    fn cloud_mode_is_refused_clearly_until_it_exists() {
+    fn cloud_mode_reports_every_missing_setting() {
         let err = load(&[("MODE", "cloud"), ("ANTHROPIC_API_KEY", "k")]).expect_err("cloud");
-        assert_eq!(variables(&err), ["MODE"]);
-        assert!(err.problems[0].message.contains("MODE=local"));
+        let vars = variables(&err);
+        for expected in [
+            "STIGMER_BACKEND_ENDPOINT",
+            "STIGMER_API_KEY",
+            "REDIS_HOST",
+            "DAYTONA_API_KEY",
+            "DAYTONA_DEV_TOOLS_SNAPSHOT_ID",
+        ] {
+            assert!(vars.contains(&expected), "{expected} missing from {vars:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{ClientError, ControlPlane};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::execution;
 use crate::http::{self, BindError, Health};
 use crate::inflight::{ExecHandle, InFlight, Interrupt};
@@ -50,6 +50,11 @@ pub enum StartError {
     ControlPlane(#[from] ClientError),
     #[error(transparent)]
     Http(#[from] BindError),
+    #[error(
+        "cloud mode's configuration is valid, but this build does not run cloud executions yet \
+         (Redis dispatch is not wired into the worker); use MODE=local"
+    )]
+    CloudNotAvailable,
 }
 
 /// How the drain went, for the exit code.
@@ -74,6 +79,9 @@ pub struct Worker {
 impl Worker {
     /// Builds every dependency and fails fast on the first one that is not usable.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        if config.mode == Mode::Cloud {
+            return Err(StartError::CloudNotAvailable);
+        }
         let health = Arc::new(Health::new(
             config.runner_id.clone(),
             config.max_concurrency,

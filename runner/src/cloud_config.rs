@@ -1,0 +1,316 @@
+//! Cloud-mode settings: the TLS backend, the JWT credential, Redis and Daytona. Read only when
+//! `MODE=cloud`; every missing or malformed value is a start-up problem reported with the rest,
+//! not a failure at the first execution.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use stigmer_auth::jwt::TokenInspection;
+
+use crate::config::Reader;
+
+/// Leeway for `exp`/`nbf` at start-up, for clock skew between machines.
+const JWT_LEEWAY: Duration = Duration::from_secs(30);
+const DEFAULT_DAYTONA_API_URL: &str = "https://app.daytona.io/api";
+
+/// Where the runner's JWT comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// `STIGMER_API_KEY`.
+    Env(String),
+    /// `STIGMER_API_KEY_FILE`, re-read when it changes (a rotated Kubernetes Secret).
+    File(PathBuf),
+}
+
+impl fmt::Debug for TokenOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenOrigin::Env(_) => f.write_str("Env(<redacted>)"),
+            TokenOrigin::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
+}
+
+/// Signature and claim checks beyond structure, exp and nbf.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtChecks {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub jwks_url: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `REDIS_URL` (may hold a password: never printed).
+    Url(String),
+    HostPort {
+        host: String,
+        port: u16,
+        password: Option<String>,
+    },
+}
+
+impl RedisTarget {
+    /// host:port without credentials, for the banner and error messages.
+    pub fn display_address(&self) -> String {
+        match self {
+            RedisTarget::HostPort { host, port, .. } => format!("{host}:{port}"),
+            RedisTarget::Url(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                rest.split('/').next().unwrap_or(rest).to_string()
+            }
+        }
+    }
+
+    pub fn password_state(&self) -> &'static str {
+        if self.has_password() {
+            "password set"
+        } else {
+            "no password"
+        }
+    }
+
+    fn has_password(&self) -> bool {
+        match self {
+            RedisTarget::HostPort { password, .. } => password.is_some(),
+            RedisTarget::Url(url) => url.split_once("://").is_some_and(|(_, r)| r.contains('@')),
+        }
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Redis({}, password {})",
+            self.display_address(),
+            if self.has_password() { "set" } else { "unset" }
+        )
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct DaytonaConfig {
+    pub api_url: String,
+    pub api_key: String,
+    pub snapshot: String,
+}
+
+impl fmt::Debug for DaytonaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DaytonaConfig")
+            .field("api_url", &self.api_url)
+            .field("api_key", &"<redacted>")
+            .field("snapshot", &self.snapshot)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudConfig {
+    pub token: TokenOrigin,
+    /// When the token read at start-up expires, for the banner.
+    pub token_expires_at: Option<String>,
+    pub jwt: JwtChecks,
+    pub ca_file: Option<PathBuf>,
+    pub redis: RedisTarget,
+    pub daytona: DaytonaConfig,
+}
+
+impl CloudConfig {
+    /// What is checked about the JWT, for the banner.
+    pub fn jwt_checks_description(&self) -> String {
+        let mut checks = vec!["structure", "exp", "nbf"];
+        if self.jwt.issuer.is_some() {
+            checks.push("iss");
+        }
+        if self.jwt.audience.is_some() {
+            checks.push("aud");
+        }
+        let mut text = checks.join(", ");
+        if let Some(url) = &self.jwt.jwks_url {
+            text.push_str(&format!(", signature (JWKS {url})"));
+        } else if let Some(file) = &self.jwt.public_key_file {
+            text.push_str(&format!(", signature (public key {})", file.display()));
+        }
+        text
+    }
+}
+
+/// The cloud settings and the token read at start-up.
+pub(crate) fn read(r: &mut Reader<'_>) -> Option<(CloudConfig, String)> {
+    let token = read_token(r);
+    let jwt = JwtChecks {
+        issuer: r.string("STIGMER_JWT_ISSUER"),
+        audience: r.string("STIGMER_JWT_AUDIENCE"),
+        jwks_url: r.string("STIGMER_JWT_JWKS_URL"),
+        public_key_file: r.string("STIGMER_JWT_PUBLIC_KEY_FILE").map(PathBuf::from),
+    };
+    if jwt.jwks_url.is_some() && jwt.public_key_file.is_some() {
+        r.problem(
+            "STIGMER_JWT_JWKS_URL",
+            "set either STIGMER_JWT_JWKS_URL or STIGMER_JWT_PUBLIC_KEY_FILE, not both",
+        );
+    }
+    if let Some(file) = &jwt.public_key_file
+        && !file.is_file()
+    {
+        r.problem(
+            "STIGMER_JWT_PUBLIC_KEY_FILE",
+            format!("{} does not exist or is not a file", file.display()),
+        );
+    }
+    let ca_file = r.string("STIGMER_BACKEND_CA_FILE").map(PathBuf::from);
+    if let Some(file) = &ca_file
+        && !file.is_file()
+    {
+        r.problem(
+            "STIGMER_BACKEND_CA_FILE",
+            format!("{} does not exist or is not a file", file.display()),
+        );
+    }
+    let redis = read_redis(r);
+    let daytona = read_daytona(r);
+    let (token, value, expires) = token?;
+    let config = CloudConfig {
+        token,
+        token_expires_at: expires,
+        jwt,
+        ca_file,
+        redis: redis?,
+        daytona: daytona?,
+    };
+    Some((config, value))
+}
+
+/// The backend endpoint in cloud mode: TLS unless plaintext is explicitly allowed.
+pub(crate) fn check_endpoint(r: &mut Reader<'_>, endpoint: &str, explicit: bool) {
+    if !explicit {
+        r.problem(
+            "STIGMER_BACKEND_ENDPOINT",
+            "cloud mode needs the control plane's address, e.g. https://api.stigmer.ai:443",
+        );
+        return;
+    }
+    let insecure = matches!(
+        r.string("STIGMER_BACKEND_INSECURE").as_deref(),
+        Some("true" | "1" | "yes")
+    );
+    if endpoint.starts_with("http://") && !insecure {
+        r.problem(
+            "STIGMER_BACKEND_ENDPOINT",
+            format!(
+                "'{endpoint}' is plaintext; cloud mode uses TLS (https://), or set \
+                 STIGMER_BACKEND_INSECURE=true to allow plaintext on a trusted network"
+            ),
+        );
+    }
+}
+
+fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, String, Option<String>)> {
+    let (origin, token, variable) = match (
+        r.string("STIGMER_API_KEY"),
+        r.string("STIGMER_API_KEY_FILE"),
+    ) {
+        (Some(_), Some(_)) => {
+            r.problem(
+                "STIGMER_API_KEY",
+                "set either STIGMER_API_KEY or STIGMER_API_KEY_FILE, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            r.problem(
+                "STIGMER_API_KEY",
+                "cloud mode needs a JWT: set STIGMER_API_KEY, or STIGMER_API_KEY_FILE to a \
+                 file holding it (re-read when it changes)",
+            );
+            return None;
+        }
+        (Some(token), None) => (TokenOrigin::Env(token.clone()), token, "STIGMER_API_KEY"),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => (
+                TokenOrigin::File(PathBuf::from(&path)),
+                text.trim().to_string(),
+                "STIGMER_API_KEY_FILE",
+            ),
+            Err(e) => {
+                r.problem("STIGMER_API_KEY_FILE", format!("cannot read {path}: {e}"));
+                return None;
+            }
+        },
+    };
+    let inspection = match TokenInspection::parse(&token) {
+        Ok(i) => i,
+        Err(e) => {
+            r.problem(variable, format!("not a valid JWT: {e}"));
+            return None;
+        }
+    };
+    if let Err(e) = inspection.check_times(jiff::Timestamp::now(), JWT_LEEWAY) {
+        r.problem(variable, e.to_string());
+        return None;
+    }
+    let expires = inspection.claims.exp.map(|t| t.to_string());
+    Some((origin, token, expires))
+}
+
+fn read_redis(r: &mut Reader<'_>) -> Option<RedisTarget> {
+    if let Some(url) = r.string("REDIS_URL") {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            r.problem(
+                "REDIS_URL",
+                "must start with redis:// or rediss:// (the value is not shown: it may hold a password)",
+            );
+            return None;
+        }
+        return Some(RedisTarget::Url(url));
+    }
+    let Some(host) = r.string("REDIS_HOST") else {
+        r.problem(
+            "REDIS_HOST",
+            "cloud mode needs Redis: set REDIS_HOST (with REDIS_PORT, REDIS_PASSWORD) or REDIS_URL",
+        );
+        return None;
+    };
+    let port = r.number(&["REDIS_PORT"], 6379u16, 1, u16::MAX);
+    Some(RedisTarget::HostPort {
+        host,
+        port,
+        password: r.string("REDIS_PASSWORD"),
+    })
+}
+
+fn read_daytona(r: &mut Reader<'_>) -> Option<DaytonaConfig> {
+    let api_url = r
+        .string("DAYTONA_API_URL")
+        .unwrap_or_else(|| DEFAULT_DAYTONA_API_URL.to_string());
+    if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+        r.problem(
+            "DAYTONA_API_URL",
+            format!("'{api_url}' must be an http(s) URL"),
+        );
+    }
+    let api_key = r.string("DAYTONA_API_KEY");
+    if api_key.is_none() {
+        r.problem(
+            "DAYTONA_API_KEY",
+            "cloud mode runs tools in Daytona sandboxes: set DAYTONA_API_KEY",
+        );
+    }
+    let snapshot = r.string("DAYTONA_DEV_TOOLS_SNAPSHOT_ID");
+    if snapshot.is_none() {
+        r.problem(
+            "DAYTONA_DEV_TOOLS_SNAPSHOT_ID",
+            "set the Daytona snapshot that sandboxes are created from",
+        );
+    }
+    Some(DaytonaConfig {
+        api_url: api_url.trim_end_matches('/').to_string(),
+        api_key: api_key?,
+        snapshot: snapshot?,
+    })
+}
