@@ -291,16 +291,9 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-/// True while the process exists and is not a zombie (a killed orphan may stay a zombie on
-/// machines whose pid 1 does not reap).
+/// True while the process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
+    testkit::process::process_alive(pid)
 }
 
 pub async fn wait_dead(pid: i32, timeout: Duration) {

@@ -12,6 +12,7 @@ use stigmer_proto::agentexecution::v1::AgentExecution;
 use tempfile::TempDir;
 use testkit::control_plane::TestControlPlane;
 use testkit::llm::ScriptedLlm;
+pub use testkit::process::process_alive;
 use testkit::process::{ChildProcess, free_addr};
 
 pub const TEST_LLM_KEY: &str = "sk-test-e2e-key-4242";
@@ -119,18 +120,6 @@ pub fn execution_id(e: &AgentExecution) -> String {
 
 pub fn session_id(e: &AgentExecution) -> String {
     e.spec.as_ref().expect("spec").session_id.clone()
-}
-
-/// True while a process with this pid runs. A zombie counts as gone: it was killed, and on
-/// machines whose pid 1 does not reap orphans it stays a zombie.
-pub fn process_alive(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 /// Reads a pid file a tool command wrote, waiting for it to appear.
