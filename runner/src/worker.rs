@@ -203,6 +203,7 @@ impl Worker {
             runner_id: self.ctx.config.runner_id.clone(),
             max_executions: free as u32,
             wait_ms: self.ctx.config.claim_wait.as_millis() as u32,
+            execution_ids: Vec::new(),
         };
         let response = self.ctx.client.claim(request).await?;
         self.ctx

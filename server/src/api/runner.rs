@@ -36,8 +36,28 @@ impl RunnerService for RunnerApi {
             runner_id,
             max_executions,
             wait_ms,
+            execution_ids,
         } = request.into_inner();
         required("runner_id", &runner_id)?;
+        if !execution_ids.is_empty() {
+            if execution_ids.len() > MAX_CLAIM_BATCH {
+                return Err(ApiError::invalid(format!(
+                    "at most {MAX_CLAIM_BATCH} execution_ids per claim"
+                ))
+                .into());
+            }
+            let outcome = self
+                .shared
+                .dispatcher
+                .claim_ids(runner_id, execution_ids)
+                .await
+                .map_err(ApiError::from)?;
+            self.shared.ended(&outcome.failed);
+            return Ok(Response::new(ClaimResponse {
+                executions: outcome.claimed,
+                refused: outcome.refused,
+            }));
+        }
         if max_executions == 0 {
             return Err(ApiError::invalid("max_executions must be at least 1").into());
         }
@@ -57,6 +77,7 @@ impl RunnerService for RunnerApi {
         self.shared.ended(&outcome.failed);
         Ok(Response::new(ClaimResponse {
             executions: outcome.claimed,
+            refused: Vec::new(),
         }))
     }
 

@@ -189,6 +189,7 @@ pub async fn claim(
             runner_id: runner.into(),
             max_executions: max,
             wait_ms,
+            execution_ids: Vec::new(),
         })
         .await
         .unwrap()
