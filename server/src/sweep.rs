@@ -34,5 +34,12 @@ pub async fn sweep_once(shared: &Shared) -> Result<ExpiredLeases, StoreError> {
         .await?;
     shared.dispatcher.wake(expired.requeued);
     shared.ended(&expired.ended);
+    if let Some(cloud) = &shared.cloud {
+        // Never started, so another runner may take it: put it on the queue again.
+        for id in &expired.requeued_ids {
+            cloud.enqueue(id).await;
+        }
+        cloud.retry_unqueued().await;
+    }
     Ok(expired)
 }

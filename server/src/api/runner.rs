@@ -148,7 +148,7 @@ impl RunnerService for RunnerApi {
                 );
                 shared.ended(std::slice::from_ref(&record));
             } else {
-                shared.broadcaster.publish(&record);
+                shared.publish(&record);
             }
             Ok(record)
         })
