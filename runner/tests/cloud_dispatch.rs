@@ -391,3 +391,106 @@ async fn two_runners_complete_each_execution_exactly_once_and_recover_a_lost_run
     assert_eq!(phase(&lost), ExecutionPhase::ExecutionFailed);
     assert!(lost.status.unwrap().error.starts_with("runner lost"));
 }
+
+#[tokio::test]
+async fn the_next_execution_of_a_session_is_queued_again_when_the_session_frees() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&server, &dir, Duration::from_secs(3600)).await;
+    cp.apply_agent("a", "be brief").await;
+    let first = cp.create_execution("a", "", "one").await;
+    let session = first.spec.as_ref().unwrap().session_id.clone();
+    let first = first.metadata.unwrap().id;
+    let second = cp
+        .create_execution("a", &session, "two")
+        .await
+        .metadata
+        .unwrap()
+        .id;
+    let redis = runner_redis(&server, "r1").await;
+    let dispatch = RedisDispatch::new(&redis, "r1").await.unwrap();
+    let client = runner_client(&cp, "r1").await;
+    let round = dispatch
+        .round(&client, 2, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(round.claimed.len(), 1);
+    assert_eq!(round.deferred.len(), 1, "the second waits for the first");
+    assert_eq!(round.deferred[0].execution_id, second);
+    let claimed = &round.claimed[0];
+    let lease = claimed.execution.lease.as_ref().unwrap().lease_id.clone();
+    report(&client, &first, &lease, ExecutionPhase::ExecutionInProgress).await;
+    report(&client, &first, &lease, ExecutionPhase::ExecutionCompleted).await;
+    dispatch.ack(&claimed.entry_id).await.unwrap();
+
+    // Well before the reclaim idle time (60 s by default here): queued again at once.
+    let next = dispatch
+        .round(&client, 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(next.claimed.len(), 1, "{next:?}");
+    let id = &next.claimed[0]
+        .execution
+        .execution
+        .as_ref()
+        .unwrap()
+        .metadata
+        .as_ref()
+        .unwrap()
+        .id;
+    assert_eq!(id, &second);
+}
+
+#[tokio::test]
+async fn a_restarted_control_plane_requeues_what_redis_lost() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control_plane(&server, &dir, Duration::from_secs(3600)).await;
+    cp.apply_agent("a", "be brief").await;
+    let id = cp
+        .create_execution("a", "", "hi")
+        .await
+        .metadata
+        .unwrap()
+        .id;
+    let redis = runner_redis(&server, "r1").await;
+    assert_eq!(queued_ids(&redis).await, vec![id.clone()]);
+    let mut conn = redis.commands();
+    let _: u64 = redis::cmd("DEL")
+        .arg(redis.settings().queue_key())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    cp.stop().await;
+    let cp = control_plane(&server, &dir, Duration::from_secs(3600)).await;
+    // Answers only once opened (the reconciliation runs while opening).
+    runner_client(&cp, "r1").await;
+    assert_eq!(queued_ids(&redis).await, vec![id.clone()]);
+    // And a restart with nothing lost adds no duplicate.
+    cp.stop().await;
+    let cp = control_plane(&server, &dir, Duration::from_secs(3600)).await;
+    runner_client(&cp, "r1").await;
+    assert_eq!(queued_ids(&redis).await, vec![id]);
+}
+
+#[tokio::test]
+async fn unreachable_redis_stops_the_control_plane_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = testkit::process::free_addr();
+    let mut config = ServerConfig::local(dir.path());
+    let mut settings = ServerRedis::new(ServerTarget::HostPort {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        password: Some("hunter2".into()),
+    });
+    settings.connect_attempts = 2;
+    settings.connect_retry_delay = Duration::from_millis(10);
+    config.redis = Some(settings);
+    let err = match stigmer_server::ControlPlane::open(config).await {
+        Ok(_) => panic!("opened without Redis"),
+        Err(err) => err.to_string(),
+    };
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(err.contains("2 attempts"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}

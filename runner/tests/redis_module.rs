@@ -73,6 +73,13 @@ async fn each_entry_is_delivered_once_across_consumers_and_ack_clears_it() {
     let ids: Vec<String> = from_a.iter().map(|e| e.entry_id.clone()).collect();
     assert_eq!(a.ack(&ids).await.unwrap(), 4);
     assert_eq!(a.pending_count().await.unwrap(), 6);
+    let mut conn = redis.commands();
+    let len: u64 = redis::cmd("XLEN")
+        .arg(redis.settings().queue_key())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 6, "acked entries are deleted from the stream");
 }
 
 #[tokio::test]

@@ -23,6 +23,8 @@ use crate::store::{ExecutionRecord, Store, StoreError};
 /// Entries kept per events stream (approximate trim: cheap for Redis).
 const EVENTS_MAXLEN: usize = 1000;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many executions are re-queued by one reconciliation pass.
+const RECONCILE_LIMIT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
@@ -35,6 +37,8 @@ pub enum CloudError {
         #[source]
         source: redis::RedisError,
     },
+    #[error("reading the store for the Redis queue: {0}")]
+    Store(#[source] StoreError),
     #[error("Redis {op} failed: {source}")]
     Command {
         op: &'static str,
@@ -83,6 +87,16 @@ impl Cloud {
         let commands = loop {
             attempt += 1;
             let result = async {
+                // A plain connection first: the connection manager retries internally for
+                // seconds, and the bounded start-up retries belong here.
+                let mut probe = client
+                    .get_multiplexed_async_connection_with_config(
+                        &AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(Duration::from_secs(3)))
+                            .set_response_timeout(Some(Duration::from_secs(3))),
+                    )
+                    .await?;
+                let _: String = redis::cmd("PING").query_async(&mut probe).await?;
                 let mut conn = client
                     .get_connection_manager_with_config(config.clone())
                     .await?;
@@ -160,6 +174,62 @@ impl Cloud {
             .map_err(command("XADD queue"))?;
         tracing::debug!(execution = %id, "queued");
         Ok(())
+    }
+
+    /// Queues every dispatchable execution that has no entry on the queue stream: after a
+    /// crash between the store commit and the XADD, or after Redis lost its data. Runners
+    /// delete acked entries, so the stream holds only work not yet done. A duplicate entry
+    /// (an XADD racing this pass) is harmless: the claim refuses the second delivery.
+    pub async fn reconcile(&self, store: &Arc<Store>) -> Result<usize, CloudError> {
+        let mut conn = self.commands.clone();
+        let queued: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.queue_key())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .map_err(command("XRANGE queue"))?;
+        let queued: std::collections::HashSet<String> = queued
+            .ids
+            .iter()
+            .filter_map(|entry| entry.get::<String>("execution_id"))
+            .collect();
+        let dispatchable = store
+            .read(|tx| tx.dispatchable(RECONCILE_LIMIT))
+            .await
+            .map_err(CloudError::Store)?;
+        let mut added = 0;
+        for id in dispatchable.iter().filter(|id| !queued.contains(*id)) {
+            self.try_enqueue(id).await?;
+            added += 1;
+        }
+        if added > 0 {
+            tracing::info!(
+                queued = added,
+                "queued executions missing from the Redis queue"
+            );
+        }
+        Ok(added)
+    }
+
+    /// After an execution ended, the next pending execution of its session may start; its
+    /// queue entry may have been refused while the session was busy (and would only come
+    /// back after the runners' reclaim idle time), so queue it again now.
+    pub fn enqueue_session_successor(self: &Arc<Self>, store: &Arc<Store>, session_id: &str) {
+        let cloud = Arc::clone(self);
+        let store = Arc::clone(store);
+        let session_id = session_id.to_string();
+        tokio::spawn(async move {
+            let next = store.read(move |tx| tx.next_in_session(&session_id)).await;
+            match next {
+                Ok(Some(id)) => cloud.enqueue(&id).await,
+                Ok(None) => {}
+                Err(err) => {
+                    let err: StoreError = err;
+                    tracing::warn!(error = %err, "cannot look up the next execution of a session");
+                }
+            }
+        });
     }
 
     /// Retries the XADDs that failed.

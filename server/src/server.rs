@@ -87,6 +87,12 @@ impl ControlPlane {
                 "applied lease expiry to claims left by the previous run"
             );
         }
+        if let Some(cloud) = &shared.cloud
+            && let Err(err) = cloud.reconcile(&shared.store).await
+        {
+            // Not fatal: the sweep tries again.
+            tracing::warn!(error = %err, "checking the Redis queue at start-up failed");
+        }
         Ok(Self {
             shared,
             api_keys: config.api_keys,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionAddr, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
 
 /// Where Redis is. A password given apart from the URL never appears in logs or errors.
 #[derive(Clone)]
@@ -208,6 +208,9 @@ async fn open_pair(
     client: &Client,
     settings: &RedisSettings,
 ) -> Result<(ConnectionManager, ConnectionManager), redis::RedisError> {
+    // A plain connection first: the connection manager retries internally for seconds, and
+    // the bounded start-up retries belong to `connect`.
+    ping_once(client).await?;
     let base = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))
         .set_max_delay(Duration::from_secs(2));
@@ -224,6 +227,18 @@ async fn open_pair(
         .await?;
     let _: String = redis::cmd("PING").query_async(&mut commands).await?;
     Ok((commands, blocking))
+}
+
+/// One connection attempt and PING, without retries.
+pub(crate) async fn ping_once(client: &Client) -> Result<(), redis::RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(3)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(())
 }
 
 #[cfg(test)]

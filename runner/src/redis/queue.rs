@@ -112,19 +112,26 @@ impl QueueConsumer {
             .unwrap_or_default())
     }
 
-    /// Acknowledges entries: they leave this consumer's pending list for good.
+    /// Acknowledges entries: they leave this consumer's pending list for good, and are
+    /// deleted from the stream, so that the stream holds only work not yet done (it stays
+    /// small, and the control plane can tell which executions are queued).
     pub async fn ack(&self, entry_ids: &[String]) -> Result<usize, RedisError> {
         if entry_ids.is_empty() {
             return Ok(0);
         }
         let mut conn = self.redis.commands();
-        redis::cmd("XACK")
+        let (acked, _deleted): (usize, usize) = redis::pipe()
+            .cmd("XACK")
             .arg(&self.stream)
             .arg(&self.group)
             .arg(entry_ids)
+            .cmd("XDEL")
+            .arg(&self.stream)
+            .arg(entry_ids)
             .query_async(&mut conn)
             .await
-            .map_err(RedisError::command("XACK"))
+            .map_err(RedisError::command("XACK"))?;
+        Ok(acked)
     }
 
     /// Resets the idle time of entries this runner holds (XCLAIM to itself, JUSTID so the

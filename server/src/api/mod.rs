@@ -61,6 +61,9 @@ impl Shared {
     pub fn ended(&self, records: &[ExecutionRecord]) {
         for record in records {
             self.publish(record);
+            if let Some(cloud) = &self.cloud {
+                cloud.enqueue_session_successor(&self.store, &record.spec.session_id);
+            }
         }
         self.dispatcher.wake(records.len());
     }

@@ -394,6 +394,19 @@ impl Tx<'_> {
         Ok(free && first)
     }
 
+    /// The oldest pending, unclaimed execution of a session, if the session is free.
+    pub fn next_in_session(&self, session_id: &str) -> Result<Option<String>, StoreError> {
+        self.tx
+            .prepare_cached(
+                "SELECT e.id FROM executions e JOIN sessions s ON s.id = e.session_id
+                 WHERE e.session_id = ?1 AND e.phase = 1 AND e.claimed_by IS NULL
+                   AND s.active_execution_id IS NULL
+                 ORDER BY e.seq LIMIT 1",
+            )
+            .and_then(|mut stmt| stmt.query_row([session_id], |row| row.get(0)).optional())
+            .map_err(sql("finding the next execution of a session"))
+    }
+
     /// Ids of executions whose lease expired at or before `now_ms`.
     pub fn expired_leases(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         self.tx
