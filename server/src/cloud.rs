@@ -23,6 +23,8 @@ use crate::store::{ExecutionRecord, Store, StoreError};
 /// Entries kept per events stream (approximate trim: cheap for Redis).
 const EVENTS_MAXLEN: usize = 1000;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// State changes waiting to be written to events streams.
+const EVENTS_BACKLOG: usize = 10_000;
 /// At most this many executions are re-queued by one reconciliation pass.
 const RECONCILE_LIMIT: usize = 10_000;
 
@@ -64,7 +66,7 @@ pub struct Cloud {
     client: Client,
     commands: ConnectionManager,
     prefix: String,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     /// Ids whose XADD to the queue failed; the sweep retries them.
     unqueued: Mutex<Vec<String>>,
     events_block: Duration,
@@ -120,7 +122,7 @@ impl Cloud {
             }
         };
         tracing::info!(redis = %addr, "connected to Redis: cloud dispatch and events");
-        let (events, receiver) = mpsc::unbounded_channel();
+        let (events, receiver) = mpsc::channel(EVENTS_BACKLOG);
         tokio::spawn(write_events(
             commands.clone(),
             settings.key_prefix.clone(),
@@ -264,8 +266,11 @@ impl Cloud {
             execution: secrets::masked(record.to_execution()).encode_to_vec(),
             terminal: record.phase().is_terminal(),
         };
-        // Fails only after shutdown, when nobody follows the streams any more.
-        let _ = self.events.send(event);
+        // Full only while Redis is unreachable: dropping then bounds memory, and subscribers
+        // still reach every state through their periodic store check.
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+            tracing::warn!(execution = %event.id, "events backlog full; dropping a live event");
+        }
     }
 
     /// The id of the newest entry of the execution's events stream ("0-0" when empty). Read
@@ -482,7 +487,7 @@ async fn write_events(
     mut conn: ConnectionManager,
     prefix: String,
     ttl: Duration,
-    mut events: mpsc::UnboundedReceiver<Event>,
+    mut events: mpsc::Receiver<Event>,
     shutdown: CancellationToken,
 ) {
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);

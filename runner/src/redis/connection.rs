@@ -20,6 +20,28 @@ pub enum RedisTarget {
     },
 }
 
+impl RedisTarget {
+    /// From the runner's settings: REDIS_URL wins; otherwise REDIS_HOST (with REDIS_PORT,
+    /// default 6379, and REDIS_PASSWORD). `None` when neither is set. Empty values count as
+    /// unset.
+    pub fn from_parts(
+        url: Option<String>,
+        host: Option<String>,
+        port: Option<u16>,
+        password: Option<String>,
+    ) -> Option<Self> {
+        let non_empty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        if let Some(url) = non_empty(url) {
+            return Some(Self::Url(url));
+        }
+        non_empty(host).map(|host| Self::HostPort {
+            host,
+            port: port.unwrap_or(6379),
+            password: non_empty(password),
+        })
+    }
+}
+
 impl fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -260,6 +282,19 @@ mod tests {
         assert_eq!(addr, "redis:6379");
         let (_, addr) = client_for(&url).unwrap();
         assert_eq!(addr, "redis:6379");
+    }
+
+    #[test]
+    fn target_from_parts() {
+        let url = RedisTarget::from_parts(Some("redis://r/".into()), Some("h".into()), None, None);
+        assert!(matches!(url, Some(RedisTarget::Url(u)) if u == "redis://r/"));
+        let host =
+            RedisTarget::from_parts(Some(" ".into()), Some("h".into()), None, Some("".into()));
+        assert!(matches!(
+            host,
+            Some(RedisTarget::HostPort { host, port: 6379, password: None }) if host == "h"
+        ));
+        assert!(RedisTarget::from_parts(None, None, Some(1), Some("p".into())).is_none());
     }
 
     #[test]
