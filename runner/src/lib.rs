@@ -16,6 +16,7 @@ pub mod http;
 pub mod inflight;
 pub mod llm;
 pub mod metrics;
+pub mod redis;
 pub mod sandbox;
 pub mod shutdown;
 pub mod status;

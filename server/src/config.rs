@@ -1,5 +1,6 @@
 //! Server configuration shared by the library API and the binary.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,6 +19,60 @@ pub struct ServerConfig {
     pub max_claim_wait: Duration,
     /// How often expired leases are looked for.
     pub sweep_interval: Duration,
+    /// Cloud dispatch and live events through Redis (see REDIS.md). `None` (the default):
+    /// the in-process queue and broadcaster only, and no Redis connection at all.
+    pub redis: Option<RedisSettings>,
+}
+
+/// Where Redis is. A password never appears in `Debug` output, logs or errors.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://[:password@]host:port[/db]` (REDIS_URL).
+    Url(String),
+    /// REDIS_HOST / REDIS_PORT / REDIS_PASSWORD.
+    HostPort {
+        host: String,
+        port: u16,
+        password: Option<String>,
+    },
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(_) => f.write_str("RedisTarget::Url(<redacted>)"),
+            Self::HostPort { host, port, .. } => write!(f, "RedisTarget::HostPort({host}:{port})"),
+        }
+    }
+}
+
+/// The control plane's Redis settings; build with [`RedisSettings::new`] and adjust.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    /// Prefix of every key and channel (`<prefix>:queue`, `<prefix>:events:<id>`, ...).
+    pub key_prefix: String,
+    /// Start-up ping attempts before giving up with a clear error.
+    pub connect_attempts: u32,
+    pub connect_retry_delay: Duration,
+    /// How long an execution's events stream is kept after its terminal state.
+    pub events_ttl: Duration,
+    /// How long one blocking read of an events stream waits before Subscribe re-checks the
+    /// store (a safety net for an event that could not be written).
+    pub events_block: Duration,
+}
+
+impl RedisSettings {
+    pub fn new(target: RedisTarget) -> Self {
+        Self {
+            target,
+            key_prefix: "stigmer".into(),
+            connect_attempts: 10,
+            connect_retry_delay: Duration::from_secs(1),
+            events_ttl: Duration::from_secs(3600),
+            events_block: Duration::from_secs(5),
+        }
+    }
 }
 
 impl ServerConfig {
@@ -29,6 +84,7 @@ impl ServerConfig {
             lease_ttl: Duration::from_secs(30),
             max_claim_wait: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
+            redis: None,
         }
     }
 

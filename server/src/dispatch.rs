@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message;
-use stigmer_proto::runner::v1::{ClaimedExecution, Lease};
+use stigmer_proto::ExecutionPhase;
+use stigmer_proto::runner::v1::{ClaimedExecution, Lease, RefusedClaim};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{self, Now};
+use crate::leases::{self, Expiry};
 use crate::store::{ExecutionRecord, LeaseRecord, Store, StoreError, Tx};
 use crate::transitions;
 
@@ -46,6 +48,8 @@ pub struct ClaimOutcome {
     pub failed: Vec<ExecutionRecord>,
     /// Stopped at the response size budget with work left.
     pub truncated: bool,
+    /// Claims by id only: executions that were not handed out, and why.
+    pub refused: Vec<RefusedClaim>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +103,20 @@ impl Dispatcher {
         }
     }
 
+    /// Cloud dispatch: claims exactly `ids` (delivered to the runner by the Redis queue) for
+    /// `runner_id`, without waiting. What cannot be handed out is listed in `refused`; a
+    /// refusal is `settled` when the execution is finished, so its queue entry can be acked.
+    pub async fn claim_ids(
+        &self,
+        runner_id: String,
+        ids: Vec<String>,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let ttl = self.lease_ttl;
+        self.store
+            .write(move |tx| claim_ids_in(tx, &runner_id, &ids, ttl, Now::read()))
+            .await
+    }
+
     async fn try_claim(&self, request: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         // If the caller goes away before the claim runs on the writer thread, roll it back
         // rather than hand out executions nobody will receive. (Going away after that is
@@ -132,6 +150,145 @@ impl Drop for ClearOnDrop {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Release);
     }
+}
+
+fn refused(id: &str, reason: impl Into<String>, settled: bool) -> RefusedClaim {
+    RefusedClaim {
+        execution_id: id.to_string(),
+        reason: reason.into(),
+        settled,
+    }
+}
+
+fn claim_ids_in(
+    tx: &Tx<'_>,
+    runner_id: &str,
+    ids: &[String],
+    ttl: Duration,
+    now: Now,
+) -> Result<ClaimOutcome, StoreError> {
+    let mut outcome = ClaimOutcome::default();
+    let expires_at_ms = now.plus(ttl);
+    for id in ids {
+        let Some(mut record) = tx.execution(id)? else {
+            // Nothing will ever run it: the entry can go.
+            outcome
+                .refused
+                .push(refused(id, "execution not found", true));
+            continue;
+        };
+        if let Some(lease) = &record.lease
+            && lease.expires_at_ms <= now.ms
+            && !record.phase().is_terminal()
+        {
+            // The lease ran out before the sweep noticed: apply the same rule here, so a
+            // started execution is failed ("runner lost") rather than silently run again.
+            match leases::expire(&mut record, now) {
+                Expiry::Requeued => tx.save_execution(&mut record)?,
+                Expiry::Ended => {
+                    tx.save_execution(&mut record)?;
+                    outcome.refused.push(refused(
+                        id,
+                        format!("execution ended: {}", record.status.error),
+                        true,
+                    ));
+                    outcome.failed.push(record);
+                    continue;
+                }
+            }
+        }
+        let phase = record.phase();
+        if phase.is_terminal() {
+            outcome.refused.push(refused(
+                id,
+                format!("execution already ended ({})", phase.as_str_name()),
+                true,
+            ));
+            continue;
+        }
+        if record.lease.is_some() {
+            outcome
+                .refused
+                .push(refused(id, "execution is held under a live lease", false));
+            continue;
+        }
+        if phase != ExecutionPhase::ExecutionPending || record.claimed_by.is_some() {
+            outcome.refused.push(refused(
+                id,
+                format!("execution is not dispatchable ({})", phase.as_str_name()),
+                false,
+            ));
+            continue;
+        }
+        if !tx.session_turn(id, &record.spec.session_id)? {
+            // An earlier execution of the session runs or waits first; the queue entry stays
+            // pending and is delivered again later.
+            outcome.refused.push(refused(
+                id,
+                "an earlier execution of the session goes first",
+                false,
+            ));
+            continue;
+        }
+        if let Some(claimed) = hand_out(tx, &mut record, runner_id, ttl, expires_at_ms, now)? {
+            outcome.claimed.push(claimed);
+        } else {
+            outcome.refused.push(refused(
+                id,
+                format!("execution failed: {}", record.status.error),
+                true,
+            ));
+            outcome.failed.push(record);
+        }
+    }
+    Ok(outcome)
+}
+
+/// Gives `record` a new lease for `runner_id`, or fails it when its agent or session is gone
+/// (then returns `None`).
+fn hand_out(
+    tx: &Tx<'_>,
+    record: &mut ExecutionRecord,
+    runner_id: &str,
+    ttl: Duration,
+    expires_at_ms: i64,
+    now: Now,
+) -> Result<Option<ClaimedExecution>, StoreError> {
+    let agent = tx.agent(&record.spec.agent_id)?;
+    let session = tx.session(&record.spec.session_id)?;
+    let (Some(agent), Some(session)) = (agent, session) else {
+        let error = format!(
+            "agent '{}' or its session no longer exists",
+            record.spec.agent_id
+        );
+        transitions::fail(
+            record,
+            &error,
+            format!("Execution failed: {error}"),
+            &now.rfc3339(),
+        );
+        tx.save_execution(record)?;
+        return Ok(None);
+    };
+    let lease = LeaseRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        expires_at_ms,
+    };
+    let claimed = ClaimedExecution {
+        execution: Some(record.to_execution()),
+        agent: Some(agent),
+        session: Some(session),
+        lease: Some(Lease {
+            lease_id: lease.id.clone(),
+            expires_at: clock::rfc3339(expires_at_ms),
+            ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
+        }),
+    };
+    record.claimed_by = Some(runner_id.to_string());
+    record.lease = Some(lease);
+    tx.save_execution(record)?;
+    tracing::debug!(execution = %record.id(), runner = %runner_id, "claimed by id");
+    Ok(Some(claimed))
 }
 
 fn claim_in(

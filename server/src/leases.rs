@@ -102,6 +102,8 @@ pub fn expire(record: &mut ExecutionRecord, now: Now) -> Expiry {
 #[derive(Debug, Default)]
 pub struct ExpiredLeases {
     pub requeued: usize,
+    /// The executions counted in `requeued` (cloud mode queues them again).
+    pub requeued_ids: Vec<String>,
     pub ended: Vec<ExecutionRecord>,
 }
 
@@ -119,6 +121,7 @@ pub fn expire_all(tx: &Tx<'_>, now: Now) -> Result<ExpiredLeases, StoreError> {
             Expiry::Requeued => {
                 tracing::info!(execution = %id, %runner, "lease expired before start; execution requeued");
                 outcome.requeued += 1;
+                outcome.requeued_ids.push(id.clone());
             }
             Expiry::Ended => {
                 tracing::warn!(

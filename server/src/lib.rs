@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod broadcast;
 mod clock;
+mod cloud;
 mod config;
 mod dispatch;
 mod leases;
@@ -18,6 +19,6 @@ mod store;
 mod sweep;
 mod transitions;
 
-pub use config::{ConfigError, ServerConfig};
+pub use config::{ConfigError, RedisSettings, RedisTarget, ServerConfig};
 pub use server::{ControlPlane, ServerError, serve};
 pub use store::StoreError;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use stigmer_proto::LOCAL_API_KEY;
-use stigmer_server::{ControlPlane, ServerConfig};
+use stigmer_server::{ControlPlane, RedisSettings, RedisTarget, ServerConfig};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
@@ -39,6 +39,24 @@ struct Args {
     /// How often expired leases are looked for, in milliseconds.
     #[arg(long, env = "STIGMER_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     sweep_interval_ms: u64,
+    /// Cloud dispatch and live events through Redis: `redis://[:password@]host:port[/db]`.
+    /// Unset (and no --redis-host): local mode, no Redis at all.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        conflicts_with = "redis_host"
+    )]
+    redis_url: Option<String>,
+    /// Redis host, instead of --redis-url.
+    #[arg(long, env = "REDIS_HOST")]
+    redis_host: Option<String>,
+    /// Redis port (with --redis-host).
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    redis_port: u16,
+    /// Redis password (with --redis-host).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    redis_password: Option<String>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -104,7 +122,20 @@ fn config_from(args: &Args) -> Result<ServerConfig, StartError> {
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs);
     config.max_claim_wait = Duration::from_secs(args.max_claim_wait_secs);
     config.sweep_interval = Duration::from_millis(args.sweep_interval_ms);
+    config.redis = redis_target(args).map(RedisSettings::new);
     Ok(config)
+}
+
+fn redis_target(args: &Args) -> Option<RedisTarget> {
+    let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
+    if let Some(url) = non_empty(&args.redis_url) {
+        return Some(RedisTarget::Url(url));
+    }
+    non_empty(&args.redis_host).map(|host| RedisTarget::HostPort {
+        host,
+        port: args.redis_port,
+        password: non_empty(&args.redis_password),
+    })
 }
 
 /// Accepts the Python runner's level names (INFO, WARNING, CRITICAL) as well as tracing's.
@@ -192,6 +223,34 @@ mod tests {
         assert_eq!(config.api_keys, vec![LOCAL_API_KEY.to_string()]);
         assert_eq!(config.lease_ttl, Duration::from_secs(30));
         assert_eq!(config.data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(config.redis, None, "local mode never touches Redis");
+    }
+
+    #[test]
+    fn redis_from_url_or_host() {
+        let args = parse(&["--data-dir", "/d", "--redis-url", "redis://:pw@r:1/"]);
+        let redis = config_from(&args).unwrap().redis.unwrap();
+        assert_eq!(redis.target, RedisTarget::Url("redis://:pw@r:1/".into()));
+        assert!(!format!("{redis:?}").contains("pw"));
+
+        let args = parse(&[
+            "--data-dir",
+            "/d",
+            "--redis-host",
+            "r",
+            "--redis-password",
+            "pw",
+        ]);
+        let redis = config_from(&args).unwrap().redis.unwrap();
+        assert_eq!(
+            redis.target,
+            RedisTarget::HostPort {
+                host: "r".into(),
+                port: 6379,
+                password: Some("pw".into())
+            }
+        );
+        assert!(!format!("{redis:?}").contains("pw"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::api::agents::AgentApi;
 use crate::api::executions::ExecutionApi;
 use crate::api::runner::RunnerApi;
 use crate::auth::BearerAuth;
+use crate::cloud::{Cloud, CloudError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::store::{Store, StoreError};
 use crate::sweep;
@@ -40,6 +41,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("recovering leases after start-up failed: {0}")]
     Recovery(#[source] StoreError),
+    #[error(transparent)]
+    Redis(#[from] CloudError),
     #[error("gRPC server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -63,12 +66,17 @@ impl ControlPlane {
             .await
             .map_err(|err| StoreError::Task(err.to_string()))??;
         tracing::info!(database = %store.path().display(), "store opened");
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             Arc::new(store),
             config.lease_ttl,
             config.max_claim_wait,
             CancellationToken::new(),
-        ));
+        );
+        if let Some(settings) = &config.redis {
+            let cloud = Cloud::connect(settings, shared.shutdown.clone()).await?;
+            shared.cloud = Some(Arc::new(cloud));
+        }
+        let shared = Arc::new(shared);
         let recovered = sweep::sweep_once(&shared)
             .await
             .map_err(ServerError::Recovery)?;
@@ -78,6 +86,12 @@ impl ControlPlane {
                 ended = recovered.ended.len(),
                 "applied lease expiry to claims left by the previous run"
             );
+        }
+        if let Some(cloud) = &shared.cloud
+            && let Err(err) = cloud.reconcile(&shared.store).await
+        {
+            // Not fatal: the sweep tries again.
+            tracing::warn!(error = %err, "checking the Redis queue at start-up failed");
         }
         Ok(Self {
             shared,

@@ -4,16 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::api::Shared;
 use crate::clock::Now;
 use crate::leases::{self, ExpiredLeases};
 use crate::store::StoreError;
 
+/// How often cloud mode checks that every dispatchable execution is on the Redis queue.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
 pub async fn run(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_reconcile = Instant::now();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -23,6 +27,14 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
             tracing::error!(error = %err, "lease sweep failed; retrying on the next tick");
         }
         shared.broadcaster.prune();
+        if let Some(cloud) = &shared.cloud
+            && last_reconcile.elapsed() >= RECONCILE_INTERVAL
+        {
+            last_reconcile = Instant::now();
+            if let Err(err) = cloud.reconcile(&shared.store).await {
+                tracing::warn!(error = %err, "checking the Redis queue failed; retrying later");
+            }
+        }
     }
 }
 
@@ -34,5 +46,12 @@ pub async fn sweep_once(shared: &Shared) -> Result<ExpiredLeases, StoreError> {
         .await?;
     shared.dispatcher.wake(expired.requeued);
     shared.ended(&expired.ended);
+    if let Some(cloud) = &shared.cloud {
+        // Never started, so another runner may take it: put it on the queue again.
+        for id in &expired.requeued_ids {
+            cloud.enqueue(id).await;
+        }
+        cloud.retry_unqueued().await;
+    }
     Ok(expired)
 }

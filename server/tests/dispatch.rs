@@ -81,7 +81,7 @@ async fn claim_refuses_bad_requests() {
             runner_id: String::new(),
             max_executions: 1,
             wait_ms: 0,
-            ..Default::default()
+            execution_ids: Vec::new(),
         })
         .await;
     assert!(
@@ -94,7 +94,7 @@ async fn claim_refuses_bad_requests() {
             runner_id: "r".into(),
             max_executions: 0,
             wait_ms: 0,
-            ..Default::default()
+            execution_ids: Vec::new(),
         })
         .await;
     assert!(
@@ -118,7 +118,7 @@ async fn long_poll_returns_as_soon_as_work_arrives() {
                 runner_id: "runner-1".into(),
                 max_executions: 1,
                 wait_ms: 4000,
-                ..Default::default()
+                execution_ids: Vec::new(),
             })
             .await
             .map(|response| response.into_inner().executions)
@@ -179,7 +179,7 @@ async fn a_runner_that_disconnects_while_waiting_claims_nothing() {
                 runner_id: "gone".into(),
                 max_executions: 1,
                 wait_ms: 4000,
-                ..Default::default()
+                execution_ids: Vec::new(),
             })
             .await
     });
@@ -251,7 +251,7 @@ async fn executions_of_one_session_run_one_at_a_time_in_order() {
                 runner_id: "runner-2".into(),
                 max_executions: 10,
                 wait_ms: 4000,
-                ..Default::default()
+                execution_ids: Vec::new(),
             })
             .await
             .map(|response| response.into_inner().executions)

@@ -6,3 +6,4 @@ pub mod control_plane;
 pub mod daytona;
 pub mod llm;
 pub mod process;
+pub mod redis;

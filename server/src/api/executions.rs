@@ -78,6 +78,9 @@ impl ExecutionService for ExecutionApi {
                 })
                 .await?;
             shared.dispatcher.wake(1);
+            if let Some(cloud) = &shared.cloud {
+                cloud.enqueue(record.id()).await;
+            }
             Ok(record)
         })
         .await?;
@@ -143,6 +146,9 @@ impl ExecutionService for ExecutionApi {
                 }
                 Cancellation::Requested => {
                     tracing::info!(execution = %record.id(), "cancellation requested from its runner");
+                    if let (Some(cloud), Some(reason)) = (&shared.cloud, &record.cancel_reason) {
+                        cloud.publish_cancel(record.id(), reason).await;
+                    }
                 }
             }
             Ok(record)
@@ -158,6 +164,27 @@ impl ExecutionService for ExecutionApi {
         request: Request<SubscribeExecutionRequest>,
     ) -> ApiResult<Self::SubscribeStream> {
         let id = required("id", &request.get_ref().id)?.to_string();
+        if let Some(cloud) = &self.shared.cloud {
+            // Any replica may have stored the next state: follow the events stream, from a
+            // cursor taken before the store read so that nothing committed after it is missed.
+            let cursor = cloud.events_cursor(&id).await.map_err(|err| {
+                tracing::warn!(execution = %id, error = %err, "cannot read the events stream");
+                tonic::Status::unavailable("live events are unavailable")
+            })?;
+            let lookup = id.clone();
+            let record = self
+                .shared
+                .store
+                .read(move |tx| tx.execution(&lookup).map_err(ApiError::from))
+                .await?
+                .ok_or_else(|| execution_not_found(&id))?;
+            return Ok(Response::new(cloud.follow(
+                record,
+                cursor,
+                Arc::clone(&self.shared.store),
+                self.shared.shutdown.clone(),
+            )));
+        }
         // Subscribe before reading, so an update committed after the read still arrives.
         let receiver = self.shared.broadcaster.subscribe(&id);
         let lookup = id.clone();

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::broadcast::Broadcaster;
+use crate::cloud::Cloud;
 use crate::dispatch::Dispatcher;
 use crate::leases::LeaseRefusal;
 use crate::store::{ExecutionRecord, Store, StoreError};
@@ -24,6 +25,8 @@ pub struct Shared {
     pub lease_ttl: Duration,
     pub max_claim_wait: Duration,
     pub shutdown: CancellationToken,
+    /// Cloud mode: the Redis queue, cancellation channel and events streams.
+    pub cloud: Option<Arc<Cloud>>,
 }
 
 impl Shared {
@@ -40,6 +43,16 @@ impl Shared {
             lease_ttl,
             max_claim_wait,
             shutdown,
+            cloud: None,
+        }
+    }
+
+    /// A new state of a live execution: to local subscribers, and in cloud mode to its events
+    /// stream for subscribers on any replica.
+    pub fn publish(&self, record: &ExecutionRecord) {
+        self.broadcaster.publish(record);
+        if let Some(cloud) = &self.cloud {
+            cloud.publish_event(record);
         }
     }
 
@@ -47,7 +60,10 @@ impl Shared {
     /// ending may free a session with more work queued.
     pub fn ended(&self, records: &[ExecutionRecord]) {
         for record in records {
-            self.broadcaster.publish(record);
+            self.publish(record);
+            if let Some(cloud) = &self.cloud {
+                cloud.enqueue_session_successor(&self.store, &record.spec.session_id);
+            }
         }
         self.dispatcher.wake(records.len());
     }

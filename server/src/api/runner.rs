@@ -40,10 +40,23 @@ impl RunnerService for RunnerApi {
         } = request.into_inner();
         required("runner_id", &runner_id)?;
         if !execution_ids.is_empty() {
-            return Err(ApiError::invalid(
-                "claims by execution id belong to Redis (cloud) dispatch, which this control plane is not configured for",
-            )
-            .into());
+            if execution_ids.len() > MAX_CLAIM_BATCH {
+                return Err(ApiError::invalid(format!(
+                    "at most {MAX_CLAIM_BATCH} execution_ids per claim"
+                ))
+                .into());
+            }
+            let outcome = self
+                .shared
+                .dispatcher
+                .claim_ids(runner_id, execution_ids)
+                .await
+                .map_err(ApiError::from)?;
+            self.shared.ended(&outcome.failed);
+            return Ok(Response::new(ClaimResponse {
+                executions: outcome.claimed,
+                refused: outcome.refused,
+            }));
         }
         if max_executions == 0 {
             return Err(ApiError::invalid("max_executions must be at least 1").into());
@@ -135,7 +148,7 @@ impl RunnerService for RunnerApi {
                 );
                 shared.ended(std::slice::from_ref(&record));
             } else {
-                shared.broadcaster.publish(&record);
+                shared.publish(&record);
             }
             Ok(record)
         })

@@ -376,6 +376,37 @@ impl Tx<'_> {
         Ok(ids)
     }
 
+    /// Whether `id` may start now as far as its session is concerned: nothing else occupies
+    /// the session and no older pending execution of the session waits before it. The same
+    /// rule as [`Tx::dispatchable`], for one execution named by a claim.
+    pub fn session_turn(&self, id: &str, session_id: &str) -> Result<bool, StoreError> {
+        let (active, oldest): (Option<String>, Option<String>) = self
+            .tx
+            .prepare_cached(
+                "SELECT (SELECT active_execution_id FROM sessions WHERE id = ?1),
+                        (SELECT id FROM executions WHERE session_id = ?1 AND phase = 1
+                         ORDER BY seq LIMIT 1)",
+            )
+            .and_then(|mut stmt| stmt.query_row([session_id], |row| Ok((row.get(0)?, row.get(1)?))))
+            .map_err(sql("checking a session's turn"))?;
+        let free = active.is_none_or(|active| active == id);
+        let first = oldest.is_none_or(|oldest| oldest == id);
+        Ok(free && first)
+    }
+
+    /// The oldest pending, unclaimed execution of a session, if the session is free.
+    pub fn next_in_session(&self, session_id: &str) -> Result<Option<String>, StoreError> {
+        self.tx
+            .prepare_cached(
+                "SELECT e.id FROM executions e JOIN sessions s ON s.id = e.session_id
+                 WHERE e.session_id = ?1 AND e.phase = 1 AND e.claimed_by IS NULL
+                   AND s.active_execution_id IS NULL
+                 ORDER BY e.seq LIMIT 1",
+            )
+            .and_then(|mut stmt| stmt.query_row([session_id], |row| row.get(0)).optional())
+            .map_err(sql("finding the next execution of a session"))
+    }
+
     /// Ids of executions whose lease expired at or before `now_ms`.
     pub fn expired_leases(&self, now_ms: i64) -> Result<Vec<String>, StoreError> {
         self.tx

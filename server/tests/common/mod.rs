@@ -189,7 +189,7 @@ pub async fn claim(
             runner_id: runner.into(),
             max_executions: max,
             wait_ms,
-            ..Default::default()
+            execution_ids: Vec::new(),
         })
         .await
         .unwrap()

@@ -1,0 +1,307 @@
+//! Connecting to Redis: settings, a start-up ping with bounded retries, and the two
+//! connections the runner needs (commands, and blocking reads).
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
+
+/// Where Redis is. A password given apart from the URL never appears in logs or errors.
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// `redis://[:password@]host:port[/db]` (REDIS_URL).
+    Url(String),
+    /// REDIS_HOST / REDIS_PORT / REDIS_PASSWORD.
+    HostPort {
+        host: String,
+        port: u16,
+        password: Option<String>,
+    },
+}
+
+impl RedisTarget {
+    /// From the runner's settings: REDIS_URL wins; otherwise REDIS_HOST (with REDIS_PORT,
+    /// default 6379, and REDIS_PASSWORD). `None` when neither is set. Empty values count as
+    /// unset.
+    pub fn from_parts(
+        url: Option<String>,
+        host: Option<String>,
+        port: Option<u16>,
+        password: Option<String>,
+    ) -> Option<Self> {
+        let non_empty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        if let Some(url) = non_empty(url) {
+            return Some(Self::Url(url));
+        }
+        non_empty(host).map(|host| Self::HostPort {
+            host,
+            port: port.unwrap_or(6379),
+            password: non_empty(password),
+        })
+    }
+}
+
+impl fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Url(_) => f.write_str("RedisTarget::Url(<redacted>)"),
+            Self::HostPort { host, port, .. } => write!(f, "RedisTarget::HostPort({host}:{port})"),
+        }
+    }
+}
+
+/// Everything the runner's Redis side needs. Build with [`RedisSettings::new`] and adjust.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    /// Prefix of every key and channel (`<prefix>:queue`, `<prefix>:cancel`, ...).
+    pub key_prefix: String,
+    /// Consumer group on the queue stream shared by all runners.
+    pub group: String,
+    /// This runner's consumer name in the group; stable for the process (the runner id).
+    pub consumer: String,
+    /// An entry pending this long without being kept fresh belongs to a dead consumer and may
+    /// be reclaimed. Longer than a few heartbeats, so a live runner never loses its entries.
+    pub min_idle: Duration,
+    /// Start-up ping attempts before giving up.
+    pub connect_attempts: u32,
+    /// Pause between start-up attempts.
+    pub connect_retry_delay: Duration,
+    /// Response timeout for ordinary commands (the blocking connection has none).
+    pub response_timeout: Duration,
+}
+
+impl RedisSettings {
+    pub fn new(target: RedisTarget, consumer: impl Into<String>) -> Self {
+        Self {
+            target,
+            key_prefix: "stigmer".into(),
+            group: "runners".into(),
+            consumer: consumer.into(),
+            min_idle: Duration::from_secs(60),
+            connect_attempts: 5,
+            connect_retry_delay: Duration::from_secs(1),
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn queue_key(&self) -> String {
+        format!("{}:queue", self.key_prefix)
+    }
+
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.key_prefix)
+    }
+
+    pub fn presence_key(&self, runner_id: &str) -> String {
+        format!("{}:runner:{runner_id}", self.key_prefix)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    #[error("invalid Redis address: {0}")]
+    InvalidAddress(String),
+    #[error("Redis at {addr} is unreachable after {attempts} attempts: {source}")]
+    Unreachable {
+        addr: String,
+        attempts: u32,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis {op} failed: {source}")]
+    Command {
+        op: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis answered {op} with an unexpected reply: {detail}")]
+    Reply { op: &'static str, detail: String },
+}
+
+impl RedisError {
+    pub(crate) fn command(op: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
+        move |source| Self::Command { op, source }
+    }
+}
+
+/// A connected Redis: a [`ConnectionManager`] for commands and a second one with no response
+/// timeout for blocking reads. Both reconnect by themselves after Redis restarts. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Redis {
+    pub(crate) client: Client,
+    pub(crate) commands: ConnectionManager,
+    pub(crate) blocking: ConnectionManager,
+    pub(crate) settings: RedisSettings,
+    addr: String,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis").field("addr", &self.addr).finish()
+    }
+}
+
+impl Redis {
+    /// `host:port`, safe to log.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    pub fn settings(&self) -> &RedisSettings {
+        &self.settings
+    }
+
+    /// A connection manager for ordinary commands.
+    pub fn commands(&self) -> ConnectionManager {
+        self.commands.clone()
+    }
+}
+
+fn client_for(target: &RedisTarget) -> Result<(Client, String), RedisError> {
+    let info = match target {
+        RedisTarget::Url(url) => url
+            .as_str()
+            .into_connection_info()
+            // The parse error may quote the URL, password included: do not pass it on.
+            .map_err(|_| RedisError::InvalidAddress("REDIS_URL is not a redis:// URL".into()))?,
+        RedisTarget::HostPort {
+            host,
+            port,
+            password,
+        } => {
+            let info = ConnectionAddr::Tcp(host.clone(), *port)
+                .into_connection_info()
+                .map_err(|_| RedisError::InvalidAddress(format!("{host}:{port}")))?;
+            match password.as_deref().filter(|p| !p.is_empty()) {
+                Some(password) => {
+                    let redis = info.redis_settings().clone().set_password(password);
+                    info.set_redis_settings(redis)
+                }
+                None => info,
+            }
+        }
+    };
+    let addr = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => other.to_string(),
+    };
+    let client = Client::open(info).map_err(|_| RedisError::InvalidAddress(addr.clone()))?;
+    Ok((client, addr))
+}
+
+/// Connects and pings, retrying a bounded number of times, then fails naming `host:port`
+/// (never the password), so a misconfigured runner stops at start-up instead of idling.
+pub async fn connect(settings: RedisSettings) -> Result<Redis, RedisError> {
+    let (client, addr) = client_for(&settings.target)?;
+    let attempts = settings.connect_attempts.max(1);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match open_pair(&client, &settings).await {
+            Ok((commands, blocking)) => {
+                tracing::info!(redis = %addr, "connected to Redis");
+                return Ok(Redis {
+                    client,
+                    commands,
+                    blocking,
+                    settings,
+                    addr,
+                });
+            }
+            Err(source) if attempt >= attempts => {
+                return Err(RedisError::Unreachable {
+                    addr,
+                    attempts,
+                    source,
+                });
+            }
+            Err(err) => {
+                tracing::warn!(redis = %addr, attempt, error = %err, "Redis not reachable yet; retrying");
+                tokio::time::sleep(settings.connect_retry_delay).await;
+            }
+        }
+    }
+}
+
+async fn open_pair(
+    client: &Client,
+    settings: &RedisSettings,
+) -> Result<(ConnectionManager, ConnectionManager), redis::RedisError> {
+    // A plain connection first: the connection manager retries internally for seconds, and
+    // the bounded start-up retries belong to `connect`.
+    ping_once(client).await?;
+    let base = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_max_delay(Duration::from_secs(2));
+    let mut commands = client
+        .get_connection_manager_with_config(
+            base.clone()
+                .set_response_timeout(Some(settings.response_timeout)),
+        )
+        .await?;
+    // XREADGROUP BLOCK waits longer than any sensible response timeout: this connection has
+    // none, and is used for nothing else so a blocked read never delays other commands.
+    let blocking = client
+        .get_connection_manager_with_config(base.set_response_timeout(None))
+        .await?;
+    let _: String = redis::cmd("PING").query_async(&mut commands).await?;
+    Ok((commands, blocking))
+}
+
+/// One connection attempt and PING, without retries.
+pub(crate) async fn ping_once(client: &Client) -> Result<(), redis::RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(3)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let target = RedisTarget::HostPort {
+            host: "redis".into(),
+            port: 6379,
+            password: Some("s3cret".into()),
+        };
+        assert!(!format!("{target:?}").contains("s3cret"));
+        let url = RedisTarget::Url("redis://:s3cret@redis:6379/".into());
+        assert!(!format!("{url:?}").contains("s3cret"));
+        let (_, addr) = client_for(&target).unwrap();
+        assert_eq!(addr, "redis:6379");
+        let (_, addr) = client_for(&url).unwrap();
+        assert_eq!(addr, "redis:6379");
+    }
+
+    #[test]
+    fn target_from_parts() {
+        let url = RedisTarget::from_parts(Some("redis://r/".into()), Some("h".into()), None, None);
+        assert!(matches!(url, Some(RedisTarget::Url(u)) if u == "redis://r/"));
+        let host =
+            RedisTarget::from_parts(Some(" ".into()), Some("h".into()), None, Some("".into()));
+        assert!(matches!(
+            host,
+            Some(RedisTarget::HostPort { host, port: 6379, password: None }) if host == "h"
+        ));
+        assert!(RedisTarget::from_parts(None, None, Some(1), Some("p".into())).is_none());
+    }
+
+    #[test]
+    fn keys_follow_the_prefix() {
+        let settings = RedisSettings::new(RedisTarget::Url("redis://x/".into()), "r1");
+        assert_eq!(settings.queue_key(), "stigmer:queue");
+        assert_eq!(settings.cancel_channel(), "stigmer:cancel");
+        assert_eq!(settings.presence_key("r1"), "stigmer:runner:r1");
+    }
+}

@@ -1,0 +1,554 @@
+//! Cloud mode's Redis side of the control plane (keys in REDIS.md): executions are queued on
+//! a stream that runners read through a consumer group, cancellations are published, and every
+//! state change goes to a per-execution events stream that any control-plane replica follows
+//! to serve `Subscribe`. The store stays the source of truth; Redis only carries news of it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prost::Message;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
+use stigmer_proto::agentexecution::v1::AgentExecution;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broadcast::ExecutionStream;
+use crate::config::{RedisSettings, RedisTarget};
+use crate::secrets;
+use crate::store::{ExecutionRecord, Store, StoreError};
+
+/// Entries kept per events stream (approximate trim: cheap for Redis).
+const EVENTS_MAXLEN: usize = 1000;
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// State changes waiting to be written to events streams.
+const EVENTS_BACKLOG: usize = 10_000;
+/// At most this many executions are re-queued by one reconciliation pass.
+const RECONCILE_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("invalid Redis address: {0}")]
+    InvalidAddress(String),
+    #[error("Redis at {addr} is unreachable after {attempts} attempts: {source}")]
+    Unreachable {
+        addr: String,
+        attempts: u32,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("reading the store for the Redis queue: {0}")]
+    Store(#[source] StoreError),
+    #[error("Redis {op} failed: {source}")]
+    Command {
+        op: &'static str,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+fn command(op: &'static str) -> impl FnOnce(redis::RedisError) -> CloudError {
+    move |source| CloudError::Command { op, source }
+}
+
+/// A state change to append to an execution's events stream.
+struct Event {
+    id: String,
+    version: i64,
+    /// The masked execution, protobuf-encoded.
+    execution: Vec<u8>,
+    terminal: bool,
+}
+
+pub struct Cloud {
+    client: Client,
+    commands: ConnectionManager,
+    prefix: String,
+    events: mpsc::Sender<Event>,
+    /// Ids whose XADD to the queue failed; the sweep retries them.
+    unqueued: Mutex<Vec<String>>,
+    events_block: Duration,
+}
+
+impl Cloud {
+    /// Connects with bounded retries, then fails naming `host:port` (never the password).
+    /// Spawns the task that writes events streams in order; it ends with `shutdown`.
+    pub async fn connect(
+        settings: &RedisSettings,
+        shutdown: CancellationToken,
+    ) -> Result<Self, CloudError> {
+        let (client, addr) = client_for(&settings.target)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_max_delay(Duration::from_secs(2));
+        let attempts = settings.connect_attempts.max(1);
+        let mut attempt = 0;
+        let commands = loop {
+            attempt += 1;
+            let result = async {
+                // A plain connection first: the connection manager retries internally for
+                // seconds, and the bounded start-up retries belong here.
+                let mut probe = client
+                    .get_multiplexed_async_connection_with_config(
+                        &AsyncConnectionConfig::new()
+                            .set_connection_timeout(Some(Duration::from_secs(3)))
+                            .set_response_timeout(Some(Duration::from_secs(3))),
+                    )
+                    .await?;
+                let _: String = redis::cmd("PING").query_async(&mut probe).await?;
+                let mut conn = client
+                    .get_connection_manager_with_config(config.clone())
+                    .await?;
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>(conn)
+            }
+            .await;
+            match result {
+                Ok(conn) => break conn,
+                Err(source) if attempt >= attempts => {
+                    return Err(CloudError::Unreachable {
+                        addr,
+                        attempts,
+                        source,
+                    });
+                }
+                Err(err) => {
+                    tracing::warn!(redis = %addr, attempt, error = %err, "Redis not reachable yet; retrying");
+                    tokio::time::sleep(settings.connect_retry_delay).await;
+                }
+            }
+        };
+        tracing::info!(redis = %addr, "connected to Redis: cloud dispatch and events");
+        let (events, receiver) = mpsc::channel(EVENTS_BACKLOG);
+        tokio::spawn(write_events(
+            commands.clone(),
+            settings.key_prefix.clone(),
+            settings.events_ttl,
+            receiver,
+            shutdown,
+        ));
+        Ok(Self {
+            client,
+            commands,
+            prefix: settings.key_prefix.clone(),
+            events,
+            unqueued: Mutex::new(Vec::new()),
+            events_block: settings.events_block,
+        })
+    }
+
+    fn queue_key(&self) -> String {
+        format!("{}:queue", self.prefix)
+    }
+
+    fn events_key(&self, id: &str) -> String {
+        events_key(&self.prefix, id)
+    }
+
+    fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
+
+    /// Makes `id` available to runners. A failure is remembered and retried by the sweep,
+    /// since the execution is already stored and must not stay invisible to runners.
+    pub async fn enqueue(&self, id: &str) {
+        if let Err(err) = self.try_enqueue(id).await {
+            tracing::error!(execution = %id, error = %err, "cannot queue execution; retrying on the next sweep");
+            self.unqueued
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(id.to_string());
+        }
+    }
+
+    async fn try_enqueue(&self, id: &str) -> Result<(), CloudError> {
+        let mut conn = self.commands.clone();
+        let _: String = redis::cmd("XADD")
+            .arg(self.queue_key())
+            .arg("*")
+            .arg("execution_id")
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .map_err(command("XADD queue"))?;
+        tracing::debug!(execution = %id, "queued");
+        Ok(())
+    }
+
+    /// Queues every dispatchable execution that has no entry on the queue stream: after a
+    /// crash between the store commit and the XADD, or after Redis lost its data. Runners
+    /// delete acked entries, so the stream holds only work not yet done. A duplicate entry
+    /// (an XADD racing this pass) is harmless: the claim refuses the second delivery.
+    pub async fn reconcile(&self, store: &Arc<Store>) -> Result<usize, CloudError> {
+        let mut conn = self.commands.clone();
+        let queued: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.queue_key())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .map_err(command("XRANGE queue"))?;
+        let queued: std::collections::HashSet<String> = queued
+            .ids
+            .iter()
+            .filter_map(|entry| entry.get::<String>("execution_id"))
+            .collect();
+        let dispatchable = store
+            .read(|tx| tx.dispatchable(RECONCILE_LIMIT))
+            .await
+            .map_err(CloudError::Store)?;
+        let mut added = 0;
+        for id in dispatchable.iter().filter(|id| !queued.contains(*id)) {
+            self.try_enqueue(id).await?;
+            added += 1;
+        }
+        if added > 0 {
+            tracing::info!(
+                queued = added,
+                "queued executions missing from the Redis queue"
+            );
+        }
+        Ok(added)
+    }
+
+    /// After an execution ended, the next pending execution of its session may start; its
+    /// queue entry may have been refused while the session was busy (and would only come
+    /// back after the runners' reclaim idle time), so queue it again now.
+    pub fn enqueue_session_successor(self: &Arc<Self>, store: &Arc<Store>, session_id: &str) {
+        let cloud = Arc::clone(self);
+        let store = Arc::clone(store);
+        let session_id = session_id.to_string();
+        tokio::spawn(async move {
+            let next = store.read(move |tx| tx.next_in_session(&session_id)).await;
+            match next {
+                Ok(Some(id)) => cloud.enqueue(&id).await,
+                Ok(None) => {}
+                Err(err) => {
+                    let err: StoreError = err;
+                    tracing::warn!(error = %err, "cannot look up the next execution of a session");
+                }
+            }
+        });
+    }
+
+    /// Retries the XADDs that failed.
+    pub async fn retry_unqueued(&self) {
+        let ids =
+            std::mem::take(&mut *self.unqueued.lock().unwrap_or_else(PoisonError::into_inner));
+        for id in ids {
+            self.enqueue(&id).await;
+        }
+    }
+
+    /// Tells every runner at once; the runner holding the execution stops it. Best effort:
+    /// heartbeat answers carry the cancellation as well.
+    pub async fn publish_cancel(&self, id: &str, reason: &str) {
+        let payload = serde_json::json!({ "execution_id": id, "reason": reason }).to_string();
+        let mut conn = self.commands.clone();
+        let result: Result<u64, _> = redis::cmd("PUBLISH")
+            .arg(self.cancel_channel())
+            .arg(payload)
+            .query_async(&mut conn)
+            .await;
+        if let Err(err) = result {
+            tracing::warn!(execution = %id, error = %err, "cannot publish cancellation; the runner hears of it on its next heartbeat");
+        }
+    }
+
+    /// Appends the record's state to its events stream (in order, by a background task).
+    pub fn publish_event(&self, record: &ExecutionRecord) {
+        let event = Event {
+            id: record.id().to_string(),
+            version: record.version,
+            execution: secrets::masked(record.to_execution()).encode_to_vec(),
+            terminal: record.phase().is_terminal(),
+        };
+        // Full only while Redis is unreachable: dropping then bounds memory, and subscribers
+        // still reach every state through their periodic store check.
+        if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
+            tracing::warn!(execution = %event.id, "events backlog full; dropping a live event");
+        }
+    }
+
+    /// The id of the newest entry of the execution's events stream ("0-0" when empty). Read
+    /// before the store, so that following from it misses no change committed after the read.
+    pub async fn events_cursor(&self, id: &str) -> Result<String, CloudError> {
+        let mut conn = self.commands.clone();
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+            .arg(self.events_key(id))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(command("XREVRANGE events"))?;
+        Ok(reply
+            .ids
+            .first()
+            .map_or_else(|| "0-0".to_string(), |entry| entry.id.clone()))
+    }
+
+    /// A dedicated connection for one subscriber's blocking reads: XREAD BLOCK would hold up
+    /// every other command on a shared connection, and outlasts the usual response timeout.
+    async fn blocking_connection(&self) -> Result<MultiplexedConnection, CloudError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(None);
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(command("connect for XREAD"))
+    }
+
+    /// Subscribe in cloud mode: `current` (just read from the store) first, then every newer
+    /// state from the events stream after `cursor`, ending after a terminal state.
+    pub fn follow(
+        self: &Arc<Self>,
+        current: ExecutionRecord,
+        cursor: String,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) -> ExecutionStream {
+        let state = Follow {
+            cloud: Arc::clone(self),
+            store,
+            id: current.id().to_string(),
+            cursor,
+            version: current.version,
+            ended: false,
+            queued: VecDeque::from([(
+                current.phase().is_terminal(),
+                secrets::masked(current.to_execution()),
+            )]),
+            conn: None,
+            shutdown,
+        };
+        Box::pin(futures_util::stream::unfold(
+            Some(state),
+            |state| async move {
+                let mut state = state?;
+                match state.next().await {
+                    Ok(Some(execution)) => Some((Ok(execution), Some(state))),
+                    Ok(None) => None,
+                    Err(status) => Some((Err(status), None)),
+                }
+            },
+        ))
+    }
+}
+
+struct Follow {
+    cloud: Arc<Cloud>,
+    store: Arc<Store>,
+    id: String,
+    cursor: String,
+    /// Newest version sent; older or equal entries are skipped.
+    version: i64,
+    ended: bool,
+    queued: VecDeque<(bool, AgentExecution)>,
+    conn: Option<MultiplexedConnection>,
+    shutdown: CancellationToken,
+}
+
+impl Follow {
+    async fn next(&mut self) -> Result<Option<AgentExecution>, tonic::Status> {
+        loop {
+            if let Some((terminal, execution)) = self.queued.pop_front() {
+                if terminal {
+                    self.ended = true;
+                    self.queued.clear();
+                }
+                return Ok(Some(execution));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                result = self.read() => result?,
+                () = shutdown.cancelled() => {
+                    return Err(tonic::Status::unavailable("server is shutting down"));
+                }
+            }
+        }
+    }
+
+    /// One blocking read of the events stream; on a timeout, the store is looked at in case an
+    /// event could not be written.
+    async fn read(&mut self) -> Result<(), tonic::Status> {
+        let unavailable = |err: CloudError| {
+            tracing::warn!(execution = %self.id, error = %err, "following the events stream failed");
+            tonic::Status::unavailable("live events are unavailable; subscribe again")
+        };
+        if self.conn.is_none() {
+            self.conn = Some(
+                self.cloud
+                    .blocking_connection()
+                    .await
+                    .map_err(unavailable)?,
+            );
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let block_ms = u64::try_from(self.cloud.events_block.as_millis())
+            .unwrap_or(5000)
+            .max(1);
+        let reply: Result<Option<StreamReadReply>, _> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(100)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(self.cloud.events_key(&self.id))
+            .arg(&self.cursor)
+            .query_async(conn)
+            .await;
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(source) => {
+                self.conn = None;
+                return Err(unavailable(CloudError::Command {
+                    op: "XREAD events",
+                    source,
+                }));
+            }
+        };
+        let entries = reply
+            .map(|reply| {
+                reply
+                    .keys
+                    .into_iter()
+                    .flat_map(|key| key.ids)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if entries.is_empty() {
+            return self.check_store().await;
+        }
+        for entry in entries {
+            self.cursor = entry.id.clone();
+            let version = entry.get::<i64>("version").unwrap_or_default();
+            let Some(bytes) = entry.get::<Vec<u8>>("execution") else {
+                continue;
+            };
+            if version <= self.version {
+                continue;
+            }
+            let Ok(execution) = AgentExecution::decode(bytes.as_slice()) else {
+                tracing::warn!(execution = %self.id, "skipping an undecodable event");
+                continue;
+            };
+            self.version = version;
+            let terminal = execution
+                .status
+                .as_ref()
+                .is_some_and(|s| s.phase().is_terminal());
+            self.queued.push_back((terminal, execution));
+            if terminal {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_store(&mut self) -> Result<(), tonic::Status> {
+        let id = self.id.clone();
+        let record =
+            self.store
+                .read(move |tx| tx.execution(&id))
+                .await
+                .map_err(|err: StoreError| {
+                    tracing::error!(error = %err, "reading an execution for a subscriber failed");
+                    tonic::Status::internal("internal storage error")
+                })?;
+        if let Some(record) = record
+            && record.version > self.version
+        {
+            self.version = record.version;
+            self.queued.push_back((
+                record.phase().is_terminal(),
+                secrets::masked(record.to_execution()),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn events_key(prefix: &str, id: &str) -> String {
+    format!("{prefix}:events:{id}")
+}
+
+async fn write_events(
+    mut conn: ConnectionManager,
+    prefix: String,
+    ttl: Duration,
+    mut events: mpsc::Receiver<Event>,
+    shutdown: CancellationToken,
+) {
+    let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = shutdown.cancelled() => None,
+        };
+        let Some(event) = event else { return };
+        let key = events_key(&prefix, &event.id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(EVENTS_MAXLEN)
+            .arg("*")
+            .arg("version")
+            .arg(event.version)
+            .arg("execution")
+            .arg(event.execution)
+            .ignore();
+        if event.terminal {
+            // Late subscribers still find the end for a while; then the key goes away.
+            pipe.cmd("EXPIRE").arg(&key).arg(ttl_secs).ignore();
+        }
+        let result: Result<(), _> = pipe.query_async(&mut conn).await;
+        if let Err(err) = result {
+            tracing::warn!(execution = %event.id, error = %err, "cannot write to the events stream; subscribers fall back to the store");
+        }
+    }
+}
+
+fn client_for(target: &RedisTarget) -> Result<(Client, String), CloudError> {
+    let info = match target {
+        RedisTarget::Url(url) => url
+            .as_str()
+            .into_connection_info()
+            // The parse error may quote the URL, password included: do not pass it on.
+            .map_err(|_| CloudError::InvalidAddress("REDIS_URL is not a redis:// URL".into()))?,
+        RedisTarget::HostPort {
+            host,
+            port,
+            password,
+        } => {
+            let info = ConnectionAddr::Tcp(host.clone(), *port)
+                .into_connection_info()
+                .map_err(|_| CloudError::InvalidAddress(format!("{host}:{port}")))?;
+            match password.as_deref().filter(|p| !p.is_empty()) {
+                Some(password) => {
+                    let redis = info.redis_settings().clone().set_password(password);
+                    info.set_redis_settings(redis)
+                }
+                None => info,
+            }
+        }
+    };
+    let addr = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => other.to_string(),
+    };
+    let client = Client::open(info).map_err(|_| CloudError::InvalidAddress(addr.clone()))?;
+    Ok((client, addr))
+}
