@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use std::path::Path;
 use stigmer_proto::agentexecution::v1::{AgentExecution, Session};
 use stigmer_proto::runner::v1::runner_service_client::RunnerServiceClient;
 use stigmer_proto::runner::v1::{
@@ -11,29 +12,57 @@ use stigmer_proto::runner::v1::{
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 
-/// Adds `authorization: Bearer <key>` to every request.
+use stigmer_auth::keyfile::TokenSource;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Statuses are cumulative and the server answers an update with the merged execution: allow
+/// large ones (the server accepts up to 64 MiB).
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Adds `authorization: Bearer <key>` to every request. In cloud mode the key comes from a
+/// token source that follows a rotated key file, so each call reads the current token.
 #[derive(Clone)]
-pub struct BearerAuth {
-    value: MetadataValue<Ascii>,
+pub enum BearerAuth {
+    Static(MetadataValue<Ascii>),
+    Rotating(TokenSource),
 }
 
 impl BearerAuth {
     pub fn new(key: &str) -> Result<Self, ClientError> {
-        let value = format!("Bearer {key}")
-            .parse()
-            .map_err(|_| ClientError::InvalidKey)?;
-        Ok(Self { value })
+        header_value(key)
+            .map(Self::Static)
+            .ok_or(ClientError::InvalidKey)
     }
+}
+
+fn header_value(key: &str) -> Option<MetadataValue<Ascii>> {
+    format!("Bearer {key}").parse().ok()
 }
 
 impl Interceptor for BearerAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        req.metadata_mut()
-            .insert("authorization", self.value.clone());
+        let value = match self {
+            BearerAuth::Static(v) => v.clone(),
+            BearerAuth::Rotating(source) => header_value(&source.current()).ok_or_else(|| {
+                tonic::Status::unauthenticated(
+                    "the API token holds characters not allowed in a header",
+                )
+            })?,
+        };
+        req.metadata_mut().insert("authorization", value);
         Ok(req)
     }
+}
+
+/// How to reach the control plane.
+pub struct Connection<'a> {
+    pub endpoint: &'a str,
+    pub auth: BearerAuth,
+    /// Cloud mode: TLS with these roots; the CA file is named in handshake errors.
+    pub tls: Option<(ClientTlsConfig, Option<&'a Path>)>,
+    pub runner_id: &'a str,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +88,8 @@ pub enum ClientError {
     Unauthenticated { endpoint: String, message: String },
     #[error("control plane call failed: {0}")]
     Rpc(#[from] tonic::Status),
+    #[error("{0}")]
+    Tls(#[from] stigmer_auth::tls::TlsError),
 }
 
 type Inner = RunnerServiceClient<InterceptedService<Channel, BearerAuth>>;
@@ -72,33 +103,42 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Connects and proves the key is accepted, failing fast with an actionable message.
-    pub async fn connect(
-        endpoint: &str,
-        api_key: &str,
-        runner_id: &str,
-        timeout: Duration,
-    ) -> Result<Self, ClientError> {
-        let auth = BearerAuth::new(api_key)?;
-        let channel = Endpoint::from_shared(endpoint.to_string())
+    pub async fn connect(c: Connection<'_>) -> Result<Self, ClientError> {
+        let endpoint = c.endpoint;
+        let mut builder = Endpoint::from_shared(endpoint.to_string())
             .map_err(|source| ClientError::InvalidEndpoint {
                 endpoint: endpoint.to_string(),
                 source,
             })?
-            .connect_timeout(timeout)
+            .connect_timeout(c.timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect()
-            .await
-            .map_err(|e| ClientError::Unreachable {
+            .keep_alive_while_idle(true);
+        let mut ca_file = None;
+        if let Some((tls, ca)) = c.tls {
+            ca_file = ca;
+            builder = builder
+                .tls_config(tls)
+                .map_err(|source| ClientError::InvalidEndpoint {
+                    endpoint: endpoint.to_string(),
+                    source,
+                })?;
+        }
+        let channel = builder.connect().await.map_err(|e| match ca_file {
+            Some(_) => ClientError::Tls(stigmer_auth::tls::explain_connect_error(
+                endpoint, ca_file, &e,
+            )),
+            None => ClientError::Unreachable {
                 endpoint: endpoint.to_string(),
                 detail: error_chain(&e),
-            })?;
+            },
+        })?;
         let client = Self {
-            inner: RunnerServiceClient::with_interceptor(channel, auth),
+            inner: RunnerServiceClient::with_interceptor(channel, c.auth)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES),
             endpoint: endpoint.to_string(),
         };
-        client.check_key(runner_id).await?;
+        client.check_key(c.runner_id).await?;
         Ok(client)
     }
 

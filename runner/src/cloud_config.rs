@@ -9,6 +9,7 @@ use std::time::Duration;
 use stigmer_auth::jwt::TokenInspection;
 
 use crate::config::Reader;
+pub use crate::redis::RedisTarget;
 
 /// Leeway for `exp`/`nbf` at start-up, for clock skew between machines.
 const JWT_LEEWAY: Duration = Duration::from_secs(30);
@@ -42,57 +43,6 @@ pub struct JwtChecks {
 }
 
 #[derive(Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// `REDIS_URL` (may hold a password: never printed).
-    Url(String),
-    HostPort {
-        host: String,
-        port: u16,
-        password: Option<String>,
-    },
-}
-
-impl RedisTarget {
-    /// host:port without credentials, for the banner and error messages.
-    pub fn display_address(&self) -> String {
-        match self {
-            RedisTarget::HostPort { host, port, .. } => format!("{host}:{port}"),
-            RedisTarget::Url(url) => {
-                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-                rest.split('/').next().unwrap_or(rest).to_string()
-            }
-        }
-    }
-
-    pub fn password_state(&self) -> &'static str {
-        if self.has_password() {
-            "password set"
-        } else {
-            "no password"
-        }
-    }
-
-    fn has_password(&self) -> bool {
-        match self {
-            RedisTarget::HostPort { password, .. } => password.is_some(),
-            RedisTarget::Url(url) => url.split_once("://").is_some_and(|(_, r)| r.contains('@')),
-        }
-    }
-}
-
-impl fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Redis({}, password {})",
-            self.display_address(),
-            if self.has_password() { "set" } else { "unset" }
-        )
-    }
-}
-
-#[derive(Clone, PartialEq, Eq)]
 pub struct DaytonaConfig {
     pub api_url: String,
     pub api_key: String,
@@ -109,7 +59,7 @@ impl fmt::Debug for DaytonaConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CloudConfig {
     pub token: TokenOrigin,
     /// When the token read at start-up expires, for the banner.

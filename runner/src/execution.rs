@@ -73,7 +73,7 @@ pub async fn run(
         session_id = %session.id,
         "execution started"
     );
-    let (outcome, conversation) = match prepare(&ctx, &agent, &session, &spec).await {
+    let (outcome, conversation) = match prepare(&ctx, &handle, &agent, &session, &spec).await {
         Ok(mut prepared) => {
             let run = AgentRun {
                 llm: &ctx.llm,
@@ -124,6 +124,7 @@ fn start_status(mut status: AgentExecutionStatus, message: &str) -> AgentExecuti
 
 async fn prepare(
     ctx: &WorkerCtx,
+    handle: &ExecHandle,
     agent: &Agent,
     session: &Session,
     spec: &stigmer_proto::agentexecution::v1::AgentExecutionSpec,
@@ -131,14 +132,8 @@ async fn prepare(
     let params = model_params(ctx, agent, spec)?;
     let tools =
         tools::specs(&agent.allowed_tools).map_err(|e| format!("agent '{}': {e}", agent.name))?;
-    let sandbox_id = if session.sandbox_id.is_empty() {
-        &session.id
-    } else {
-        &session.sandbox_id
-    };
-    let sandbox = ctx
-        .sandboxes
-        .open(sandbox_id)
+    let sandbox = open_sandbox(ctx, handle, session)
+        .await
         .map_err(|e| format!("cannot prepare the sandbox for session {}: {e}", session.id))?;
     let mut conversation = conversation::from_proto(&session.history)
         .map_err(|e| format!("session {} has an unreadable history: {e}", session.id))?;
@@ -162,6 +157,54 @@ async fn prepare(
         env,
         conversation,
     })
+}
+
+/// Local: the session's directory. Cloud: the session's Daytona sandbox, reused while alive;
+/// a new one's id is stored on the session so the next execution finds it.
+async fn open_sandbox(
+    ctx: &WorkerCtx,
+    handle: &ExecHandle,
+    session: &Session,
+) -> Result<Sandbox, String> {
+    if let Some(root) = &ctx.sandboxes {
+        let id = if session.sandbox_id.is_empty() {
+            &session.id
+        } else {
+            &session.sandbox_id
+        };
+        return root.open(id).map_err(|e| e.to_string());
+    }
+    let Some(cloud) = &ctx.cloud else {
+        return Err("no sandbox is configured".into());
+    };
+    let known = Some(session.sandbox_id.as_str()).filter(|id| !id.is_empty());
+    let (sandbox, created) = cloud
+        .sandboxes
+        .open(&session.id, known, &ctx.config.runner_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !created {
+        return Ok(sandbox);
+    }
+    let stored = ctx
+        .client
+        .update_session(UpdateSessionRequest {
+            execution_id: handle.execution_id.clone(),
+            lease_id: handle.lease_id.clone(),
+            session_id: session.id.clone(),
+            sandbox_id: sandbox.id().to_string(),
+            history: Vec::new(),
+            replace_history: false,
+        })
+        .await;
+    match stored {
+        Ok(_) => cloud.keep_session(&session.id),
+        // Not kept: deleted at shutdown, and the next execution creates another.
+        Err(e) => {
+            tracing::warn!(session_id = %session.id, error = %e, "could not store the sandbox id on the session")
+        }
+    }
+    Ok(sandbox)
 }
 
 /// Execution config overrides the agent, which overrides the runner's defaults.

@@ -29,6 +29,8 @@ impl Interrupt {
 pub struct ExecHandle {
     pub execution_id: String,
     pub lease_id: String,
+    /// Cloud mode: the queue entry that delivered the execution.
+    pub entry_id: Option<String>,
     pub cancel: CancellationToken,
     interrupt: Mutex<Option<Interrupt>>,
 }
@@ -38,9 +40,15 @@ impl ExecHandle {
         Self {
             execution_id,
             lease_id,
+            entry_id: None,
             cancel: CancellationToken::new(),
             interrupt: Mutex::new(None),
         }
+    }
+
+    pub fn with_entry(mut self, entry_id: Option<String>) -> Self {
+        self.entry_id = entry_id;
+        self
     }
 
     fn slot(&self) -> MutexGuard<'_, Option<Interrupt>> {
@@ -99,6 +107,14 @@ impl InFlight {
                 execution_id: h.execution_id.clone(),
                 lease_id: h.lease_id.clone(),
             })
+            .collect()
+    }
+
+    /// Cloud mode: the queue entries of held executions.
+    pub fn entry_ids(&self) -> Vec<String> {
+        self.map()
+            .values()
+            .filter_map(|h| h.entry_id.clone())
             .collect()
     }
 

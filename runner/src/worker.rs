@@ -11,12 +11,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{ClientError, ControlPlane};
-use crate::config::{Config, Mode};
-use crate::execution;
+use crate::client::{BearerAuth, ClientError, Connection, ControlPlane};
+use crate::cloud::{self, CloudRuntime, CloudStartError};
+use crate::config::Config;
+use crate::execution::{self, Ending};
 use crate::http::{self, BindError, Health};
 use crate::inflight::{ExecHandle, InFlight, Interrupt};
 use crate::llm::{LlmClient, LlmError, LlmSettings};
+use crate::redis::{CancelListener, PresenceRecord};
 use crate::sandbox::{SandboxError, SandboxRoot};
 use crate::tools::ToolLimits;
 
@@ -31,7 +33,10 @@ pub struct WorkerCtx {
     pub config: Config,
     pub client: ControlPlane,
     pub llm: LlmClient,
-    pub sandboxes: SandboxRoot,
+    /// Local mode's filesystem sandboxes.
+    pub sandboxes: Option<SandboxRoot>,
+    /// Cloud mode's Redis, token and Daytona sandboxes.
+    pub cloud: Option<CloudRuntime>,
     pub tool_limits: ToolLimits,
     pub health: Arc<Health>,
 }
@@ -50,12 +55,13 @@ pub enum StartError {
     ControlPlane(#[from] ClientError),
     #[error(transparent)]
     Http(#[from] BindError),
-    #[error(
-        "cloud mode's configuration is valid, but this build does not run cloud executions yet \
-         (Redis dispatch is not wired into the worker); use MODE=local"
-    )]
-    CloudNotAvailable,
+    #[error("cloud mode: {0}")]
+    Cloud(#[from] CloudStartError),
 }
+
+/// A claimed execution and, in cloud mode, its queue entry (acknowledged once the terminal
+/// status is stored).
+type Claimed = (ClaimedExecution, Option<String>);
 
 /// How the drain went, for the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,19 +85,11 @@ pub struct Worker {
 impl Worker {
     /// Builds every dependency and fails fast on the first one that is not usable.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        if config.mode == Mode::Cloud {
-            return Err(StartError::CloudNotAvailable);
-        }
         let health = Arc::new(Health::new(
             config.runner_id.clone(),
             config.max_concurrency,
         ));
         let listener = http::bind(config.http_addr).await?;
-        let sandboxes =
-            SandboxRoot::new(&config.sandbox_root).map_err(|source| StartError::Sandbox {
-                path: config.sandbox_root_display(),
-                source,
-            })?;
         let llm = LlmClient::new(LlmSettings {
             provider: config.llm.provider,
             base_url: config.llm.base_url.clone(),
@@ -99,12 +97,31 @@ impl Worker {
             request_timeout: config.llm.request_timeout,
             max_attempts: config.llm.max_attempts,
         })?;
-        let client = ControlPlane::connect(
-            &config.backend_endpoint,
-            &config.api_key,
-            &config.runner_id,
-            CONNECT_TIMEOUT,
-        )
+        let (sandboxes, cloud) = match &config.cloud {
+            None => {
+                let root = SandboxRoot::new(&config.sandbox_root).map_err(|source| {
+                    StartError::Sandbox {
+                        path: config.sandbox_root_display(),
+                        source,
+                    }
+                })?;
+                (Some(root), None)
+            }
+            Some(cloud) => (None, Some(CloudRuntime::start(&config, cloud).await?)),
+        };
+        let auth = match &cloud {
+            Some(c) => c.bearer(),
+            None => BearerAuth::new(&config.api_key)?,
+        };
+        let tls = cloud::tls_for(&config).map_err(CloudStartError::from)?;
+        let ca_file = config.cloud.as_ref().and_then(|c| c.ca_file.clone());
+        let client = ControlPlane::connect(Connection {
+            endpoint: &config.backend_endpoint,
+            auth,
+            tls: tls.map(|t| (t, ca_file.as_deref())),
+            runner_id: &config.runner_id,
+            timeout: CONNECT_TIMEOUT,
+        })
         .await?;
         health.connected.store(true, Ordering::Relaxed);
         let tool_limits = ToolLimits {
@@ -124,6 +141,7 @@ impl Worker {
             client,
             llm,
             sandboxes,
+            cloud,
             tool_limits,
             health,
         });
@@ -133,6 +151,11 @@ impl Worker {
             inflight.clone(),
             stop_background.clone(),
         ));
+        let mut background = vec![http_task, heartbeat_task];
+        if let Some(cloud) = &ctx.cloud {
+            let listener = CancelListener::spawn(&cloud.redis, stop_background.clone());
+            background.push(tokio::spawn(cancel_loop(listener, inflight.clone())));
+        }
         Ok(Self {
             ctx,
             inflight,
@@ -140,7 +163,7 @@ impl Worker {
             slots,
             stop_claiming: CancellationToken::new(),
             stop_background,
-            background: vec![http_task, heartbeat_task],
+            background,
         })
     }
 
@@ -171,8 +194,8 @@ impl Worker {
                 Ok(claimed) => {
                     backoff = Duration::from_millis(200);
                     self.ctx.health.connected.store(true, Ordering::Relaxed);
-                    for (execution, permit) in claimed.into_iter().zip(permits) {
-                        self.spawn_execution(execution, permit);
+                    for ((execution, entry), permit) in claimed.into_iter().zip(permits) {
+                        self.spawn_execution(execution, entry, permit);
                     }
                 }
                 Err(e) => {
@@ -205,8 +228,32 @@ impl Worker {
         Some(permits)
     }
 
-    async fn claim(&self, free: usize) -> Result<Vec<ClaimedExecution>, tonic::Status> {
+    async fn claim(&self, free: usize) -> Result<Vec<Claimed>, String> {
         let started = Instant::now();
+        let claimed = match &self.ctx.cloud {
+            None => self.claim_local(free).await.map_err(|s| s.to_string())?,
+            Some(cloud) => {
+                let round = cloud
+                    .dispatch
+                    .round(&self.ctx.client, free, self.ctx.config.claim_wait)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                round
+                    .claimed
+                    .into_iter()
+                    .map(|c| (c.execution, Some(c.entry_id)))
+                    .collect()
+            }
+        };
+        self.ctx
+            .health
+            .metrics
+            .claim_wait
+            .observe(started.elapsed().as_secs_f64());
+        Ok(claimed)
+    }
+
+    async fn claim_local(&self, free: usize) -> Result<Vec<Claimed>, tonic::Status> {
         let request = ClaimRequest {
             runner_id: self.ctx.config.runner_id.clone(),
             max_executions: free as u32,
@@ -214,15 +261,15 @@ impl Worker {
             execution_ids: Vec::new(),
         };
         let response = self.ctx.client.claim(request).await?;
-        self.ctx
-            .health
-            .metrics
-            .claim_wait
-            .observe(started.elapsed().as_secs_f64());
-        Ok(response.executions)
+        Ok(response.executions.into_iter().map(|e| (e, None)).collect())
     }
 
-    fn spawn_execution(&self, claimed: ClaimedExecution, permit: OwnedSemaphorePermit) {
+    fn spawn_execution(
+        &self,
+        claimed: ClaimedExecution,
+        entry: Option<String>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let execution_id = claimed
             .execution
             .as_ref()
@@ -234,7 +281,7 @@ impl Worker {
             .as_ref()
             .map(|l| l.lease_id.clone())
             .unwrap_or_default();
-        let handle = Arc::new(ExecHandle::new(execution_id, lease_id));
+        let handle = Arc::new(ExecHandle::new(execution_id, lease_id).with_entry(entry));
         self.inflight.insert(handle.clone());
         let ctx = self.ctx.clone();
         let inflight = self.inflight.clone();
@@ -242,7 +289,8 @@ impl Worker {
         health.in_flight.fetch_add(1, Ordering::Relaxed);
         health.metrics.in_flight.inc();
         self.tasks.spawn(async move {
-            let ending = execution::run(ctx, claimed, handle.clone()).await;
+            let ending = execution::run(ctx.clone(), claimed, handle.clone()).await;
+            acknowledge(&ctx, &handle, &ending).await;
             inflight.remove(&handle.execution_id);
             health.in_flight.fetch_sub(1, Ordering::Relaxed);
             health.metrics.in_flight.dec();
@@ -283,6 +331,9 @@ impl Worker {
                 tracing::error!("executions did not stop within the grace period");
             }
         }
+        if let Some(cloud) = &self.ctx.cloud {
+            cloud_cleanup(cloud, &self.ctx.config.runner_id).await;
+        }
         self.stop_background.cancel();
         for task in self.background.drain(..) {
             let _ = task.await;
@@ -301,6 +352,9 @@ async fn heartbeat_loop(ctx: Arc<WorkerCtx>, inflight: Arc<InFlight>, stop: Canc
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.cancelled() => return,
+        }
+        if let Some(cloud) = &ctx.cloud {
+            cloud_heartbeat(&ctx, cloud, &inflight).await;
         }
         let request = HeartbeatRequest {
             runner_id: ctx.config.runner_id.clone(),
@@ -325,6 +379,70 @@ async fn heartbeat_loop(ctx: Arc<WorkerCtx>, inflight: Arc<InFlight>, stop: Canc
                 tracing::warn!(error = %e, "heartbeat failed");
             }
         }
+    }
+}
+
+/// Cloud: keeps the queue entries of held executions from being reclaimed, and refreshes this
+/// runner's presence record.
+async fn cloud_heartbeat(ctx: &WorkerCtx, cloud: &CloudRuntime, inflight: &InFlight) {
+    let entries = inflight.entry_ids();
+    if !entries.is_empty()
+        && let Err(e) = cloud.dispatch.keep_fresh(&entries).await
+    {
+        tracing::warn!(error = %e, "could not refresh the queue entries of held executions");
+    }
+    let record = PresenceRecord {
+        id: ctx.config.runner_id.clone(),
+        pod: std::env::var("POD_NAME").unwrap_or_default(),
+        capacity: ctx.config.max_concurrency as u32,
+        in_flight: inflight.len() as u32,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        draining: ctx.health.draining.load(Ordering::Relaxed),
+        updated_at: crate::status::now(),
+    };
+    if let Err(e) = cloud.presence.publish(&record).await {
+        tracing::warn!(error = %e, "could not publish presence");
+    }
+}
+
+/// Cloud: a cancellation published on Redis reaches the runner that holds the execution at
+/// once (heartbeats carry it too, later).
+async fn cancel_loop(mut listener: CancelListener, inflight: Arc<InFlight>) {
+    while let Some(notice) = listener.recv().await {
+        if inflight.interrupt(
+            &notice.execution_id,
+            Interrupt::Cancelled(cancel_reason(&notice.reason)),
+        ) {
+            tracing::info!(execution_id = %notice.execution_id, "cancellation received through Redis");
+        }
+    }
+}
+
+/// Cloud: the queue entry is acknowledged once the terminal status is stored. A lost lease is
+/// not acknowledged: the control plane settles it when the entry is reclaimed.
+async fn acknowledge(ctx: &WorkerCtx, handle: &ExecHandle, ending: &Ending) {
+    let (Some(cloud), Some(entry)) = (&ctx.cloud, handle.entry_id.as_deref()) else {
+        return;
+    };
+    if matches!(ending, Ending::Lost(_)) {
+        return;
+    }
+    if let Err(e) = cloud.dispatch.ack(entry).await {
+        tracing::warn!(execution_id = %handle.execution_id, error = %e, "could not acknowledge the queue entry; it will be settled when reclaimed");
+    }
+}
+
+/// Cloud: leave the presence set and delete sandboxes this runner created for no stored session.
+async fn cloud_cleanup(cloud: &CloudRuntime, runner_id: &str) {
+    if let Err(e) = cloud.presence.remove(runner_id).await {
+        tracing::warn!(error = %e, "could not remove the presence record");
+    }
+    let cleanup = cloud
+        .sandboxes
+        .cleanup_unowned(&cloud.kept_sessions())
+        .await;
+    if !cleanup.deleted.is_empty() || !cleanup.failed.is_empty() {
+        tracing::info!(deleted = ?cleanup.deleted, failed = ?cleanup.failed, "sandbox cleanup");
     }
 }
 

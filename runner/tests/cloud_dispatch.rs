@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use runner::client::ControlPlane;
+use runner::client::{BearerAuth, Connection, ControlPlane};
 use runner::redis::{
     CancelListener, QueueConsumer, Redis, RedisDispatch, RedisSettings, RedisTarget, connect,
 };
@@ -37,12 +37,14 @@ async fn control_plane(
 }
 
 async fn runner_client(cp: &TestControlPlane, runner_id: &str) -> ControlPlane {
-    ControlPlane::connect(
-        &cp.endpoint(),
-        stigmer_proto::LOCAL_API_KEY,
+    let endpoint = cp.endpoint();
+    ControlPlane::connect(Connection {
+        endpoint: &endpoint,
+        auth: BearerAuth::new(stigmer_proto::LOCAL_API_KEY).unwrap(),
+        tls: None,
         runner_id,
-        Duration::from_secs(5),
-    )
+        timeout: Duration::from_secs(5),
+    })
     .await
     .unwrap()
 }

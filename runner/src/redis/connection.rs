@@ -42,6 +42,28 @@ impl RedisTarget {
     }
 }
 
+impl RedisTarget {
+    /// host:port without credentials, for the banner and error messages.
+    pub fn display_address(&self) -> String {
+        match self {
+            RedisTarget::HostPort { host, port, .. } => format!("{host}:{port}"),
+            RedisTarget::Url(url) => {
+                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+                rest.split('/').next().unwrap_or(rest).to_string()
+            }
+        }
+    }
+
+    pub fn password_state(&self) -> &'static str {
+        let set = match self {
+            RedisTarget::HostPort { password, .. } => password.is_some(),
+            RedisTarget::Url(url) => url.split_once("://").is_some_and(|(_, r)| r.contains('@')),
+        };
+        if set { "password set" } else { "no password" }
+    }
+}
+
 impl fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,0 +1,143 @@
+//! Cloud mode's parts, built only when `MODE=cloud`: the JWT source (verified, re-read when its
+//! file changes), TLS to the control plane, Redis (dispatch, cancellation, presence) and the
+//! Daytona sandbox pool. Each fails fast at start-up with a message naming what to fix.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use stigmer_auth::jwt::{JwtError, KeySource, Verifier, VerifierConfig};
+use stigmer_auth::keyfile::{TokenSource, TokenSourceError};
+use stigmer_auth::tls::{TlsError, client_tls};
+use tonic::transport::ClientTlsConfig;
+
+use crate::client::BearerAuth;
+use crate::cloud_config::{CloudConfig, TokenOrigin};
+use crate::config::Config;
+use crate::redis::{Presence, Redis, RedisDispatch, RedisError, RedisSettings, connect};
+use crate::sandbox::daytona::{
+    DaytonaClient, DaytonaError, DaytonaPoolSettings, DaytonaSandboxes, DaytonaSettings,
+};
+
+/// How often a token file is re-read.
+const TOKEN_FILE_POLL: Duration = Duration::from_secs(30);
+const JWKS_REFRESH: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudStartError {
+    #[error("JWT check: {0}")]
+    Jwt(#[from] JwtError),
+    #[error("STIGMER_JWT_PUBLIC_KEY_FILE {path}: {source}")]
+    PublicKey {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("API token: {0}")]
+    Token(#[from] TokenSourceError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("Redis: {0}")]
+    Redis(#[from] RedisError),
+    #[error("Daytona: {0}")]
+    Daytona(#[from] DaytonaError),
+}
+
+/// The cloud-only parts the worker uses.
+pub struct CloudRuntime {
+    pub token: TokenSource,
+    pub redis: Redis,
+    pub dispatch: RedisDispatch,
+    pub presence: Presence,
+    pub sandboxes: DaytonaSandboxes,
+    /// Sessions whose sandbox id is stored on the control plane: their sandboxes outlive this
+    /// runner; any other sandbox it created is deleted at shutdown.
+    kept_sessions: Mutex<HashSet<String>>,
+}
+
+impl CloudRuntime {
+    pub async fn start(config: &Config, cloud: &CloudConfig) -> Result<Self, CloudStartError> {
+        let token = token_source(cloud).await?;
+        // The watcher ends by itself when the last clone of the source is dropped.
+        drop(token.watch(TOKEN_FILE_POLL));
+        let redis = connect(RedisSettings::new(
+            cloud.redis.clone(),
+            config.runner_id.clone(),
+        ))
+        .await?;
+        let dispatch = RedisDispatch::new(&redis, config.runner_id.clone()).await?;
+        let presence = Presence::new(&redis, config.heartbeat_interval * 3);
+        let mut settings = DaytonaSettings::new(cloud.daytona.api_key.clone());
+        settings.api_url = cloud.daytona.api_url.clone();
+        let client = DaytonaClient::new(settings)?;
+        let sandboxes = DaytonaSandboxes::new(
+            client,
+            DaytonaPoolSettings::new(Some(cloud.daytona.snapshot.clone())),
+        );
+        Ok(Self {
+            token,
+            redis,
+            dispatch,
+            presence,
+            sandboxes,
+            kept_sessions: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn bearer(&self) -> BearerAuth {
+        BearerAuth::Rotating(self.token.clone())
+    }
+
+    pub fn keep_session(&self, session_id: &str) {
+        self.kept_sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(session_id.to_string());
+    }
+
+    pub fn kept_sessions(&self) -> Vec<String> {
+        self.kept_sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// TLS settings for an `https://` endpoint.
+pub fn tls_for(config: &Config) -> Result<Option<ClientTlsConfig>, TlsError> {
+    if !config.backend_endpoint.starts_with("https://") {
+        return Ok(None);
+    }
+    let ca = config.cloud.as_ref().and_then(|c| c.ca_file.as_deref());
+    client_tls(ca, None).map(Some)
+}
+
+async fn token_source(cloud: &CloudConfig) -> Result<TokenSource, CloudStartError> {
+    let key = match (&cloud.jwt.jwks_url, &cloud.jwt.public_key_file) {
+        (Some(url), _) => Some(KeySource::Jwks {
+            url: url.clone(),
+            refresh: JWKS_REFRESH,
+        }),
+        (None, Some(path)) => Some(KeySource::PublicKeyPem(
+            std::fs::read_to_string(path).map_err(|source| CloudStartError::PublicKey {
+                path: path.clone(),
+                source,
+            })?,
+        )),
+        (None, None) => None,
+    };
+    let verifier = Verifier::new(VerifierConfig {
+        issuer: cloud.jwt.issuer.clone(),
+        audience: cloud.jwt.audience.clone(),
+        key,
+    })?;
+    verifier.prefetch().await?;
+    let verifier = Arc::new(verifier);
+    Ok(match &cloud.token {
+        TokenOrigin::Env(token) => TokenSource::from_static(token.clone(), verifier).await?,
+        TokenOrigin::File(path) => TokenSource::from_file(path.clone(), verifier).await?,
+    })
+}
