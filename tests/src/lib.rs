@@ -504,7 +504,26 @@ fn unique_ns(test: &str) -> String {
 
 async fn setup(cluster: &Cluster, test: &str) -> Result<TestNs> {
     let client = cluster.client.clone();
-    install_crd(&client).await?;
+    match cluster.operator {
+        OperatorMode::InProcess => install_crd(&client).await?,
+        // The chart owns the CRD: taking its fields over with another field manager would
+        // make the next `helm upgrade` fight the tests.
+        OperatorMode::Installed { .. } => {
+            let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+            wait_for(
+                &api,
+                "agentrunners.agentic.stigmer.ai",
+                "the chart's CRD to be Established",
+                API_TIMEOUT,
+                |c| {
+                    conditions_of_crd(c)
+                        .iter()
+                        .any(|(t, s)| t == "Established" && s == "True")
+                },
+            )
+            .await?;
+        }
+    }
     let ns = unique_ns(test);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let namespace = Namespace {
