@@ -65,7 +65,10 @@ fn helm() -> Option<&'static Path> {
                 std::env::var_os("CHART_TESTS_REQUIRED").is_none(),
                 "CHART_TESTS_REQUIRED is set but no helm binary is available{msg}"
             );
-            eprintln!("{msg}");
+            // Straight to stderr: libtest captures eprintln! of passing tests, and this
+            // message must be seen.
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(msg.as_bytes());
         }
         found
     })

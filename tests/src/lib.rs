@@ -128,8 +128,11 @@ pub struct Cluster {
     pub runner_image: Option<(String, String)>,
 }
 
-fn skip(test: &str, why: &str) {
-    eprintln!("SKIPPED e2e test `{test}`: {why}");
+/// Prints why a test is skipped, straight to stderr: libtest captures `eprintln!` of passing
+/// tests, and a skip must be visible.
+pub fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED e2e test `{test}`: {why}");
 }
 
 /// The cluster, or `None` (after printing why the test is skipped) when no cluster is named.

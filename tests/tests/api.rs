@@ -549,8 +549,9 @@ async fn the_operator_role_is_enough_and_no_more() {
         return;
     };
     if c.operator != e2e::OperatorMode::InProcess {
-        eprintln!(
-            "SKIPPED e2e test `the_operator_role_is_enough_and_no_more`: in-process operator only"
+        e2e::skip(
+            "the_operator_role_is_enough_and_no_more",
+            "needs the in-process operator (E2E_OPERATOR=in-process)",
         );
         return;
     }

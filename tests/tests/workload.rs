@@ -258,9 +258,10 @@ async fn a_local_mode_pod_runs_an_execution_through_its_sidecar() {
 async fn a_cloud_mode_pod_runs_an_execution() {
     // Written down so that it is not forgotten: cloud mode (Redis dispatch, JWT, Daytona) is
     // still being wired in the runner, which refuses MODE=cloud at start-up today.
-    eprintln!(
-        "SKIPPED e2e test `a_cloud_mode_pod_runs_an_execution`: needs cloud mode in the runner, \
-         which is still being wired (MODE=cloud is refused at start-up)"
+    e2e::skip(
+        "a_cloud_mode_pod_runs_an_execution",
+        "needs cloud mode in the runner, which is still being wired (MODE=cloud is refused at \
+         start-up)",
     );
 }
 
