@@ -3,7 +3,7 @@
 #   docker build -f docker/operator.Dockerfile -t ghcr.io/stigmer/agentrunner-operator:0.1.0 .
 # Final image: distroless (glibc, CA bundle, no shell, no package manager), user 65532.
 
-ARG RUST_VERSION=1.89
+ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .

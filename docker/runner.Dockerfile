@@ -11,7 +11,7 @@
 # RUNNER_BASE=gcr.io/distroless/cc-debian12:nonroot gives a shell-less image for cloud mode,
 # where tools run in Daytona sandboxes.
 
-ARG RUST_VERSION=1.89
+ARG RUST_VERSION=1.95
 ARG RUNNER_BASE=debian:bookworm-slim
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src

@@ -2,7 +2,8 @@
 //! lint, render with default and non-default values, check every rendered object against the
 //! Kubernetes API types (a misspelt field or a wrong type fails), check the RBAC rules
 //! against `operator::rbac::RULES`, the operator's flags, the `restricted` Pod Security
-//! Standard, and that the chart's CRD is the one in `crds/`.
+//! Standard, that the chart's CRD is the one in `crds/`, and that the Dockerfiles agree with
+//! the chart and the operator.
 //!
 //! helm comes from `$HELM`, `PATH`, or `scripts/ensure-helm` (which fetches a pinned binary).
 //! When none can be had the tests print a loud message and pass, unless `CHART_TESTS_REQUIRED`
@@ -667,4 +668,39 @@ fn service_probes_and_optional_objects_line_up() {
     let np: NetworkPolicy = one(&docs, "NetworkPolicy");
     let ingress = np.spec.and_then(|s| s.ingress).expect("ingress");
     assert!(ingress[0].from.as_ref().is_some_and(|f| f.len() == 1));
+}
+
+/// The images match what the chart and the operator expect of them: the binaries where the
+/// operator's pod specs run them, non-root users, and the operator's UID equal to the chart's.
+#[test]
+fn dockerfiles_agree_with_the_chart_and_the_operator() {
+    let read =
+        |p: &str| std::fs::read_to_string(repo().join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let runner = read("docker/runner.Dockerfile");
+    let operator_df = read("docker/operator.Dockerfile");
+    // The operator's Deployment builder runs these paths (operator/src/build/deployment.rs).
+    assert!(runner.contains("for b in runner stigmer-server stigmer;"));
+    assert!(runner.contains("-p runner -p stigmer-server -p stigmer"));
+    assert!(runner.contains("COPY --from=build /out/ /usr/local/bin/"));
+    let snapshot = read("operator/tests/snapshots/local.yaml");
+    assert!(snapshot.contains("- /usr/local/bin/runner"));
+    assert!(snapshot.contains("- /usr/local/bin/stigmer-server"));
+    // Runner pods run as UID 1000 (restricted PSS); the image's user is the same.
+    assert!(runner.contains("\nUSER 1000:1000\n"));
+    assert!(operator_df.contains("COPY --from=build /out/operator /usr/local/bin/operator"));
+    // The chart runs the operator as the image's user.
+    let values = read("charts/agentrunner-operator/templates/deployment.yaml");
+    assert!(operator_df.contains("\nUSER 65532:65532\n"));
+    assert!(values.contains("runAsUser: 65532"));
+    // Multi-stage, with a final image that has no shell for the operator.
+    assert!(operator_df.contains("FROM gcr.io/distroless/cc-debian12:nonroot"));
+    for df in [&runner, &operator_df] {
+        assert!(df.contains(" AS build"), "multi-stage build");
+        assert!(df.contains("--locked"), "builds with the lock file");
+    }
+    let ignore = read(".dockerignore");
+    assert!(
+        ignore.lines().any(|l| l == "target/"),
+        "the build context leaves target/ out"
+    );
 }
