@@ -12,6 +12,8 @@
 //! | `E2E_WORKLOAD=1` | also run the workload group (needs nodes and the runner image) |
 //! | `E2E_RUNNER_IMAGE` | runner image (`repo:tag`) the AgentRunners use |
 //! | `E2E_KUBECTL` | kubectl binary for `exec` (default `kubectl`) |
+//! | `E2E_PYTHON_IMAGE` | image of the scripted LLM server (default `python:3.12-alpine`) |
+//! | `E2E_KEEP_NAMESPACES=1` | keep the test namespaces, for debugging |
 //!
 //! Every test gets its own namespace (labelled for the `restricted` Pod Security Standard), and
 //! deletes it at the end, failed or not. Every wait is a watch on a condition with a timeout.
@@ -334,7 +336,12 @@ impl TestNs {
             None => (String::new(), types.api_version.clone()),
         };
         let gvk = kube::core::GroupVersionKind::gvk(&group, &version, &types.kind);
-        let plural = format!("{}s", types.kind.to_lowercase());
+        // Plural by the English rule the built-in kinds follow (no discovery round trip).
+        let lower = types.kind.to_lowercase();
+        let plural = match lower.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{lower}s"),
+        };
         let ar = ApiResource::from_gvk_with_plural(&gvk, &plural);
         let api: Api<DynamicObject> = Api::namespaced_with(self.client(), &self.ns, &ar);
         let name = obj.metadata.name.clone().unwrap_or_default();
