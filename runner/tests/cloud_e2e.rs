@@ -1,0 +1,255 @@
+//! Cloud mode end to end: the real `runner` binary with `MODE=cloud`, the control plane in its
+//! Redis configuration (in this process, real gRPC on loopback; plaintext, explicitly allowed),
+//! a real `redis-server` started by the test, the Daytona contract server standing in for
+//! Daytona, and the scripted LLM server standing in for the Anthropic API (neither SaaS can be
+//! reached from CI).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{RUN_TIMEOUT, execution_id, status};
+use serde_json::json;
+use stigmer_proto::agentexecution::v1::{
+    CancelExecutionRequest, ExecutionPhase, GetSessionRequest, ToolCallStatus,
+};
+use stigmer_server::{RedisSettings, RedisTarget, ServerConfig};
+use testkit::control_plane::{TestControlPlane, phase};
+use testkit::daytona::{DaytonaOptions, DaytonaServer};
+use testkit::llm::{Reply, ScriptedLlm};
+use testkit::process::{ChildProcess, free_addr};
+use testkit::redis::RedisServer;
+
+const DAYTONA_KEY: &str = "dtn-test-key";
+
+/// A well-formed JWT expiring in an hour. The runner checks structure and times at start-up
+/// (no signature key is configured here); the control plane accepts it as one of its keys.
+fn test_jwt() -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    format!(
+        "{}.{}.{}",
+        b64(json!({"alg": "RS256", "typ": "JWT"})),
+        b64(json!({"sub": "runner", "exp": exp})),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("signature")
+    )
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_mode_runs_an_agent_through_redis_and_daytona() {
+    let redis = RedisServer::start();
+    let daytona = DaytonaServer::start(DaytonaOptions::new(DAYTONA_KEY)).await;
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls {
+            text: Some("Writing.".into()),
+            calls: vec![(
+                "write_file".into(),
+                json!({"path": "notes.txt", "content": "hello from the cloud"}),
+            )],
+        },
+        Reply::ToolCalls {
+            text: None,
+            calls: vec![("read_file".into(), json!({"path": "notes.txt"}))],
+        },
+        Reply::Text("It says hello from the cloud.".into()),
+        // Second execution: a long command, cancelled through Redis.
+        Reply::ToolCalls {
+            text: None,
+            calls: vec![("run_command".into(), json!({"command": "sleep 30"}))],
+        },
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwt = test_jwt();
+    let mut config = ServerConfig::local(dir.path().join("data"));
+    config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
+    // Heartbeats are slowed down below, so the lease must outlive them.
+    config.lease_ttl = Duration::from_secs(120);
+    config.redis = Some(RedisSettings::new(RedisTarget::Url(redis.url())));
+    let cp = TestControlPlane::start_with(config, None).await;
+    cp.apply_agent("cloudy", "You work in a Daytona sandbox.")
+        .await;
+
+    let env: BTreeMap<String, String> = [
+        ("MODE", "cloud".to_string()),
+        ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
+        ("STIGMER_BACKEND_INSECURE", "true".into()),
+        ("STIGMER_API_KEY", jwt.clone()),
+        ("REDIS_URL", redis.url()),
+        ("DAYTONA_API_URL", daytona.api_url()),
+        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
+        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
+        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+        ("ANTHROPIC_API_KEY", "sk-test".into()),
+        ("STIGMER_LLM_BASE_URL", llm.base_url()),
+        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+        // Slow heartbeats: a cancellation arriving in time proves the Redis channel.
+        ("STIGMER_HEARTBEAT_INTERVAL_MS", "60000".into()),
+        ("STIGMER_CLAIM_WAIT_MS", "500".into()),
+        ("STIGMER_STATUS_FLUSH_MS", "50".into()),
+        ("LOG_LEVEL", "debug".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut runner = ChildProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_runner")),
+        &env,
+        &dir.path().join("logs"),
+        "cloud-runner",
+    );
+    runner.wait_ready(common::READY_TIMEOUT).await;
+    assert!(
+        runner.stdout().contains("CLOUD Mode"),
+        "{}",
+        runner.output()
+    );
+    assert!(!runner.output().contains(&jwt), "the JWT was printed");
+
+    // 1. Dispatched through Redis, tools run in a Daytona sandbox stored on the session.
+    let created = cp
+        .create_execution("cloudy", "", "Write a note and read it")
+        .await;
+    let done = cp.wait_terminal(&execution_id(&created), RUN_TIMEOUT).await;
+    assert_eq!(
+        phase(&done),
+        ExecutionPhase::ExecutionCompleted,
+        "{}",
+        runner.output()
+    );
+    let s = status(&done);
+    assert!(
+        s.tool_calls
+            .iter()
+            .all(|c| c.status() == ToolCallStatus::ToolCallCompleted)
+    );
+    assert!(s.tool_calls[1].result.contains("hello from the cloud"));
+    let session_id = created.spec.as_ref().expect("spec").session_id.clone();
+    let session = cp
+        .executions()
+        .await
+        .get_session(GetSessionRequest {
+            id: session_id.clone(),
+        })
+        .await
+        .expect("session")
+        .into_inner();
+    let sandboxes = daytona.sandboxes();
+    assert_eq!(sandboxes.len(), 1, "one sandbox for the session");
+    assert_eq!(
+        session.sandbox_id, sandboxes[0].id,
+        "sandbox id stored on the session"
+    );
+    let root = daytona
+        .sandbox_root(&session.sandbox_id)
+        .expect("sandbox dir");
+    let note = find_file(&root, "notes.txt").expect("notes.txt in the Daytona sandbox");
+    assert_eq!(
+        std::fs::read_to_string(note).expect("read"),
+        "hello from the cloud"
+    );
+
+    // 2. Same session: the sandbox is reused; a cancel published on Redis stops it in time.
+    let second = cp.create_execution("cloudy", &session_id, "Sleep").await;
+    let id = execution_id(&second);
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let e = cp.get_execution(&id).await;
+        if status(&e)
+            .tool_calls
+            .iter()
+            .any(|c| c.status() == ToolCallStatus::ToolCallRunning)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "tool never started\n{}",
+            runner.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cp.executions()
+        .await
+        .cancel_execution(CancelExecutionRequest {
+            id: id.clone(),
+            reason: "stop it".into(),
+        })
+        .await
+        .expect("cancel");
+    let cancelled = cp.wait_terminal(&id, Duration::from_secs(10)).await;
+    assert_eq!(
+        phase(&cancelled),
+        ExecutionPhase::ExecutionCancelled,
+        "{}",
+        runner.output()
+    );
+    assert_eq!(
+        daytona.sandboxes().len(),
+        1,
+        "the session's sandbox was reused"
+    );
+
+    // 3. Graceful stop keeps the session's sandbox (it belongs to a stored session).
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    let code = runner.wait_exit(RUN_TIMEOUT).await;
+    assert!(code.success(), "{}", runner.output());
+    assert_eq!(daytona.sandboxes().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_mode_refuses_to_start_without_redis() {
+    let daytona = DaytonaServer::start(DaytonaOptions::new(DAYTONA_KEY)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = free_addr();
+    let env: BTreeMap<String, String> = [
+        ("MODE", "cloud".to_string()),
+        ("STIGMER_BACKEND_ENDPOINT", "http://127.0.0.1:1".into()),
+        ("STIGMER_BACKEND_INSECURE", "true".into()),
+        ("STIGMER_API_KEY", test_jwt()),
+        ("REDIS_URL", format!("redis://:s3cret@{nowhere}")),
+        ("DAYTONA_API_URL", daytona.api_url()),
+        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
+        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
+        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+        ("ANTHROPIC_API_KEY", "sk-test".into()),
+        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut runner = ChildProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_runner")),
+        &env,
+        &dir.path().join("logs"),
+        "no-redis",
+    );
+    let code = runner.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(code.code(), Some(1), "{}", runner.output());
+    let err = runner.stderr();
+    assert!(err.contains("Redis"), "{err}");
+    assert!(err.contains(&nowhere.to_string()), "{err}");
+    assert!(
+        !err.contains("s3cret"),
+        "the Redis password was printed: {err}"
+    );
+}
