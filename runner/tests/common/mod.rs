@@ -12,6 +12,7 @@ use stigmer_proto::agentexecution::v1::AgentExecution;
 use tempfile::TempDir;
 use testkit::control_plane::TestControlPlane;
 use testkit::llm::ScriptedLlm;
+#[allow(unused_imports)]
 pub use testkit::process::process_alive;
 use testkit::process::{ChildProcess, free_addr};
 
