@@ -256,12 +256,13 @@ async fn a_local_mode_pod_runs_an_execution_through_its_sidecar() {
 
 #[tokio::test]
 async fn a_cloud_mode_pod_runs_an_execution() {
-    // Written down so that it is not forgotten: cloud mode (Redis dispatch, JWT, Daytona) is
-    // still being wired in the runner, which refuses MODE=cloud at start-up today.
+    // Written down so that it is not forgotten. Cloud mode runs end to end on loopback
+    // (runner/tests/cloud_e2e.rs); in a cluster it still needs an in-cluster Redis, a
+    // cloud-configured control plane and a Daytona stand-in deployed by this suite.
     e2e::skip(
         "a_cloud_mode_pod_runs_an_execution",
-        "needs cloud mode in the runner, which is still being wired (MODE=cloud is refused at \
-         start-up)",
+        "not written yet: needs an in-cluster Redis, a cloud-configured control plane and a \
+         Daytona stand-in deployed by the suite",
     );
 }
 
