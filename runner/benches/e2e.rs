@@ -106,6 +106,154 @@ async fn bench() {
     println!("runner idle RSS:         {idle_rss:.1} MiB (after load: {busy_rss:.1} MiB)");
     print_load("concurrency 1 ", c1, c1_rate);
     print_load("concurrency 32", c32, c32_rate);
+
+    cloud_dispatch(&dir, bin).await;
+}
+
+/// Cloud mode: the control plane in its Redis configuration, several runners in `MODE=cloud`
+/// reading the queue stream, a Daytona contract server (sandboxes start at once) and the
+/// scripted LLM. Measures create -> the runner's first LLM request (dispatch overhead through
+/// Redis) and executions per second.
+async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use testkit::daytona::{DaytonaOptions, DaytonaServer};
+    use testkit::redis::RedisServer;
+
+    const RUNNERS: usize = 3;
+    let redis = RedisServer::start();
+    let mut options = DaytonaOptions::new("bench-key");
+    options.start_delay = Duration::ZERO;
+    let daytona = DaytonaServer::start(options).await;
+    let first_call: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let seen = first_call.clone();
+    let llm = ScriptedLlm::with_handler(move |req| {
+        let body = req.body.to_string();
+        if let Some(start) = body.find("bench-") {
+            let tag: String = body[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            seen.lock()
+                .expect("lock")
+                .entry(tag)
+                .or_insert_with(Instant::now);
+        }
+        Reply::Text("done".into())
+    })
+    .await;
+    let jwt = bench_jwt();
+    let mut config = stigmer_server::ServerConfig::local(dir.path().join("cloud-data"));
+    config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
+    config.redis = Some(stigmer_server::RedisSettings::new(
+        stigmer_server::RedisTarget::Url(redis.url()),
+    ));
+    let cp = Arc::new(TestControlPlane::start_with(config, None).await);
+    cp.apply_agent("bench", "").await;
+    let mut runners = Vec::new();
+    for i in 0..RUNNERS {
+        let env: BTreeMap<String, String> = [
+            ("MODE", "cloud".to_string()),
+            ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
+            ("STIGMER_BACKEND_INSECURE", "true".into()),
+            ("STIGMER_API_KEY", jwt.clone()),
+            ("REDIS_URL", redis.url()),
+            ("DAYTONA_API_URL", daytona.api_url()),
+            ("DAYTONA_API_KEY", "bench-key".into()),
+            ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "bench".into()),
+            ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+            ("ANTHROPIC_API_KEY", "bench-key".into()),
+            ("STIGMER_LLM_BASE_URL", llm.base_url()),
+            ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+            ("STIGMER_MAX_CONCURRENCY", "32".into()),
+            ("STIGMER_CLAIM_WAIT_MS", "1000".into()),
+            ("LOG_LEVEL", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut runner =
+            ChildProcess::spawn(bin, &env, &dir.path().join("logs"), &format!("cloud-{i}"));
+        runner.wait_ready(Duration::from_secs(20)).await;
+        runners.push(runner);
+    }
+    for (label, workers, total) in [("concurrency 1 ", 1, 200), ("concurrency 32", 32, 2_000)] {
+        first_call.lock().expect("lock").clear();
+        let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for w in 0..workers {
+            let (cp, created_at, remaining) = (cp.clone(), created_at.clone(), remaining.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0;
+                while remaining
+                    .fetch_update(
+                        std::sync::atomic::Ordering::SeqCst,
+                        std::sync::atomic::Ordering::SeqCst,
+                        |r| r.checked_sub(1),
+                    )
+                    .is_ok()
+                {
+                    let tag = format!("bench-{w}-{n}");
+                    n += 1;
+                    created_at
+                        .lock()
+                        .expect("lock")
+                        .insert(tag.clone(), Instant::now());
+                    let created = cp.create_execution("bench", "", &tag).await;
+                    let id = created.metadata.expect("metadata").id;
+                    let done = cp.wait_terminal(&id, Duration::from_secs(60)).await;
+                    assert_eq!(
+                        phase(&done),
+                        ExecutionPhase::ExecutionCompleted,
+                        "{:?}",
+                        done.status.as_ref().map(|s| &s.error)
+                    );
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.expect("cloud load task");
+        }
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        let firsts = first_call.lock().expect("lock").clone();
+        let mut dispatch: Vec<f64> = created_at
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|(tag, t0)| {
+                firsts
+                    .get(tag)
+                    .map(|t1| t1.duration_since(*t0).as_secs_f64() * 1e3)
+            })
+            .collect();
+        println!(
+            "cloud {label} ({RUNNERS} runners): create -> first LLM request p50 {:.2} ms, p99 {:.2} ms; {:.0} executions/s ({total})",
+            percentile(&mut dispatch, 50.0),
+            percentile(&mut dispatch, 99.0),
+            rate
+        );
+    }
+    for mut r in runners {
+        r.signal(nix::sys::signal::Signal::SIGTERM);
+        r.wait_exit(Duration::from_secs(30)).await;
+    }
+}
+
+/// A well-formed JWT (the bench's control plane accepts it as a static key).
+fn bench_jwt() -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    format!(
+        "{}.{}.{}",
+        b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+        b64(serde_json::json!({"sub": "bench", "exp": exp})),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("signature")
+    )
 }
 
 fn print_load(label: &str, mut latencies: Vec<f64>, rate: f64) {
