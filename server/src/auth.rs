@@ -1,24 +1,41 @@
-//! Bearer-token check for the Stigmer APIs.
+//! Bearer-token check for the Stigmer APIs: one of the static API keys, or (when configured)
+//! a JWT that the [`Verifier`] accepts.
 //!
 //! The gRPC health service is deliberately left outside this check: kubelet gRPC probes (and
 //! most load-balancer health checks) cannot send headers, and health answers reveal nothing.
+//!
+//! The check is a service wrapper ([`Authenticated`]) rather than a tonic interceptor because
+//! JWT verification is async (a JWKS may need fetching); wrapping each authenticated service
+//! once keeps it out of every handler.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tonic::service::Interceptor;
-use tonic::{Request, Status};
+use stigmer_auth::Verifier;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::Service;
+use tonic::codegen::http::{self, HeaderMap, header::AUTHORIZATION};
+use tonic::metadata::MetadataMap;
+use tonic::server::NamedService;
 
 const REFUSAL: &str = "missing or invalid bearer token";
 
+/// Decides whether a call's `authorization` header is acceptable. Cheap to clone.
 #[derive(Clone)]
 pub struct BearerAuth {
     keys: Arc<[Vec<u8>]>,
+    jwt: Option<Arc<Verifier>>,
 }
 
 impl BearerAuth {
-    pub fn new(keys: &[String]) -> Self {
+    pub fn new(keys: &[String], jwt: Option<Arc<Verifier>>) -> Self {
         Self {
             keys: keys.iter().map(|key| key.as_bytes().to_vec()).collect(),
+            jwt,
         }
     }
 
@@ -32,20 +49,74 @@ impl BearerAuth {
             .iter()
             .fold(false, |found, key| found | constant_time_eq(key, token))
     }
+
+    /// Accepts a static key (constant time) or, when configured, a verified JWT. Refusals
+    /// never contain what was sent: it may be a real credential meant for elsewhere.
+    pub async fn check(&self, headers: &HeaderMap) -> Result<(), Status> {
+        let header = headers.get(AUTHORIZATION);
+        if self.accepts(header.map(|value| value.as_bytes())) {
+            return Ok(());
+        }
+        let (Some(verifier), Some(header)) = (&self.jwt, header) else {
+            return Err(Status::unauthenticated(REFUSAL));
+        };
+        // Only the one header is handed over, not a copy of every header of the call.
+        let mut only_auth = HeaderMap::with_capacity(1);
+        only_auth.insert(AUTHORIZATION, header.clone());
+        // `bearer_claims` fails closed and its messages (expired, wrong audience, ...) name the
+        // problem without quoting the token, so they are safe and useful to send back.
+        stigmer_auth::bearer_claims(&MetadataMap::from_headers(only_auth), verifier)
+            .await
+            .map(|_claims| ())
+    }
 }
 
-impl Interceptor for BearerAuth {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let header = request
-            .metadata()
-            .get("authorization")
-            .map(|value| value.as_bytes());
-        if self.accepts(header) {
-            Ok(request)
-        } else {
-            // Never echo what was sent: it may be a real credential meant for elsewhere.
-            Err(Status::unauthenticated(REFUSAL))
-        }
+/// A gRPC service that only sees calls [`BearerAuth`] accepts; others are answered with
+/// UNAUTHENTICATED (or UNAVAILABLE when the JWKS cannot be fetched) without reaching it.
+#[derive(Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    auth: BearerAuth,
+}
+
+impl<S> Authenticated<S> {
+    pub fn new(inner: S, auth: BearerAuth) -> Self {
+        Self { inner, auth }
+    }
+}
+
+impl<S: NamedService> NamedService for Authenticated<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> Service<http::Request<Body>> for Authenticated<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The instance polled ready is the one that must be called; leave a fresh clone behind
+        // for the next call (the usual tower pattern).
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            match auth.check(request.headers()).await {
+                Ok(()) => inner.call(request).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
     }
 }
 
@@ -78,7 +149,7 @@ mod tests {
     use super::*;
 
     fn auth() -> BearerAuth {
-        BearerAuth::new(&["dummy-local-key".to_string(), "second".to_string()])
+        BearerAuth::new(&["dummy-local-key".to_string(), "second".to_string()], None)
     }
 
     #[test]
@@ -109,16 +180,17 @@ mod tests {
         assert!(!auth().accepts(None));
     }
 
-    #[test]
-    fn interceptor_answers_unauthenticated_without_echoing() {
-        let mut request = Request::new(());
-        request
-            .metadata_mut()
-            .insert("authorization", "Bearer leaked-secret".parse().unwrap());
-        let status = auth().call(request).unwrap_err();
+    #[tokio::test]
+    async fn check_answers_unauthenticated_without_echoing() {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, "Bearer leaked-secret".parse().unwrap());
+        let status = auth().check(&headers).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), REFUSAL);
         assert!(!format!("{status:?}").contains("leaked-secret"));
+
+        headers.insert(AUTHORIZATION, "Bearer second".parse().unwrap());
+        auth().check(&headers).await.unwrap();
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use stigmer_auth::KeySource;
 use stigmer_proto::LOCAL_API_KEY;
 
 /// How the control plane runs. Build one with [`ServerConfig::local`] and adjust fields.
@@ -22,6 +23,28 @@ pub struct ServerConfig {
     /// Cloud dispatch and live events through Redis (see REDIS.md). `None` (the default):
     /// the in-process queue and broadcaster only, and no Redis connection at all.
     pub redis: Option<RedisSettings>,
+    /// Serve TLS with this certificate and key. `None`: plaintext gRPC (local mode, or TLS
+    /// terminated in front of the server).
+    pub tls: Option<TlsFiles>,
+    /// Also accept JWTs verified with this key, besides the static `api_keys`.
+    pub jwt: Option<JwtAuth>,
+}
+
+/// PEM files of the server's TLS identity; both are read and checked against each other at
+/// start-up, so a bad pair fails before the port is announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a bearer JWT must satisfy: a signature by `key`, a valid `exp`/`nbf`, and, when set,
+/// this issuer and audience.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtAuth {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub key: KeySource,
 }
 
 /// Where Redis is. A password never appears in `Debug` output, logs or errors.
@@ -85,6 +108,8 @@ impl ServerConfig {
             max_claim_wait: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
             redis: None,
+            tls: None,
+            jwt: None,
         }
     }
 
@@ -108,6 +133,18 @@ impl ServerConfig {
         if self.lease_ttl > Duration::from_millis(u64::from(u32::MAX)) {
             return Err(ConfigError::LeaseTooLong);
         }
+        if let Some(tls) = &self.tls {
+            // An empty path is what a half-set pair of environment variables produces.
+            match (
+                tls.cert.as_os_str().is_empty(),
+                tls.key.as_os_str().is_empty(),
+            ) {
+                (false, true) => return Err(ConfigError::TlsCertWithoutKey),
+                (true, false) => return Err(ConfigError::TlsKeyWithoutCert),
+                (true, true) => return Err(ConfigError::TlsEmpty),
+                (false, false) => {}
+            }
+        }
         Ok(())
     }
 }
@@ -122,6 +159,12 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     #[error("lease_ttl must fit in u32 milliseconds")]
     LeaseTooLong,
+    #[error("a TLS certificate was given without its private key (--tls-key)")]
+    TlsCertWithoutKey,
+    #[error("a TLS private key was given without its certificate (--tls-cert)")]
+    TlsKeyWithoutCert,
+    #[error("TLS is enabled but neither the certificate nor the key file is named")]
+    TlsEmpty,
 }
 
 #[cfg(test)]
@@ -152,5 +195,25 @@ mod tests {
             config.validate(),
             Err(ConfigError::ZeroDuration("lease_ttl"))
         );
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        let mut config = ServerConfig::local("/tmp/x");
+        config.tls = Some(TlsFiles {
+            cert: "c.pem".into(),
+            key: PathBuf::new(),
+        });
+        assert_eq!(config.validate(), Err(ConfigError::TlsCertWithoutKey));
+        config.tls = Some(TlsFiles {
+            cert: PathBuf::new(),
+            key: "k.pem".into(),
+        });
+        assert_eq!(config.validate(), Err(ConfigError::TlsKeyWithoutCert));
+        config.tls = Some(TlsFiles {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        });
+        assert_eq!(config.validate(), Ok(()));
     }
 }

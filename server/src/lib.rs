@@ -19,6 +19,8 @@ mod store;
 mod sweep;
 mod transitions;
 
-pub use config::{ConfigError, RedisSettings, RedisTarget, ServerConfig};
+pub use config::{ConfigError, JwtAuth, RedisSettings, RedisTarget, ServerConfig, TlsFiles};
 pub use server::{ControlPlane, ServerError, serve};
+/// Re-exported so that embedders can fill [`JwtAuth::key`] without depending on stigmer-auth.
+pub use stigmer_auth::KeySource;
 pub use store::StoreError;

@@ -6,9 +6,15 @@ use std::time::Duration;
 
 use clap::Parser;
 use stigmer_proto::LOCAL_API_KEY;
-use stigmer_server::{ControlPlane, RedisSettings, RedisTarget, ServerConfig};
+use stigmer_server::{
+    ControlPlane, JwtAuth, KeySource, RedisSettings, RedisTarget, ServerConfig, TlsFiles,
+};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+
+/// How long a fetched JWKS is used before it is fetched again (an unknown `kid` refetches
+/// sooner).
+const JWKS_REFRESH: Duration = Duration::from_secs(600);
 
 /// The Stigmer control plane: stores agents and executions and hands executions to runners.
 #[derive(Debug, Parser)]
@@ -57,6 +63,28 @@ struct Args {
     /// Redis password (with --redis-host).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     redis_password: Option<String>,
+    /// PEM certificate chain to serve TLS with (needs --tls-key). Unset: plaintext gRPC.
+    #[arg(long, env = "STIGMER_SERVER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "STIGMER_SERVER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Required `iss` of accepted JWTs.
+    #[arg(long, env = "STIGMER_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of accepted JWTs.
+    #[arg(long, env = "STIGMER_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Accept JWTs signed by a key of this JWKS (besides the API keys).
+    #[arg(
+        long,
+        env = "STIGMER_JWT_JWKS_URL",
+        conflicts_with = "jwt_public_key_file"
+    )]
+    jwt_jwks_url: Option<String>,
+    /// Accept JWTs signed by this PEM public key (RSA: RS256, P-256: ES256).
+    #[arg(long, env = "STIGMER_JWT_PUBLIC_KEY_FILE")]
+    jwt_public_key_file: Option<PathBuf>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter directive.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -72,6 +100,18 @@ enum StartError {
     AddressInUse(String),
     #[error("cannot listen on {0}: {1}")]
     Bind(String, std::io::Error),
+    #[error("--tls-cert is set but --tls-key is not; both are needed to serve TLS")]
+    TlsCertWithoutKey,
+    #[error("--tls-key is set but --tls-cert is not; both are needed to serve TLS")]
+    TlsKeyWithoutCert,
+    #[error("--jwt-issuer/--jwt-audience need a key: --jwt-jwks-url or --jwt-public-key-file")]
+    JwtWithoutKey,
+    #[error("JWT public key file {}: {source}", path.display())]
+    JwtPublicKeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Server(#[from] stigmer_server::ServerError),
     #[error("cannot write to stdout: {0}")]
@@ -123,7 +163,51 @@ fn config_from(args: &Args) -> Result<ServerConfig, StartError> {
     config.max_claim_wait = Duration::from_secs(args.max_claim_wait_secs);
     config.sweep_interval = Duration::from_millis(args.sweep_interval_ms);
     config.redis = redis_target(args).map(RedisSettings::new);
+    config.tls = tls_files(args)?;
+    config.jwt = jwt_auth(args)?;
     Ok(config)
+}
+
+fn non_empty<T: Clone + AsRef<std::ffi::OsStr>>(value: &Option<T>) -> Option<T> {
+    // An empty environment variable (`STIGMER_SERVER_TLS_CERT=`) means unset.
+    value.clone().filter(|v| !v.as_ref().is_empty())
+}
+
+fn tls_files(args: &Args) -> Result<Option<TlsFiles>, StartError> {
+    match (non_empty(&args.tls_cert), non_empty(&args.tls_key)) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (Some(_), None) => Err(StartError::TlsCertWithoutKey),
+        (None, Some(_)) => Err(StartError::TlsKeyWithoutCert),
+        (None, None) => Ok(None),
+    }
+}
+
+fn jwt_auth(args: &Args) -> Result<Option<JwtAuth>, StartError> {
+    let key = match (
+        non_empty(&args.jwt_jwks_url),
+        non_empty(&args.jwt_public_key_file),
+    ) {
+        (Some(url), _) => KeySource::Jwks {
+            url,
+            refresh: JWKS_REFRESH,
+        },
+        (None, Some(path)) => KeySource::PublicKeyPem(
+            std::fs::read_to_string(&path)
+                .map_err(|source| StartError::JwtPublicKeyFile { path, source })?,
+        ),
+        (None, None) => {
+            // An issuer or audience without a key would silently accept no JWT at all.
+            if non_empty(&args.jwt_issuer).is_some() || non_empty(&args.jwt_audience).is_some() {
+                return Err(StartError::JwtWithoutKey);
+            }
+            return Ok(None);
+        }
+    };
+    Ok(Some(JwtAuth {
+        issuer: non_empty(&args.jwt_issuer),
+        audience: non_empty(&args.jwt_audience),
+        key,
+    }))
 }
 
 fn redis_target(args: &Args) -> Option<RedisTarget> {
@@ -251,6 +335,62 @@ mod tests {
             }
         );
         assert!(!format!("{redis:?}").contains("pw"));
+    }
+
+    #[test]
+    fn tls_needs_cert_and_key() {
+        let args = parse(&["--data-dir", "/d", "--tls-cert", "c.pem"]);
+        assert!(matches!(
+            config_from(&args),
+            Err(StartError::TlsCertWithoutKey)
+        ));
+        let args = parse(&["--data-dir", "/d", "--tls-key", "k.pem"]);
+        assert!(matches!(
+            config_from(&args),
+            Err(StartError::TlsKeyWithoutCert)
+        ));
+        let args = parse(&["--data-dir", "/d", "--tls-cert", "c", "--tls-key", "k"]);
+        let tls = config_from(&args).unwrap().tls.unwrap();
+        assert_eq!((tls.cert, tls.key), ("c".into(), "k".into()));
+    }
+
+    #[test]
+    fn jwt_settings() {
+        let args = parse(&["--data-dir", "/d", "--jwt-audience", "a"]);
+        assert!(matches!(config_from(&args), Err(StartError::JwtWithoutKey)));
+
+        let args = parse(&[
+            "--data-dir",
+            "/d",
+            "--jwt-public-key-file",
+            "/nonexistent/key.pem",
+        ]);
+        let err = config_from(&args).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/key.pem"), "{err}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("key.pem");
+        std::fs::write(&pem, "PEM").unwrap();
+        let args = parse(&[
+            "--data-dir",
+            "/d",
+            "--jwt-public-key-file",
+            pem.to_str().unwrap(),
+            "--jwt-issuer",
+            "https://issuer",
+            "--jwt-audience",
+            "stigmer",
+        ]);
+        let jwt = config_from(&args).unwrap().jwt.unwrap();
+        assert_eq!(jwt.key, KeySource::PublicKeyPem("PEM".into()));
+        assert_eq!(jwt.issuer.as_deref(), Some("https://issuer"));
+        assert_eq!(jwt.audience.as_deref(), Some("stigmer"));
+
+        let args = parse(&["--data-dir", "/d", "--jwt-jwks-url", "https://i/jwks"]);
+        assert!(matches!(
+            config_from(&args).unwrap().jwt.unwrap().key,
+            KeySource::Jwks { .. }
+        ));
     }
 
     #[test]

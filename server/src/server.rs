@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stigmer_auth::{JwtError, TlsError, Verifier, VerifierConfig};
 use stigmer_proto::agent::v1::agent_service_server::AgentServiceServer;
 use stigmer_proto::agentexecution::v1::execution_service_server::ExecutionServiceServer;
 use stigmer_proto::runner::v1::runner_service_server::RunnerServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tonic::service::interceptor::InterceptedService;
+use tonic::transport::ServerTlsConfig;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -20,7 +21,7 @@ use crate::api::Shared;
 use crate::api::agents::AgentApi;
 use crate::api::executions::ExecutionApi;
 use crate::api::runner::RunnerApi;
-use crate::auth::BearerAuth;
+use crate::auth::{Authenticated, BearerAuth};
 use crate::cloud::{Cloud, CloudError};
 use crate::config::{ConfigError, ServerConfig};
 use crate::store::{Store, StoreError};
@@ -43,6 +44,10 @@ pub enum ServerError {
     Recovery(#[source] StoreError),
     #[error(transparent)]
     Redis(#[from] CloudError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("JWT verification key: {0}")]
+    Jwt(#[source] JwtError),
     #[error("gRPC server failed: {0}")]
     Serve(#[source] tonic::transport::Error),
 }
@@ -51,7 +56,8 @@ pub enum ServerError {
 /// a caller report store problems before it announces an address.
 pub struct ControlPlane {
     shared: Arc<Shared>,
-    api_keys: Vec<String>,
+    auth: BearerAuth,
+    tls: Option<ServerTlsConfig>,
     sweep_interval: Duration,
 }
 
@@ -61,6 +67,30 @@ impl ControlPlane {
     /// may still be alive and heartbeating.
     pub async fn open(config: ServerConfig) -> Result<Self, ServerError> {
         config.validate()?;
+        // Credentials and TLS files are checked before the store is touched: a typo in a path
+        // must not cost a lease recovery pass.
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|files| stigmer_auth::server_tls(&files.cert, &files.key))
+            .transpose()?;
+        let verifier = match &config.jwt {
+            None => None,
+            Some(jwt) => {
+                stigmer_auth::ensure_crypto_provider();
+                let verifier = Verifier::new(VerifierConfig {
+                    issuer: jwt.issuer.clone(),
+                    audience: jwt.audience.clone(),
+                    key: Some(jwt.key.clone()),
+                })
+                .map_err(ServerError::Jwt)?;
+                // A wrong JWKS URL fails start-up rather than every call.
+                verifier.prefetch().await.map_err(ServerError::Jwt)?;
+                tracing::info!(checks = %verifier.checks_made(), "JWT bearer tokens accepted");
+                Some(Arc::new(verifier))
+            }
+        };
+        let auth = BearerAuth::new(&config.api_keys, verifier);
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
             .await
@@ -95,7 +125,8 @@ impl ControlPlane {
         }
         Ok(Self {
             shared,
-            api_keys: config.api_keys,
+            auth,
+            tls,
             sweep_interval: config.sweep_interval,
         })
     }
@@ -113,8 +144,12 @@ impl ControlPlane {
     ) -> Result<(), ServerError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
-        let auth = BearerAuth::new(&self.api_keys);
+        let auth = self.auth;
         let shared = self.shared;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls).map_err(ServerError::Serve)?;
+        }
         let sweeper = tokio::spawn(sweep::run(Arc::clone(&shared), self.sweep_interval));
 
         let token = shared.shutdown.clone();
@@ -125,19 +160,19 @@ impl ControlPlane {
             token.cancel();
         };
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = tonic::transport::Server::builder()
+        let result = builder
             .http2_keepalive_interval(Some(HTTP2_KEEPALIVE))
             .add_service(health_service)
-            .add_service(InterceptedService::new(
+            .add_service(Authenticated::new(
                 AgentServiceServer::new(AgentApi::new(Arc::clone(&shared))),
                 auth.clone(),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(Authenticated::new(
                 ExecutionServiceServer::new(ExecutionApi::new(Arc::clone(&shared)))
                     .max_decoding_message_size(MAX_MESSAGE_SIZE),
                 auth.clone(),
             ))
-            .add_service(InterceptedService::new(
+            .add_service(Authenticated::new(
                 RunnerServiceServer::new(RunnerApi::new(Arc::clone(&shared)))
                     .max_decoding_message_size(MAX_MESSAGE_SIZE),
                 auth,

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 
 /// Adds the bearer key to every call.
 #[derive(Clone)]
@@ -42,6 +42,8 @@ pub struct TestControlPlane {
     pub data_dir: PathBuf,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
+    /// Set for a server started with TLS: the helpers then connect to [`Self::endpoint_https`].
+    client_tls: Option<ClientTlsConfig>,
 }
 
 impl TestControlPlane {
@@ -68,11 +70,26 @@ impl TestControlPlane {
             data_dir,
             stop,
             task: Some(task),
+            client_tls: None,
         }
     }
 
+    /// For a server configured with TLS: the helpers (`agents()`, `executions()`, ...) connect
+    /// with these settings (typically trusting the test CA) to [`Self::endpoint_https`].
+    pub fn with_client_tls(mut self, tls: ClientTlsConfig) -> Self {
+        self.client_tls = Some(tls);
+        self
+    }
+
+    /// The plaintext endpoint (`http://127.0.0.1:PORT`).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The TLS endpoint by name (`https://localhost:PORT`), as test certificates are issued
+    /// for `localhost`.
+    pub fn endpoint_https(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
     }
 
     /// Graceful stop; returns when the server has released its port and database.
@@ -83,12 +100,15 @@ impl TestControlPlane {
         }
     }
 
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.endpoint())
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect to control plane")
+    pub async fn channel(&self) -> Channel {
+        let endpoint = match &self.client_tls {
+            None => Channel::from_shared(self.endpoint()).expect("endpoint"),
+            Some(tls) => Channel::from_shared(self.endpoint_https())
+                .expect("endpoint")
+                .tls_config(tls.clone())
+                .expect("client TLS settings"),
+        };
+        endpoint.connect().await.expect("connect to control plane")
     }
 
     pub async fn agents(&self) -> Agents {

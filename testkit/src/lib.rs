@@ -5,5 +5,6 @@
 pub mod control_plane;
 pub mod daytona;
 pub mod llm;
+pub mod pki;
 pub mod process;
 pub mod redis;
