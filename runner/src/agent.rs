@@ -11,9 +11,9 @@ use stigmer_proto::agentexecution::v1::{
 use tokio_util::sync::CancellationToken;
 
 use crate::conversation::{Block, Message, Role};
+use crate::execution::SessionSandbox;
 use crate::llm::{AssistantTurn, LlmClient, LlmRequest, StopReason, ToolSpec};
 use crate::metrics::{LlmLabels, Metrics, ToolLabels};
-use crate::sandbox::Sandbox;
 use crate::status::{StatusReporter, now};
 use crate::tools::{self, TodoUpdate, ToolContext, ToolEffect, ToolError, ToolLimits, ToolOutcome};
 
@@ -30,7 +30,8 @@ pub struct AgentRun<'a> {
     pub params: ModelParams,
     pub system: String,
     pub tools: Vec<ToolSpec>,
-    pub sandbox: &'a Sandbox,
+    /// Opened on the first tool call: an execution that calls no tool needs no sandbox.
+    pub sandbox: &'a SessionSandbox<'a>,
     pub env: BTreeMap<String, String>,
     pub limits: &'a ToolLimits,
     pub max_turns: u32,
@@ -191,14 +192,15 @@ impl AgentRun<'_> {
             };
             upsert_tool_call(s, &mut call);
         });
-        let ctx = ToolContext {
-            sandbox: self.sandbox,
-            env: &self.env,
-            cancel: self.cancel,
-            limits: self.limits,
-        };
         let started = Instant::now();
         let result = if self.tools.iter().any(|t| t.name == name) {
+            let sandbox = self.sandbox.get().await.map_err(AgentOutcome::Failed)?;
+            let ctx = ToolContext {
+                sandbox,
+                env: &self.env,
+                cancel: self.cancel,
+                limits: self.limits,
+            };
             tools::execute(name, input, &ctx).await
         } else {
             // The model may name a tool it was not offered; it gets an answer it can act on.

@@ -45,7 +45,6 @@ struct Prepared {
     params: ModelParams,
     system: String,
     tools: Vec<crate::llm::ToolSpec>,
-    sandbox: Sandbox,
     env: BTreeMap<String, String>,
     conversation: Vec<Message>,
 }
@@ -73,14 +72,15 @@ pub async fn run(
         session_id = %session.id,
         "execution started"
     );
-    let (outcome, conversation) = match prepare(&ctx, &handle, &agent, &session, &spec).await {
+    let (outcome, conversation) = match prepare(&ctx, &agent, &session, &spec).await {
         Ok(mut prepared) => {
+            let sandbox = SessionSandbox::new(&ctx, &handle, &session);
             let run = AgentRun {
                 llm: &ctx.llm,
                 params: prepared.params.clone(),
                 system: prepared.system.clone(),
                 tools: prepared.tools.clone(),
-                sandbox: &prepared.sandbox,
+                sandbox: &sandbox,
                 env: prepared.env.clone(),
                 limits: &ctx.tool_limits,
                 max_turns: ctx.config.max_turns,
@@ -124,7 +124,6 @@ fn start_status(mut status: AgentExecutionStatus, message: &str) -> AgentExecuti
 
 async fn prepare(
     ctx: &WorkerCtx,
-    handle: &ExecHandle,
     agent: &Agent,
     session: &Session,
     spec: &stigmer_proto::agentexecution::v1::AgentExecutionSpec,
@@ -132,9 +131,6 @@ async fn prepare(
     let params = model_params(ctx, agent, spec)?;
     let tools =
         tools::specs(&agent.allowed_tools).map_err(|e| format!("agent '{}': {e}", agent.name))?;
-    let sandbox = open_sandbox(ctx, handle, session)
-        .await
-        .map_err(|e| format!("cannot prepare the sandbox for session {}: {e}", session.id))?;
     let mut conversation = conversation::from_proto(&session.history)
         .map_err(|e| format!("session {} has an unreadable history: {e}", session.id))?;
     conversation.push(Message::user_text(spec.message.clone()));
@@ -153,10 +149,40 @@ async fn prepare(
         params,
         system,
         tools,
-        sandbox,
         env,
         conversation,
     })
+}
+
+/// The session's sandbox, opened on first use.
+pub struct SessionSandbox<'a> {
+    ctx: &'a WorkerCtx,
+    handle: &'a ExecHandle,
+    session: &'a Session,
+    cell: tokio::sync::OnceCell<Sandbox>,
+}
+
+impl<'a> SessionSandbox<'a> {
+    pub fn new(ctx: &'a WorkerCtx, handle: &'a ExecHandle, session: &'a Session) -> Self {
+        Self {
+            ctx,
+            handle,
+            session,
+            cell: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub async fn get(&self) -> Result<&Sandbox, String> {
+        self.cell
+            .get_or_try_init(|| open_sandbox(self.ctx, self.handle, self.session))
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot prepare the sandbox for session {}: {e}",
+                    self.session.id
+                )
+            })
+    }
 }
 
 /// Local: the session's directory. Cloud: the session's Daytona sandbox, reused while alive;

@@ -474,6 +474,10 @@ async fn health_and_metrics_endpoints_report_the_work() {
     let created = h.cp.create_execution("a", "", "hi").await;
     h.cp.wait_terminal(&execution_id(&created), RUN_TIMEOUT)
         .await;
+    assert!(
+        !h.session_dir(&created).exists(),
+        "an execution that called no tool should not create a sandbox"
+    );
     let (code, body) = testkit::process::http_get(addr, "/healthz")
         .await
         .expect("healthz");
