@@ -253,3 +253,116 @@ async fn cloud_mode_refuses_to_start_without_redis() {
         "the Redis password was printed: {err}"
     );
 }
+
+/// Redis restarts (without persistence: the queue, its group and the events streams are gone)
+/// while executions run and wait: the runner recreates the group, the control plane puts the
+/// lost queue entries back, every execution completes, and none is started twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing_and_runs_nothing_twice() {
+    use std::sync::{Arc, Mutex};
+
+    let mut redis = RedisServer::start();
+    let daytona = DaytonaServer::start(DaytonaOptions::new(DAYTONA_KEY)).await;
+    // First turn of every execution: a slow command; after its result: done. Counts the first
+    // turns per message, which is how many times each execution was started.
+    let starts: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let seen = starts.clone();
+    let llm = ScriptedLlm::with_handler(move |req| {
+        let body = req.body.to_string();
+        if body.contains("tool_result") {
+            return Reply::Text("done".into());
+        }
+        if let Some(at) = body.find("job-") {
+            let tag: String = body[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            *seen.lock().expect("lock").entry(tag).or_default() += 1;
+        }
+        Reply::ToolCalls {
+            text: None,
+            calls: vec![("run_command".into(), json!({"command": "sleep 0.5"}))],
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwt = test_jwt();
+    let mut config = ServerConfig::local(dir.path().join("data"));
+    config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
+    let mut redis_settings = RedisSettings::new(RedisTarget::Url(redis.url()));
+    redis_settings.reconcile_interval = Duration::from_millis(500);
+    redis_settings.events_block = Duration::from_millis(300);
+    config.redis = Some(redis_settings);
+    let cp = TestControlPlane::start_with(config, None).await;
+    cp.apply_agent("cloudy", "").await;
+    let env: BTreeMap<String, String> = [
+        ("MODE", "cloud".to_string()),
+        ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
+        ("STIGMER_BACKEND_INSECURE", "true".into()),
+        ("STIGMER_API_KEY", jwt.clone()),
+        ("REDIS_URL", redis.url()),
+        ("DAYTONA_API_URL", daytona.api_url()),
+        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
+        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
+        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+        ("ANTHROPIC_API_KEY", "sk-test".into()),
+        ("STIGMER_LLM_BASE_URL", llm.base_url()),
+        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+        ("STIGMER_MAX_CONCURRENCY", "2".into()),
+        ("STIGMER_HEARTBEAT_INTERVAL_MS", "200".into()),
+        ("STIGMER_CLAIM_WAIT_MS", "300".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut runner = ChildProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_runner")),
+        &env,
+        &dir.path().join("logs"),
+        "restart-runner",
+    );
+    runner.wait_ready(common::READY_TIMEOUT).await;
+
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(execution_id(
+            &cp.create_execution("cloudy", "", &format!("job-{i}")).await,
+        ));
+    }
+    // Two run, four wait on the queue when Redis goes away.
+    let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
+    while starts.lock().expect("lock").len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing started\n{}",
+            runner.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    redis.restart();
+    for i in 6..8 {
+        ids.push(execution_id(
+            &cp.create_execution("cloudy", "", &format!("job-{i}")).await,
+        ));
+    }
+
+    for id in &ids {
+        let done = cp.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(
+            phase(&done),
+            ExecutionPhase::ExecutionCompleted,
+            "{id}\n{}",
+            runner.output()
+        );
+    }
+    let starts = starts.lock().expect("lock").clone();
+    assert_eq!(
+        starts.len(),
+        ids.len(),
+        "every execution started: {starts:?}"
+    );
+    assert!(
+        starts.values().all(|n| *n == 1),
+        "an execution started twice: {starts:?}"
+    );
+}

@@ -70,6 +70,7 @@ pub struct Cloud {
     /// Ids whose XADD to the queue failed; the sweep retries them.
     unqueued: Mutex<Vec<String>>,
     events_block: Duration,
+    pub(crate) reconcile_interval: Duration,
 }
 
 impl Cloud {
@@ -137,6 +138,7 @@ impl Cloud {
             events,
             unqueued: Mutex::new(Vec::new()),
             events_block: settings.events_block,
+            reconcile_interval: settings.reconcile_interval,
         })
     }
 

@@ -83,6 +83,9 @@ pub struct RedisSettings {
     /// How long one blocking read of an events stream waits before Subscribe re-checks the
     /// store (a safety net for an event that could not be written).
     pub events_block: Duration,
+    /// How often the queue stream is checked against the store, re-adding dispatchable
+    /// executions Redis lost (a restart without persistence, a crash before the XADD).
+    pub reconcile_interval: Duration,
 }
 
 impl RedisSettings {
@@ -94,6 +97,7 @@ impl RedisSettings {
             connect_retry_delay: Duration::from_secs(1),
             events_ttl: Duration::from_secs(3600),
             events_block: Duration::from_secs(5),
+            reconcile_interval: Duration::from_secs(30),
         }
     }
 }

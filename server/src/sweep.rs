@@ -11,9 +11,6 @@ use crate::clock::Now;
 use crate::leases::{self, ExpiredLeases};
 use crate::store::StoreError;
 
-/// How often cloud mode checks that every dispatchable execution is on the Redis queue.
-const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
-
 pub async fn run(shared: Arc<Shared>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -28,7 +25,7 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
         }
         shared.broadcaster.prune();
         if let Some(cloud) = &shared.cloud
-            && last_reconcile.elapsed() >= RECONCILE_INTERVAL
+            && last_reconcile.elapsed() >= cloud.reconcile_interval
         {
             last_reconcile = Instant::now();
             if let Err(err) = cloud.reconcile(&shared.store).await {

@@ -146,6 +146,12 @@ impl RedisError {
     pub(crate) fn command(op: &'static str) -> impl FnOnce(redis::RedisError) -> Self {
         move |source| Self::Command { op, source }
     }
+
+    /// The consumer group (or the stream) is gone: Redis lost its data (a restart without
+    /// persistence, a flush).
+    pub fn is_missing_group(&self) -> bool {
+        matches!(self, Self::Command { source, .. } if source.code() == Some("NOGROUP"))
+    }
 }
 
 /// A connected Redis: a [`ConnectionManager`] for commands and a second one with no response

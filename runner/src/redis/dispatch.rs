@@ -69,11 +69,29 @@ impl RedisDispatch {
         free_slots: usize,
         block: Duration,
     ) -> Result<DispatchRound, DispatchError> {
-        let mut entries = self.queue.reclaim_stale(self.min_idle, free_slots).await?;
-        if entries.is_empty() {
-            entries = self.queue.read(free_slots, block).await?;
-        }
+        let entries = match self.take(free_slots, block).await {
+            Err(e) if e.is_missing_group() => {
+                tracing::warn!(
+                    "the queue's consumer group is gone (Redis lost its data?); recreating it"
+                );
+                self.queue.ensure_group().await?;
+                self.take(free_slots, block).await?
+            }
+            other => other?,
+        };
         self.claim(client, entries).await
+    }
+
+    async fn take(
+        &self,
+        free_slots: usize,
+        block: Duration,
+    ) -> Result<Vec<QueueEntry>, RedisError> {
+        let entries = self.queue.reclaim_stale(self.min_idle, free_slots).await?;
+        if !entries.is_empty() {
+            return Ok(entries);
+        }
+        self.queue.read(free_slots, block).await
     }
 
     /// Claims the executions of `entries` and acks the entries that are settled.
