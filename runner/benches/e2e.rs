@@ -142,7 +142,7 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
         Reply::Text("done".into())
     })
     .await;
-    let jwt = bench_jwt();
+    let jwt = testkit::pki::unsigned_jwt("bench");
     let mut config = stigmer_server::ServerConfig::local(dir.path().join("cloud-data"));
     config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
     config.redis = Some(stigmer_server::RedisSettings::new(
@@ -239,21 +239,6 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
         r.signal(nix::sys::signal::Signal::SIGTERM);
         r.wait_exit(Duration::from_secs(30)).await;
     }
-}
-
-/// A well-formed JWT (the bench's control plane accepts it as a static key).
-fn bench_jwt() -> String {
-    use base64::Engine as _;
-    let b64 = |v: serde_json::Value| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-    };
-    let exp = jiff::Timestamp::now().as_second() + 3600;
-    format!(
-        "{}.{}.{}",
-        b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
-        b64(serde_json::json!({"sub": "bench", "exp": exp})),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("signature")
-    )
 }
 
 fn print_load(label: &str, mut latencies: Vec<f64>, rate: f64) {

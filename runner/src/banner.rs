@@ -174,20 +174,8 @@ mod tests {
         assert!(!text.contains("sk-ant-very-secret"));
     }
 
-    /// An unsigned-but-well-formed JWT expiring in an hour (start-up checks structure and
-    /// times; the signature is checked only when a key is configured).
     fn test_jwt() -> String {
-        use base64::Engine as _;
-        let b64 = |v: serde_json::Value| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-        };
-        let exp = jiff::Timestamp::now().as_second() + 3600;
-        format!(
-            "{}.{}.{}",
-            b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
-            b64(serde_json::json!({"sub": "runner", "exp": exp})),
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("signature")
-        )
+        testkit::pki::unsigned_jwt("runner")
     }
 
     #[test]

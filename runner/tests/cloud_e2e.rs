@@ -24,20 +24,37 @@ use testkit::redis::RedisServer;
 
 const DAYTONA_KEY: &str = "dtn-test-key";
 
-/// A well-formed JWT expiring in an hour. The runner checks structure and times at start-up
-/// (no signature key is configured here); the control plane accepts it as one of its keys.
 fn test_jwt() -> String {
-    use base64::Engine as _;
-    let b64 = |v: serde_json::Value| {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
-    };
-    let exp = jiff::Timestamp::now().as_second() + 3600;
-    format!(
-        "{}.{}.{}",
-        b64(json!({"alg": "RS256", "typ": "JWT"})),
-        b64(json!({"sub": "runner", "exp": exp})),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("signature")
-    )
+    testkit::pki::unsigned_jwt("runner")
+}
+
+/// The environment of a cloud runner against these stand-ins; tests add or override entries.
+fn cloud_env(
+    endpoint: &str,
+    jwt: &str,
+    redis_url: &str,
+    daytona: &DaytonaServer,
+    llm_url: &str,
+) -> BTreeMap<String, String> {
+    [
+        ("MODE", "cloud".to_string()),
+        ("STIGMER_BACKEND_ENDPOINT", endpoint.to_string()),
+        ("STIGMER_BACKEND_INSECURE", "true".into()),
+        ("STIGMER_API_KEY", jwt.to_string()),
+        ("REDIS_URL", redis_url.to_string()),
+        ("DAYTONA_API_URL", daytona.api_url()),
+        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
+        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
+        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+        ("ANTHROPIC_API_KEY", "sk-test".into()),
+        ("STIGMER_LLM_BASE_URL", llm_url.to_string()),
+        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+        ("STIGMER_CLAIM_WAIT_MS", "500".into()),
+        ("STIGMER_STATUS_FLUSH_MS", "50".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
@@ -89,28 +106,16 @@ async fn cloud_mode_runs_an_agent_through_redis_and_daytona() {
     cp.apply_agent("cloudy", "You work in a Daytona sandbox.")
         .await;
 
-    let env: BTreeMap<String, String> = [
-        ("MODE", "cloud".to_string()),
-        ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
-        ("STIGMER_BACKEND_INSECURE", "true".into()),
-        ("STIGMER_API_KEY", jwt.clone()),
-        ("REDIS_URL", redis.url()),
-        ("DAYTONA_API_URL", daytona.api_url()),
-        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
-        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
-        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-        ("ANTHROPIC_API_KEY", "sk-test".into()),
-        ("STIGMER_LLM_BASE_URL", llm.base_url()),
-        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-        // Slow heartbeats: a cancellation arriving in time proves the Redis channel.
-        ("STIGMER_HEARTBEAT_INTERVAL_MS", "60000".into()),
-        ("STIGMER_CLAIM_WAIT_MS", "500".into()),
-        ("STIGMER_STATUS_FLUSH_MS", "50".into()),
-        ("LOG_LEVEL", "debug".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut env = cloud_env(
+        &cp.endpoint(),
+        &jwt,
+        &redis.url(),
+        &daytona,
+        &llm.base_url(),
+    );
+    // Slow heartbeats: a cancellation arriving in time proves the Redis channel.
+    env.insert("STIGMER_HEARTBEAT_INTERVAL_MS".into(), "60000".into());
+    env.insert("LOG_LEVEL".into(), "debug".into());
     let mut runner = ChildProcess::spawn(
         Path::new(env!("CARGO_BIN_EXE_runner")),
         &env,
@@ -221,22 +226,14 @@ async fn cloud_mode_refuses_to_start_without_redis() {
     let daytona = DaytonaServer::start(DaytonaOptions::new(DAYTONA_KEY)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let nowhere = free_addr();
-    let env: BTreeMap<String, String> = [
-        ("MODE", "cloud".to_string()),
-        ("STIGMER_BACKEND_ENDPOINT", "http://127.0.0.1:1".into()),
-        ("STIGMER_BACKEND_INSECURE", "true".into()),
-        ("STIGMER_API_KEY", test_jwt()),
-        ("REDIS_URL", format!("redis://:s3cret@{nowhere}")),
-        ("DAYTONA_API_URL", daytona.api_url()),
-        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
-        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
-        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-        ("ANTHROPIC_API_KEY", "sk-test".into()),
-        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut env = cloud_env(
+        "http://127.0.0.1:1",
+        &test_jwt(),
+        &format!("redis://:s3cret@{nowhere}"),
+        &daytona,
+        "http://127.0.0.1:1",
+    );
+    env.remove("STIGMER_LLM_BASE_URL");
     let mut runner = ChildProcess::spawn(
         Path::new(env!("CARGO_BIN_EXE_runner")),
         &env,
@@ -295,26 +292,16 @@ async fn a_redis_restart_loses_nothing_and_runs_nothing_twice() {
     config.redis = Some(redis_settings);
     let cp = TestControlPlane::start_with(config, None).await;
     cp.apply_agent("cloudy", "").await;
-    let env: BTreeMap<String, String> = [
-        ("MODE", "cloud".to_string()),
-        ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
-        ("STIGMER_BACKEND_INSECURE", "true".into()),
-        ("STIGMER_API_KEY", jwt.clone()),
-        ("REDIS_URL", redis.url()),
-        ("DAYTONA_API_URL", daytona.api_url()),
-        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
-        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
-        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-        ("ANTHROPIC_API_KEY", "sk-test".into()),
-        ("STIGMER_LLM_BASE_URL", llm.base_url()),
-        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-        ("STIGMER_MAX_CONCURRENCY", "2".into()),
-        ("STIGMER_HEARTBEAT_INTERVAL_MS", "200".into()),
-        ("STIGMER_CLAIM_WAIT_MS", "300".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut env = cloud_env(
+        &cp.endpoint(),
+        &jwt,
+        &redis.url(),
+        &daytona,
+        &llm.base_url(),
+    );
+    env.insert("STIGMER_MAX_CONCURRENCY".into(), "2".into());
+    env.insert("STIGMER_HEARTBEAT_INTERVAL_MS".into(), "200".into());
+    env.insert("STIGMER_CLAIM_WAIT_MS".into(), "300".into());
     let mut runner = ChildProcess::spawn(
         Path::new(env!("CARGO_BIN_EXE_runner")),
         &env,

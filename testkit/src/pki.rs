@@ -136,3 +136,20 @@ pub fn with(mut claims: Value, key: &str, value: Value) -> Value {
     claims[key] = value;
     claims
 }
+
+/// A well-formed, unsigned JWT (`alg` RS256, fake signature) expiring in an hour: enough for the
+/// runner's start-up checks (structure, exp, nbf) when no verification key is configured; a
+/// control plane under test accepts it when it is listed among its static keys.
+pub fn unsigned_jwt(subject: &str) -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let exp = jiff::Timestamp::now().as_second() + 3600;
+    format!(
+        "{}.{}.{}",
+        b64(serde_json::json!({"alg": "RS256", "typ": "JWT"})),
+        b64(serde_json::json!({"sub": subject, "exp": exp})),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("signature")
+    )
+}
