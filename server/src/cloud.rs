@@ -10,13 +10,13 @@ use std::time::Duration;
 use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client};
 use stigmer_proto::agentexecution::v1::AgentExecution;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::ExecutionStream;
-use crate::config::{RedisSettings, RedisTarget};
+use crate::config::RedisSettings;
 use crate::secrets;
 use crate::store::{ExecutionRecord, Store, StoreError};
 
@@ -80,7 +80,10 @@ impl Cloud {
         settings: &RedisSettings,
         shutdown: CancellationToken,
     ) -> Result<Self, CloudError> {
-        let (client, addr) = client_for(&settings.target)?;
+        let (client, addr) = settings
+            .target
+            .client()
+            .map_err(|e| CloudError::InvalidAddress(e.0))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
@@ -521,36 +524,4 @@ async fn write_events(
             tracing::warn!(execution = %event.id, error = %err, "cannot write to the events stream; subscribers fall back to the store");
         }
     }
-}
-
-fn client_for(target: &RedisTarget) -> Result<(Client, String), CloudError> {
-    let info = match target {
-        RedisTarget::Url(url) => url
-            .as_str()
-            .into_connection_info()
-            // The parse error may quote the URL, password included: do not pass it on.
-            .map_err(|_| CloudError::InvalidAddress("REDIS_URL is not a redis:// URL".into()))?,
-        RedisTarget::HostPort {
-            host,
-            port,
-            password,
-        } => {
-            let info = ConnectionAddr::Tcp(host.clone(), *port)
-                .into_connection_info()
-                .map_err(|_| CloudError::InvalidAddress(format!("{host}:{port}")))?;
-            match password.as_deref().filter(|p| !p.is_empty()) {
-                Some(password) => {
-                    let redis = info.redis_settings().clone().set_password(password);
-                    info.set_redis_settings(redis)
-                }
-                None => info,
-            }
-        }
-    };
-    let addr = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-        other => other.to_string(),
-    };
-    let client = Client::open(info).map_err(|_| CloudError::InvalidAddress(addr.clone()))?;
-    Ok((client, addr))
 }

@@ -1,6 +1,5 @@
 //! Server configuration shared by the library API and the binary.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -47,27 +46,7 @@ pub struct JwtAuth {
     pub key: KeySource,
 }
 
-/// Where Redis is. A password never appears in `Debug` output, logs or errors.
-#[derive(Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// `redis://[:password@]host:port[/db]` (REDIS_URL).
-    Url(String),
-    /// REDIS_HOST / REDIS_PORT / REDIS_PASSWORD.
-    HostPort {
-        host: String,
-        port: u16,
-        password: Option<String>,
-    },
-}
-
-impl fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Url(_) => f.write_str("RedisTarget::Url(<redacted>)"),
-            Self::HostPort { host, port, .. } => write!(f, "RedisTarget::HostPort({host}:{port})"),
-        }
-    }
-}
+pub use stigmer_redis::RedisTarget;
 
 /// The control plane's Redis settings; build with [`RedisSettings::new`] and adjust.
 #[derive(Debug, Clone, PartialEq, Eq)]

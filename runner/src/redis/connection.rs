@@ -5,73 +5,9 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Client, ConnectionAddr, IntoConnectionInfo};
+use redis::{AsyncConnectionConfig, Client};
 
-/// Where Redis is. A password given apart from the URL never appears in logs or errors.
-#[derive(Clone)]
-pub enum RedisTarget {
-    /// `redis://[:password@]host:port[/db]` (REDIS_URL).
-    Url(String),
-    /// REDIS_HOST / REDIS_PORT / REDIS_PASSWORD.
-    HostPort {
-        host: String,
-        port: u16,
-        password: Option<String>,
-    },
-}
-
-impl RedisTarget {
-    /// From the runner's settings: REDIS_URL wins; otherwise REDIS_HOST (with REDIS_PORT,
-    /// default 6379, and REDIS_PASSWORD). `None` when neither is set. Empty values count as
-    /// unset.
-    pub fn from_parts(
-        url: Option<String>,
-        host: Option<String>,
-        port: Option<u16>,
-        password: Option<String>,
-    ) -> Option<Self> {
-        let non_empty = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
-        if let Some(url) = non_empty(url) {
-            return Some(Self::Url(url));
-        }
-        non_empty(host).map(|host| Self::HostPort {
-            host,
-            port: port.unwrap_or(6379),
-            password: non_empty(password),
-        })
-    }
-}
-
-impl RedisTarget {
-    /// host:port without credentials, for the banner and error messages.
-    pub fn display_address(&self) -> String {
-        match self {
-            RedisTarget::HostPort { host, port, .. } => format!("{host}:{port}"),
-            RedisTarget::Url(url) => {
-                let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-                let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
-                rest.split('/').next().unwrap_or(rest).to_string()
-            }
-        }
-    }
-
-    pub fn password_state(&self) -> &'static str {
-        let set = match self {
-            RedisTarget::HostPort { password, .. } => password.is_some(),
-            RedisTarget::Url(url) => url.split_once("://").is_some_and(|(_, r)| r.contains('@')),
-        };
-        if set { "password set" } else { "no password" }
-    }
-}
-
-impl fmt::Debug for RedisTarget {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Url(_) => f.write_str("RedisTarget::Url(<redacted>)"),
-            Self::HostPort { host, port, .. } => write!(f, "RedisTarget::HostPort({host}:{port})"),
-        }
-    }
-}
+pub use stigmer_redis::RedisTarget;
 
 /// Everything the runner's Redis side needs. Build with [`RedisSettings::new`] and adjust.
 #[derive(Debug, Clone)]
@@ -188,42 +124,13 @@ impl Redis {
     }
 }
 
-fn client_for(target: &RedisTarget) -> Result<(Client, String), RedisError> {
-    let info = match target {
-        RedisTarget::Url(url) => url
-            .as_str()
-            .into_connection_info()
-            // The parse error may quote the URL, password included: do not pass it on.
-            .map_err(|_| RedisError::InvalidAddress("REDIS_URL is not a redis:// URL".into()))?,
-        RedisTarget::HostPort {
-            host,
-            port,
-            password,
-        } => {
-            let info = ConnectionAddr::Tcp(host.clone(), *port)
-                .into_connection_info()
-                .map_err(|_| RedisError::InvalidAddress(format!("{host}:{port}")))?;
-            match password.as_deref().filter(|p| !p.is_empty()) {
-                Some(password) => {
-                    let redis = info.redis_settings().clone().set_password(password);
-                    info.set_redis_settings(redis)
-                }
-                None => info,
-            }
-        }
-    };
-    let addr = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
-        other => other.to_string(),
-    };
-    let client = Client::open(info).map_err(|_| RedisError::InvalidAddress(addr.clone()))?;
-    Ok((client, addr))
-}
-
 /// Connects and pings, retrying a bounded number of times, then fails naming `host:port`
 /// (never the password), so a misconfigured runner stops at start-up instead of idling.
 pub async fn connect(settings: RedisSettings) -> Result<Redis, RedisError> {
-    let (client, addr) = client_for(&settings.target)?;
+    let (client, addr) = settings
+        .target
+        .client()
+        .map_err(|e| RedisError::InvalidAddress(e.0))?;
     let attempts = settings.connect_attempts.max(1);
     let mut attempt = 0;
     loop {
@@ -306,9 +213,9 @@ mod tests {
         assert!(!format!("{target:?}").contains("s3cret"));
         let url = RedisTarget::Url("redis://:s3cret@redis:6379/".into());
         assert!(!format!("{url:?}").contains("s3cret"));
-        let (_, addr) = client_for(&target).unwrap();
+        let (_, addr) = target.client().unwrap();
         assert_eq!(addr, "redis:6379");
-        let (_, addr) = client_for(&url).unwrap();
+        let (_, addr) = url.client().unwrap();
         assert_eq!(addr, "redis:6379");
     }
 
