@@ -33,6 +33,8 @@ pub struct AgentRun<'a> {
     /// Opened on the first tool call: an execution that calls no tool needs no sandbox.
     pub sandbox: &'a SessionSandbox<'a>,
     pub env: BTreeMap<String, String>,
+    /// Whether the agent's commands may use the network.
+    pub network: crate::sandbox::Network,
     pub limits: &'a ToolLimits,
     pub max_turns: u32,
     pub max_repeated_tool_calls: u32,
@@ -200,6 +202,7 @@ impl AgentRun<'_> {
                 env: &self.env,
                 cancel: self.cancel,
                 limits: self.limits,
+                network: self.network,
             };
             tools::execute(name, input, &ctx).await
         } else {

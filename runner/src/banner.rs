@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use crate::cloud_config::{CloudConfig, TokenOrigin};
 use crate::config::{Config, ConfigError, KeySource, Mode};
+use crate::sandbox::confine::{Layer, SandboxMode, SandboxStatus};
 
 pub fn startup(config: &Config) -> String {
     let mut out = String::new();
@@ -124,6 +125,47 @@ fn cloud_rows(row: &mut impl FnMut(&str, String), cloud: &CloudConfig) {
             cloud.daytona.api_url, cloud.daytona.snapshot
         ),
     );
+}
+
+/// What the command sandbox enforces on this machine, printed once the start-up probe ran.
+/// `off` is a warning, printed on every start.
+pub fn sandbox(status: &SandboxStatus) -> String {
+    if status.mode == SandboxMode::Off {
+        return "WARNING: STIGMER_SANDBOX=off: tool commands run unconfined, as this user, with \
+                access to everything it can read, write and reach (including this runner)"
+            .to_string();
+    }
+    let enforced: Vec<String> = status
+        .enforced
+        .iter()
+        .map(|layer| match layer {
+            Layer::Landlock => format!("landlock (ABI {})", status.landlock_abi),
+            other => other.to_string(),
+        })
+        .collect();
+    let mut out = format!(
+        "  {:<15} {} mode; enforced: {}",
+        "sandbox",
+        status.mode.as_str(),
+        if enforced.is_empty() {
+            "nothing".to_string()
+        } else {
+            enforced.join(", ")
+        }
+    );
+    for missing in &status.missing {
+        let _ = write!(
+            out,
+            "\n  {:<15} missing {}: {}",
+            "", missing.layer, missing.reason
+        );
+    }
+    if status.enforced.is_empty() {
+        out.push_str(
+            "\nWARNING: no sandbox layer works on this machine: tool commands run unconfined",
+        );
+    }
+    out
 }
 
 pub fn config_error(err: &ConfigError) -> String {

@@ -129,6 +129,8 @@ pub struct Config {
     pub api_key_is_local_default: bool,
     pub runner_id: String,
     pub sandbox_root: PathBuf,
+    /// How local-mode commands are confined (`STIGMER_SANDBOX*`).
+    pub sandbox: crate::sandbox::confine::SandboxSettings,
     pub max_concurrency: usize,
     pub drain_timeout: Duration,
     pub heartbeat_interval: Duration,
@@ -281,6 +283,7 @@ impl Config {
                 r.string("SANDBOX_ROOT_DIR")
                     .unwrap_or_else(|| "./workspace".into()),
             ),
+            sandbox: crate::sandbox::confine::read_settings(&mut r),
             max_concurrency: r.number(
                 &["STIGMER_MAX_CONCURRENCY", "TEMPORAL_MAX_CONCURRENCY"],
                 10,

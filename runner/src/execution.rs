@@ -82,6 +82,7 @@ pub async fn run(
                 tools: prepared.tools.clone(),
                 sandbox: &sandbox,
                 env: prepared.env.clone(),
+                network: crate::sandbox::Network::of_agent(&agent),
                 limits: &ctx.tool_limits,
                 max_turns: ctx.config.max_turns,
                 max_repeated_tool_calls: ctx.config.max_repeated_tool_calls,

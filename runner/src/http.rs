@@ -24,6 +24,8 @@ pub struct Health {
     pub draining: AtomicBool,
     pub in_flight: AtomicUsize,
     pub metrics: Metrics,
+    /// What the command sandbox enforces (local mode), set once at start.
+    pub sandbox: std::sync::OnceLock<crate::sandbox::confine::SandboxStatus>,
 }
 
 impl Health {
@@ -37,6 +39,7 @@ impl Health {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             metrics,
+            sandbox: std::sync::OnceLock::new(),
         }
     }
 
@@ -106,5 +109,6 @@ async fn status(State(h): State<Arc<Health>>) -> impl IntoResponse {
         "connected": h.connected.load(Ordering::Relaxed),
         "draining": h.draining.load(Ordering::Relaxed),
         "version": env!("CARGO_PKG_VERSION"),
+        "sandbox": h.sandbox.get(),
     }))
 }

@@ -10,6 +10,10 @@ use runner::worker::Worker;
 const EXIT_DRAIN_CANCELLED: u8 = 3;
 
 fn main() -> ExitCode {
+    // Started as the sandbox helper of a command: nothing else of the runner runs.
+    if let Some(code) = runner::sandbox::confine::helper_entry() {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let config = match Env::load().and_then(|env| Config::from_env(&env)) {
         Ok(config) => config,
         Err(err) => {

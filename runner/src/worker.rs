@@ -19,7 +19,8 @@ use crate::http::{self, BindError, Health};
 use crate::inflight::{ExecHandle, InFlight, Interrupt};
 use crate::llm::{LlmClient, LlmError, LlmSettings};
 use crate::redis::{CancelListener, PresenceRecord};
-use crate::sandbox::{SandboxError, SandboxRoot};
+use crate::sandbox::confine::ConfineError;
+use crate::sandbox::{Confinement, SandboxError, SandboxRoot};
 use crate::tools::ToolLimits;
 
 /// Most executions taken in one claim call.
@@ -49,6 +50,10 @@ pub enum StartError {
         #[source]
         source: SandboxError,
     },
+    #[error("command sandbox: {0}")]
+    Confine(#[from] ConfineError),
+    #[error("cannot find the runner's own binary (the sandbox helper): {0}")]
+    OwnBinary(std::io::Error),
     #[error("LLM client: {0}")]
     Llm(#[from] LlmError),
     #[error(transparent)]
@@ -57,6 +62,22 @@ pub enum StartError {
     Http(#[from] BindError),
     #[error("cloud mode: {0}")]
     Cloud(#[from] CloudStartError),
+}
+
+/// Local mode: the sandbox root, with commands confined as far as this machine allows (the
+/// probe runs the runner's own binary as the helper). Prints what is enforced.
+async fn open_local_sandboxes(config: &Config) -> Result<SandboxRoot, StartError> {
+    let sandbox_err = |source| StartError::Sandbox {
+        path: config.sandbox_root_display(),
+        source,
+    };
+    let mut root = SandboxRoot::new(&config.sandbox_root).map_err(sandbox_err)?;
+    let helper = std::env::current_exe().map_err(StartError::OwnBinary)?;
+    let probe_dir = root.probe_dir().map_err(sandbox_err)?;
+    let confinement = Confinement::detect(&config.sandbox, &helper, &probe_dir).await?;
+    println!("{}", crate::banner::sandbox(&confinement.status()));
+    root.set_confinement(confinement);
+    Ok(root)
 }
 
 /// A claimed execution and, in cloud mode, its queue entry (acknowledged once the terminal
@@ -99,12 +120,8 @@ impl Worker {
         })?;
         let (sandboxes, cloud) = match &config.cloud {
             None => {
-                let root = SandboxRoot::new(&config.sandbox_root).map_err(|source| {
-                    StartError::Sandbox {
-                        path: config.sandbox_root_display(),
-                        source,
-                    }
-                })?;
+                let root = open_local_sandboxes(&config).await?;
+                let _ = health.sandbox.set(root.confinement().status());
                 (Some(root), None)
             }
             Some(cloud) => (None, Some(CloudRuntime::start(&config, cloud).await?)),

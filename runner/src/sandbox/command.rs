@@ -4,6 +4,11 @@
 //! together: on timeout, on cancellation, when its caller stops waiting (the future is
 //! dropped), and when the shell exits while background children still hold the output pipe.
 //! It gets a minimal environment because the runner's own holds credentials (the LLM key).
+//!
+//! With confinement (`confine`), the process started is the runner's own binary as the
+//! sandbox helper, which confines and runs the shell; its stdin is a lifeline: closing it
+//! (cancellation, timeout, a dropped future, the runner dying) makes the helper end every
+//! process of the command, including those that left the process group.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -15,10 +20,12 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe::Receiver;
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 
 use super::capped::CappedBuffer;
+use super::confine::{self, CommandSpec, Confinement};
 use super::{CommandOutput, CommandRequest, SandboxError};
 
 const SHELL: &str = "/bin/sh";
@@ -28,6 +35,9 @@ const BASE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const DRAIN_DEADLINE: Duration = Duration::from_millis(500);
 /// How long to wait for a SIGKILLed shell to be reaped.
 const REAP_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a confined command's helper gets to end its processes once told to stop, before
+/// its process group is killed outright.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 8192;
 
 /// The environment every command starts from; `req.env` is added on top.
@@ -42,13 +52,21 @@ pub(super) fn base_env(cwd: &Path, tmp: &Path) -> BTreeMap<String, String> {
 
 pub(super) async fn run(
     cwd: &Path,
-    tmp: &Path,
+    session_tmp: &Path,
     req: CommandRequest<'_>,
+    confinement: &Confinement,
 ) -> Result<CommandOutput, SandboxError> {
     if req.cancel.is_cancelled() {
         return Err(SandboxError::Cancelled);
     }
-    let (mut child, pipe) = spawn(cwd, tmp, &req)?;
+    let tmp = confinement.tmp_dir(session_tmp);
+    let (mut child, pipe, mut lifeline) = if confinement.enabled() {
+        spawn_confined(cwd, session_tmp, tmp, &req, confinement).await?
+    } else {
+        let (child, pipe) = spawn(cwd, tmp, &req)?;
+        (child, pipe, None)
+    };
+    let _cgroup = CgroupGuard::new(confinement, &child);
     let mut group = GroupGuard::for_child(&child)?;
     let mut output = Output::new(pipe, req.output_limit);
 
@@ -69,7 +87,15 @@ pub(super) async fn run(
         }
     };
 
-    // Whatever happened, nothing the command started may outlive it.
+    // Whatever happened, nothing the command started may outlive it. A confined command's
+    // helper does that itself once its lifeline is cut; it gets a moment before the group is
+    // killed outright.
+    if let Some(stdin) = lifeline.take() {
+        drop(stdin);
+        if !matches!(ending, Ending::Exited(_)) {
+            let _ = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+        }
+    }
     group.kill();
     let exit_code = match ending {
         Ending::Cancelled => {
@@ -87,9 +113,16 @@ pub(super) async fn run(
     };
     output.drain(DRAIN_DEADLINE).await;
     let truncated_bytes = output.buf.dropped();
+    let text = output.buf.into_string();
+    if confinement.enabled()
+        && exit_code == Some(confine::SETUP_FAILED_EXIT)
+        && let Some(reason) = setup_failure(&text)
+    {
+        return Err(SandboxError::Confinement { reason });
+    }
     Ok(CommandOutput {
         exit_code,
-        output: output.buf.into_string(),
+        output: text,
         timed_out: matches!(ending, Ending::TimedOut),
         truncated_bytes,
     })
@@ -129,6 +162,79 @@ fn spawn(
         .spawn()
         .map_err(spawn_err)?;
     Ok((child, pipe))
+}
+
+/// Starts the sandbox helper (the runner's own binary) and hands it the plan. The returned
+/// stdin is the command's lifeline: closing it stops the command.
+async fn spawn_confined(
+    cwd: &Path,
+    session_tmp: &Path,
+    tmp: &Path,
+    req: &CommandRequest<'_>,
+    confinement: &Confinement,
+) -> Result<(Child, Receiver, Option<ChildStdin>), SandboxError> {
+    let spawn_err = |source| SandboxError::Spawn { source };
+    let (read_end, write_end) = output_pipe().map_err(spawn_err)?;
+    let pipe = Receiver::from_owned_fd(read_end).map_err(spawn_err)?;
+    let stderr_end = write_end.try_clone().map_err(spawn_err)?;
+    let mut env = base_env(cwd, tmp);
+    env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let plan = confinement.plan(CommandSpec {
+        command: req.command,
+        session_dir: cwd,
+        session_tmp,
+        env,
+        network: req.network,
+        timeout: req.timeout,
+    });
+    let mut line = serde_json::to_vec(&plan).map_err(|e| spawn_err(io::Error::other(e)))?;
+    line.push(b'\n');
+    let mut child = Command::new(confinement.helper())
+        .arg(confine::EXEC_ARG)
+        .current_dir(cwd)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::from(stderr_end))
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(spawn_err)?;
+    let mut stdin = child.stdin.take();
+    if let Some(lifeline) = stdin.as_mut() {
+        // A helper that died before reading its plan says why on the output.
+        let _ = lifeline.write_all(&line).await;
+    }
+    Ok((child, pipe, stdin))
+}
+
+/// The helper's own explanation when it could not confine the command.
+fn setup_failure(output: &str) -> Option<String> {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(confine::ERROR_PREFIX))
+        .map(str::to_owned)
+}
+
+/// Removes a confined command's cgroup once the command is over, killing what is left in it
+/// (for instance when the helper itself was killed).
+struct CgroupGuard {
+    cleanup: Option<(confine::CgroupParent, u32)>,
+}
+
+impl CgroupGuard {
+    fn new(confinement: &Confinement, child: &Child) -> Self {
+        let cleanup = confinement.cgroup().cloned().zip(child.id());
+        Self { cleanup }
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some((parent, pid)) = self.cleanup.take() {
+            confine::remove_cgroup(&parent, pid);
+        }
+    }
 }
 
 /// A pipe whose ends are close-on-exec, so that commands started concurrently by other

@@ -40,6 +40,7 @@ async fn run(
 ) -> Result<CommandOutput, SandboxError> {
     sandbox
         .run_command(CommandRequest {
+            network: crate::sandbox::Network::None,
             command,
             timeout,
             env,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
 use nix::fcntl::OFlag;
 
+use super::confine::Confinement;
 use super::paths::relative_to_session;
 use super::{CommandOutput, CommandRequest, DirEntry, SandboxError, command};
 
@@ -27,11 +28,17 @@ pub struct FsSandbox {
     /// Canonical path of the session directory; only commands use it (as their cwd).
     path: PathBuf,
     dir: Arc<Dir>,
+    confinement: Arc<Confinement>,
 }
 
 impl FsSandbox {
     /// Opens `<root>/<id>`, creating it. `id` is already validated.
-    pub(super) fn open(root: &Dir, root_path: &Path, id: &str) -> Result<Self, SandboxError> {
+    pub(super) fn open(
+        root: &Dir,
+        root_path: &Path,
+        id: &str,
+        confinement: Arc<Confinement>,
+    ) -> Result<Self, SandboxError> {
         let io_err = |action, source| SandboxError::Io {
             action,
             path: root_path.join(id).display().to_string(),
@@ -59,6 +66,7 @@ impl FsSandbox {
             id: id.to_owned(),
             path: root_path.join(id),
             dir: Arc::new(dir),
+            confinement,
         })
     }
 
@@ -83,7 +91,7 @@ impl FsSandbox {
         })
         .await?;
         let tmp = self.path.join(TMP_DIR);
-        command::run(&self.path, &tmp, req).await
+        command::run(&self.path, &tmp, req, &self.confinement).await
     }
 
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {

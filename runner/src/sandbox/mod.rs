@@ -6,14 +6,16 @@
 //! `CommandRequest`, `CommandOutput`, `DirEntry`, `SandboxError`.
 //!
 //! What is confined: every path the file tools touch resolves beneath the session directory
-//! (cap-std), symlinks included. What is not: commands run as the runner's user with a minimal
-//! environment and their own process group, but can read anything that user can read. Real
-//! isolation of commands needs a container or namespaces (cloud mode's Daytona sandbox).
+//! (cap-std), symlinks included. Commands run through `confine`: namespaces, Landlock,
+//! seccomp, resource limits and a cgroup, each where the kernel grants it (README, "What the
+//! sandbox guarantees"); with `STIGMER_SANDBOX=off` they run as the runner's user with only a
+//! minimal environment and their own process group.
 
 mod capped;
 mod command;
 #[cfg(test)]
 mod command_tests;
+pub mod confine;
 pub mod daytona;
 mod filesystem;
 #[cfg(test)]
@@ -27,6 +29,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use capped::{CappedBuffer, cap_text, truncation_marker};
+pub use confine::{Confinement, Network};
 pub use daytona::DaytonaSandbox;
 pub use filesystem::{FsSandbox, MAX_READ_BYTES};
 
@@ -39,6 +42,8 @@ pub struct CommandRequest<'a> {
     pub cancel: &'a CancellationToken,
     /// Bytes of merged stdout+stderr kept; the rest is counted and replaced by a marker.
     pub output_limit: usize,
+    /// Whether the command may use the network (the agent's `sandbox.network`).
+    pub network: Network,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +113,9 @@ pub enum SandboxError {
     },
     #[error("cancelled")]
     Cancelled,
+    /// The command could not be confined as this runner requires, so it did not run.
+    #[error("the sandbox could not confine the command, so it was not run: {reason}")]
+    Confinement { reason: String },
     /// Cloud mode: the Daytona API or the sandbox's toolbox failed.
     #[error(transparent)]
     Daytona(#[from] daytona::DaytonaError),
@@ -118,7 +126,12 @@ pub enum SandboxError {
 pub struct SandboxRoot {
     path: PathBuf,
     dir: cap_std::fs::Dir,
+    confinement: std::sync::Arc<Confinement>,
 }
+
+/// Where the start-up probe runs its test commands: not a valid session id, so no session
+/// ever shares it.
+const PROBE_DIR: &str = ".sandbox-probe";
 
 impl SandboxRoot {
     /// Creates `root` if missing and checks that it is a writable directory.
@@ -139,7 +152,36 @@ impl SandboxRoot {
         // The one use of ambient authority: everything else resolves beneath this handle.
         let dir = cap_std::fs::Dir::open_ambient_dir(&path, cap_std::ambient_authority())
             .map_err(|e| unusable(format!("cannot open it: {e}")))?;
-        Ok(Self { path, dir })
+        Ok(Self {
+            path,
+            dir,
+            confinement: std::sync::Arc::new(Confinement::off()),
+        })
+    }
+
+    /// Commands of every session opened from now on run under `confinement`.
+    pub fn set_confinement(&mut self, confinement: Confinement) {
+        self.confinement = std::sync::Arc::new(confinement);
+    }
+
+    pub fn confinement(&self) -> &Confinement {
+        &self.confinement
+    }
+
+    /// The directory the start-up probe runs in (created, empty of anything that matters).
+    pub fn probe_dir(&self) -> Result<PathBuf, SandboxError> {
+        match self.dir.create_dir(PROBE_DIR) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(SandboxError::Io {
+                    action: "creating the sandbox probe directory",
+                    path: self.path.join(PROBE_DIR).display().to_string(),
+                    source,
+                });
+            }
+        }
+        Ok(self.path.join(PROBE_DIR))
     }
 
     /// The canonical root directory.
@@ -150,7 +192,8 @@ impl SandboxRoot {
     /// Opens (creating if needed) the directory of session `sandbox_id`.
     pub fn open(&self, sandbox_id: &str) -> Result<Sandbox, SandboxError> {
         validate_id(sandbox_id)?;
-        FsSandbox::open(&self.dir, &self.path, sandbox_id).map(Sandbox::Filesystem)
+        FsSandbox::open(&self.dir, &self.path, sandbox_id, self.confinement.clone())
+            .map(Sandbox::Filesystem)
     }
 }
 

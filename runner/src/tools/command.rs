@@ -31,6 +31,7 @@ pub(super) async fn run_command(
             env: ctx.env,
             cancel: ctx.cancel,
             output_limit: ctx.limits.output_limit,
+            network: ctx.network,
         })
         .await?;
     Ok(outcome(&output, timeout))

@@ -62,6 +62,8 @@ pub struct ToolContext<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub cancel: &'a CancellationToken,
     pub limits: &'a ToolLimits,
+    /// Whether commands may use the network (the agent's `sandbox.network`).
+    pub network: crate::sandbox::Network,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

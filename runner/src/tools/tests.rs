@@ -40,6 +40,7 @@ impl Fixture {
             env: &self.env,
             cancel: &self.cancel,
             limits: &self.limits,
+            network: crate::sandbox::Network::None,
         }
     }
 

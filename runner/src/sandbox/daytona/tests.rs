@@ -61,6 +61,7 @@ async fn run(sandbox: &Sandbox, command: &str, timeout: Duration, limit: usize) 
     let cancel = CancellationToken::new();
     sandbox
         .run_command(CommandRequest {
+            network: crate::sandbox::Network::None,
             command,
             timeout,
             env: &env,
@@ -166,6 +167,7 @@ async fn a_command_is_not_replayed_after_a_server_error() {
     let cancel = CancellationToken::new();
     let err = sandbox
         .run_command(CommandRequest {
+            network: crate::sandbox::Network::None,
             command: "true",
             timeout: Duration::from_secs(5),
             env: &BTreeMap::new(),
@@ -316,6 +318,7 @@ async fn cancellation_stops_waiting_for_the_command() {
     let began = Instant::now();
     let result = sandbox
         .run_command(CommandRequest {
+            network: crate::sandbox::Network::None,
             command: "sleep 30",
             timeout: Duration::from_secs(30),
             env: &BTreeMap::new(),

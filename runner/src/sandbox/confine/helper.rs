@@ -1,0 +1,195 @@
+//! The helper process, stage one (`runner __sandbox-exec`): started by the runner for every
+//! confined command, with the plan on its stdin.
+//!
+//! Why a separate process: namespaces, Landlock and seccomp apply to the calling process (and
+//! `unshare(CLONE_NEWUSER)` only to a single-threaded one), and the runner is a multi-threaded
+//! async program that must stay unconfined. So the runner re-executes its own binary:
+//!
+//! ```text
+//! runner ──▶ __sandbox-exec (this: namespaces, cgroup, watchdog, reaper)
+//!               └──▶ __sandbox-init (PID 1 of the new PID namespace: filesystem view,
+//!                       limits, Landlock, capabilities, seccomp)
+//!                       └──▶ sh -c <command>
+//! ```
+//!
+//! This stage stays outside every restriction so that it can always end the command: it
+//! watches its stdin (closed by the runner on cancellation, or when the runner dies) and its
+//! own deadline, and kills the init, which takes the whole PID namespace with it. Without
+//! namespaces it is a child subreaper and kills every process that was reparented to it.
+
+use std::io::{BufRead, Read, Write};
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::cgroup::CommandCgroup;
+use super::error::HelperError;
+use super::policy::{CommandPlan, ERROR_PREFIX, Layer, Network, SETUP_FAILED_EXIT};
+use super::reap;
+
+/// Extra time the helper gives the command past the runner's own deadline before it acts.
+const DEADLINE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs stage one; returns the process exit code.
+pub fn exec_main() -> i32 {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            // stderr is the command's output pipe: the runner reads this as the reason.
+            eprintln!("{ERROR_PREFIX}{e}");
+            SETUP_FAILED_EXIT
+        }
+    }
+}
+
+fn run() -> Result<i32, HelperError> {
+    let mut stdin = std::io::stdin().lock();
+    let plan = read_plan_line(&mut stdin)?;
+    // Orphans of the command come to us (not to the runner or init) so that we can end them.
+    nix::sys::prctl::set_child_subreaper(true)
+        .map_err(|e| HelperError::sys("becoming a child subreaper", e))?;
+    let cgroup = match &plan.cgroup {
+        Some(parent) if plan.has(Layer::Cgroup) => {
+            Some(CommandCgroup::create_and_join(parent, &plan.limits)?)
+        }
+        _ => None,
+    };
+    if plan.has(Layer::Namespaces) {
+        enter_namespaces(plan.network)?;
+    }
+    // SIGCHLD is blocked and read from a signalfd, so that one thread can wait for the init,
+    // the runner's lifeline and the deadline at once (no threads: a process that unshared
+    // its PID namespace cannot create any).
+    let sigchld = SigSet::from(Signal::SIGCHLD);
+    sigchld
+        .thread_block()
+        .map_err(|e| HelperError::sys("blocking SIGCHLD", e))?;
+    let child_exits =
+        SignalFd::with_flags(&sigchld, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| HelperError::sys("creating a signalfd", e))?;
+    let init = spawn_init(&plan)?;
+    let init_pid = Pid::from_raw(i32::try_from(init.id()).map_err(|_| HelperError::NoPid)?);
+    let deadline = Instant::now() + Duration::from_millis(plan.timeout_ms) + DEADLINE_GRACE;
+    let code = supervise(&mut stdin, &child_exits, init_pid, deadline);
+    // The runner removes the cgroup directory once we are gone (we are still in it).
+    reap::kill_descendants(cgroup.as_ref());
+    Ok(code)
+}
+
+fn read_plan_line(stdin: &mut impl BufRead) -> Result<CommandPlan, HelperError> {
+    let mut line = String::new();
+    stdin
+        .read_line(&mut line)
+        .map_err(|e| HelperError::io("reading the plan", e))?;
+    serde_json::from_str(&line).map_err(|e| HelperError::Plan(e.to_string()))
+}
+
+/// A new user namespace (mapping the caller's own ids) and, owned by it, new mount, PID, IPC
+/// and UTS namespaces, and a network namespace with nothing in it when the agent has no
+/// network. The init process we start next is PID 1 there.
+fn enter_namespaces(network: Network) -> Result<(), HelperError> {
+    let uid = nix::unistd::getuid();
+    let gid = nix::unistd::getgid();
+    unshare(CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| HelperError::sys("creating a user namespace", e))?;
+    write_proc_self("setgroups", "deny")?;
+    write_proc_self("uid_map", &format!("{uid} {uid} 1"))?;
+    write_proc_self("gid_map", &format!("{gid} {gid} 1"))?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    if network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| HelperError::sys("creating namespaces", e))?;
+    // The init is a new program (execve), and a non-root user loses every capability across
+    // it; ambient capabilities carry the ones it needs to build the filesystem view. It drops
+    // them all before the command starts.
+    super::limits::pass_setup_capabilities()
+}
+
+fn write_proc_self(file: &str, contents: &str) -> Result<(), HelperError> {
+    std::fs::write(format!("/proc/self/{file}"), contents)
+        .map_err(|e| HelperError::io("writing the user namespace's id maps", e))
+}
+
+/// Starts stage two from our own binary and hands it the plan.
+fn spawn_init(plan: &CommandPlan) -> Result<std::process::Child, HelperError> {
+    let mut init = Command::new("/proc/self/exe")
+        .arg(super::INIT_ARG)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .env_clear()
+        .spawn()
+        .map_err(|e| HelperError::io("starting the sandbox init", e))?;
+    let json = serde_json::to_vec(plan).map_err(|e| HelperError::Plan(e.to_string()))?;
+    if let Some(mut pipe) = init.stdin.take() {
+        // A failed write means the init died; waiting for it reports why.
+        let _ = pipe.write_all(&json);
+    }
+    Ok(init)
+}
+
+/// Waits for the init to exit; kills it when the runner closes our stdin (cancellation, or
+/// the runner died) or when our own deadline passes. Returns its exit code.
+fn supervise(stdin: &mut impl Read, child_exits: &SignalFd, init: Pid, deadline: Instant) -> i32 {
+    let lifeline = std::io::stdin();
+    let mut watching_lifeline = true;
+    let mut killed = false;
+    loop {
+        if let Some(code) = exit_code(init, WaitPidFlag::WNOHANG) {
+            return code;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() && !killed {
+            let _ = kill(init, Signal::SIGKILL);
+            killed = true;
+        }
+        let millis = if killed {
+            100
+        } else {
+            u16::try_from(left.as_millis()).unwrap_or(u16::MAX)
+        };
+        let mut fds = vec![PollFd::new(child_exits.as_fd(), PollFlags::POLLIN)];
+        if watching_lifeline {
+            fds.push(PollFd::new(lifeline.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::from(millis)) {
+            Ok(0) | Err(_) => continue,
+            Ok(_) => {}
+        }
+        let lifeline_ready = fds
+            .get(1)
+            .and_then(PollFd::revents)
+            .is_some_and(|r| !r.is_empty());
+        // Drain the signalfd; the exit itself is read by waitpid above.
+        while let Ok(Some(_)) = child_exits.read_signal() {}
+        if lifeline_ready {
+            let mut buf = [0u8; 64];
+            if matches!(stdin.read(&mut buf), Ok(0) | Err(_)) {
+                watching_lifeline = false;
+                let _ = kill(init, Signal::SIGKILL);
+                killed = true;
+            }
+        }
+    }
+}
+
+/// The init's exit code once it exited (128 + n when a signal ended it, as shells report).
+fn exit_code(init: Pid, flags: WaitPidFlag) -> Option<i32> {
+    match waitpid(init, Some(flags)) {
+        Ok(WaitStatus::Exited(_, code)) => Some(code),
+        Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
+        Ok(_) | Err(nix::errno::Errno::EINTR) => None,
+        Err(_) => Some(SETUP_FAILED_EXIT),
+    }
+}
