@@ -157,7 +157,7 @@ async fn cancel_during_a_tool_call_kills_the_process_group() {
         text: None,
         calls: vec![(
             "run_command".into(),
-            json!({"command": "sleep 300 & echo $! > grandchild.pid; wait"}),
+            json!({"command": "sleep 314159 & wait"}),
         )],
     }])
     .await;
@@ -166,7 +166,8 @@ async fn cancel_during_a_tool_call_kills_the_process_group() {
     let _runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
     let created = h.cp.create_execution("sleeper", "", "sleep").await;
     let id = execution_id(&created);
-    let pid = read_pid(&h.session_dir(&created).join("grandchild.pid"), RUN_TIMEOUT).await;
+    // Found by its command line: inside the command's PID namespace `$!` is not a host pid.
+    let pid = testkit::process::wait_for_process("sleep 314159", RUN_TIMEOUT).await;
     assert!(process_alive(pid));
 
     h.cp.executions()
@@ -186,7 +187,7 @@ async fn cancel_during_a_tool_call_kills_the_process_group() {
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(
-        !process_alive(pid),
+        !process_alive(pid) && testkit::process::pids_running("sleep 314159").is_empty(),
         "grandchild {pid} survived the cancellation"
     );
 }

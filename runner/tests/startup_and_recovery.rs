@@ -85,7 +85,7 @@ async fn a_lost_lease_stops_the_execution_without_overwriting_the_verdict() {
         text: None,
         calls: vec![(
             "run_command".into(),
-            json!({"command": "sleep 120 & echo $! > child.pid; wait"}),
+            json!({"command": "sleep 120271 & wait"}),
         )],
     }])
     .await;
@@ -100,7 +100,8 @@ async fn a_lost_lease_stops_the_execution_without_overwriting_the_verdict() {
     let runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
     let created = h.cp.create_execution("a", "", "sleep").await;
     let id = execution_id(&created);
-    let pid = read_pid(&h.session_dir(&created).join("child.pid"), RUN_TIMEOUT).await;
+    // Found by its command line: inside the command's PID namespace `$!` is not a host pid.
+    let pid = testkit::process::wait_for_process("sleep 120271", RUN_TIMEOUT).await;
 
     runner.signal(nix::sys::signal::Signal::SIGSTOP);
     let failed = h.cp.wait_terminal(&id, Duration::from_secs(10)).await;

@@ -138,3 +138,45 @@ pub fn process_alive(pid: i32) -> bool {
         .and_then(|(_, rest)| rest.split_whitespace().next());
     !matches!(state, Some("Z") | Some("X") | None)
 }
+
+/// Host pids of live processes whose command line contains `marker` (arguments joined by
+/// spaces). Confined commands run in their own PID namespace, where `$$` and `$!` are not the
+/// host's pids, so tests find their processes by a unique marker instead.
+pub fn pids_running(marker: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me && process_alive(*pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| {
+                    let line: Vec<u8> = raw
+                        .iter()
+                        .map(|b| if *b == 0 { b' ' } else { *b })
+                        .collect();
+                    String::from_utf8_lossy(&line).contains(marker)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// Waits until a process whose command line contains `marker` runs; returns its host pid.
+pub async fn wait_for_process(marker: &str, timeout: Duration) -> i32 {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // The shell whose -c script holds the marker matches too; prefer the exact program.
+        if let Some(pid) = pids_running(marker).into_iter().max() {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no process running '{marker}' appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
