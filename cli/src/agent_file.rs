@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use stigmer_proto::agent::v1::{Agent, ModelConfig};
+use stigmer_proto::agent::v1::{Agent, ModelConfig, NetworkAccess, SandboxPolicy};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,6 +17,25 @@ pub struct AgentFile {
     pub tools: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub sandbox: SandboxFile,
+}
+
+/// `sandbox:` of the agent file: how its tool commands are confined.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxFile {
+    #[serde(default)]
+    pub network: NetworkFile,
+}
+
+/// `sandbox.network`: `none` (the default) or `allow`.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkFile {
+    #[default]
+    None,
+    Allow,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +63,12 @@ pub fn parse(text: &str) -> Result<Agent, String> {
         }),
         allowed_tools: file.tools,
         env: file.env.into_iter().collect(),
+        sandbox: Some(SandboxPolicy {
+            network: match file.sandbox.network {
+                NetworkFile::None => NetworkAccess::None,
+                NetworkFile::Allow => NetworkAccess::Allow,
+            } as i32,
+        }),
         ..Default::default()
     })
 }
@@ -64,6 +89,26 @@ mod tests {
         assert_eq!(model.temperature, Some(0.3));
         assert_eq!(agent.allowed_tools, ["read_file"]);
         assert_eq!(agent.env.get("A").map(String::as_str), Some("b"));
+    }
+
+    #[test]
+    fn network_defaults_to_none_and_allow_is_read() {
+        let network = |text: &str| {
+            parse(text)
+                .expect("valid")
+                .sandbox
+                .expect("sandbox")
+                .network()
+        };
+        assert_eq!(network("name: a\n"), NetworkAccess::None);
+        assert_eq!(
+            network("name: a\nsandbox:\n  network: allow\n"),
+            NetworkAccess::Allow
+        );
+        let err = parse("name: a\nsandbox:\n  network: internet\n").expect_err("bad value");
+        assert!(err.contains("none") && err.contains("allow"), "{err}");
+        let err = parse("name: a\nsandbox:\n  netwrk: allow\n").expect_err("typo");
+        assert!(err.contains("netwrk"), "{err}");
     }
 
     #[test]

@@ -119,6 +119,15 @@ pub fn validate(agent: &Agent) -> Result<(), String> {
             ));
         }
     }
+    if let Some(sandbox) = &agent.sandbox
+        && stigmer_proto::agent::v1::NetworkAccess::try_from(sandbox.network).is_err()
+    {
+        return Err(format!(
+            "sandbox.network {} is not a known value; use NETWORK_ACCESS_NONE or \
+             NETWORK_ACCESS_ALLOW (a newer client than this control plane?)",
+            sandbox.network
+        ));
+    }
     Ok(())
 }
 
@@ -166,6 +175,24 @@ mod tests {
             }),
             ..agent("a")
         }
+    }
+
+    #[test]
+    fn network_access_must_be_a_known_value() {
+        use stigmer_proto::agent::v1::{NetworkAccess, SandboxPolicy};
+        let with_network = |network: i32| Agent {
+            sandbox: Some(SandboxPolicy { network }),
+            ..agent("a")
+        };
+        for known in [
+            NetworkAccess::Unspecified,
+            NetworkAccess::None,
+            NetworkAccess::Allow,
+        ] {
+            assert_eq!(validate(&with_network(known as i32)), Ok(()));
+        }
+        let err = validate(&with_network(7)).expect_err("unknown value");
+        assert!(err.contains("sandbox.network 7"), "{err}");
     }
 
     #[test]
