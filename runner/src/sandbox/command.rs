@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe::Receiver;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStderr, ChildStdin, Command};
 
 use super::capped::CappedBuffer;
 use super::confine::{self, CommandSpec, Confinement};
@@ -60,8 +60,10 @@ pub(super) async fn run(
         return Err(SandboxError::Cancelled);
     }
     let tmp = confinement.tmp_dir(session_tmp);
-    let (mut child, pipe, mut lifeline) = if confinement.enabled() {
-        spawn_confined(cwd, session_tmp, tmp, &req, confinement).await?
+    let (mut child, pipe, mut helper) = if confinement.enabled() {
+        let (child, pipe, helper) =
+            spawn_confined(cwd, session_tmp, tmp, &req, confinement).await?;
+        (child, pipe, Some(helper))
     } else {
         let (child, pipe) = spawn(cwd, tmp, &req)?;
         (child, pipe, None)
@@ -79,8 +81,8 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             () = &mut cancelled => break Ending::Cancelled,
-            status = child.wait() => {
-                break Ending::Exited(status.map_err(|source| SandboxError::Wait { source })?)
+            finish = finished(&mut child, helper.as_mut()) => {
+                break Ending::Exited(finish.map_err(|source| SandboxError::Wait { source })?)
             }
             () = &mut deadline => break Ending::TimedOut,
             () = output.read_some() => {}
@@ -90,10 +92,10 @@ pub(super) async fn run(
     // Whatever happened, nothing the command started may outlive it. A confined command's
     // helper does that itself once its lifeline is cut; it gets a moment before the group is
     // killed outright.
-    if let Some(stdin) = lifeline.take() {
-        drop(stdin);
+    if let Some(helper) = helper.as_mut() {
+        helper.lifeline.take();
         if !matches!(ending, Ending::Exited(_)) {
-            let _ = tokio::time::timeout(STOP_GRACE, child.wait()).await;
+            let _ = tokio::time::timeout(STOP_GRACE, helper.read_status()).await;
         }
     }
     group.kill();
@@ -106,32 +108,92 @@ pub(super) async fn run(
             reap(&mut child, &mut group).await;
             None
         }
-        Ending::Exited(status) => {
+        Ending::Exited(Finish::SetupFailed(reason)) => {
+            return Err(SandboxError::Confinement { reason });
+        }
+        Ending::Exited(Finish::Code(code)) => {
+            // A confined command's helper may still be tearing its namespaces down: it was
+            // killed above and is reaped in the background.
             group.disarm();
-            status.code()
+            code
         }
     };
     output.drain(DRAIN_DEADLINE).await;
     let truncated_bytes = output.buf.dropped();
-    let text = output.buf.into_string();
-    if confinement.enabled()
-        && exit_code == Some(confine::SETUP_FAILED_EXIT)
-        && let Some(reason) = setup_failure(&text)
-    {
-        return Err(SandboxError::Confinement { reason });
-    }
     Ok(CommandOutput {
         exit_code,
-        output: text,
+        output: output.buf.into_string(),
         timed_out: matches!(ending, Ending::TimedOut),
         truncated_bytes,
     })
 }
 
 enum Ending {
-    Exited(ExitStatus),
+    Exited(Finish),
     TimedOut,
     Cancelled,
+}
+
+/// How a command ended.
+enum Finish {
+    /// Its exit code; None when a signal ended it.
+    Code(Option<i32>),
+    /// The sandbox could not confine it; it did not run.
+    SetupFailed(String),
+}
+
+/// Completes when the command is over: the shell's exit, or for a confined command the end of
+/// its helper's status channel. Cancel safe (what was read is kept in the helper).
+async fn finished(child: &mut Child, helper: Option<&mut Helper>) -> io::Result<Finish> {
+    match helper {
+        None => Ok(Finish::Code(child.wait().await?.code())),
+        Some(helper) => {
+            helper.read_status().await;
+            Ok(helper.finish())
+        }
+    }
+}
+
+/// A confined command's helper: its lifeline (stdin; closing it stops the command) and its
+/// status channel (stderr: setup errors and the exit code).
+struct Helper {
+    lifeline: Option<ChildStdin>,
+    status: Option<ChildStderr>,
+    text: Vec<u8>,
+}
+
+impl Helper {
+    /// Reads the status channel to its end. Cancel safe.
+    async fn read_status(&mut self) {
+        let Some(status) = self.status.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 512];
+        loop {
+            match status.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                // Bounded: a helper writes a few short lines.
+                Ok(n) if self.text.len() < 64 * 1024 => self.text.extend_from_slice(&chunk[..n]),
+                Ok(_) => {}
+            }
+        }
+        self.status = None;
+    }
+
+    fn finish(&self) -> Finish {
+        let text = String::from_utf8_lossy(&self.text);
+        if let Some(reason) = text
+            .lines()
+            .find_map(|l| l.strip_prefix(confine::ERROR_PREFIX))
+        {
+            return Finish::SetupFailed(reason.to_owned());
+        }
+        let code = text
+            .lines()
+            .find_map(|l| l.strip_prefix(confine::EXIT_PREFIX))
+            .and_then(|c| c.trim().parse::<i32>().ok());
+        Finish::Code(code)
+    }
 }
 
 /// Starts the shell with stdout and stderr on one pipe, so their lines stay in the order the
@@ -172,11 +234,10 @@ async fn spawn_confined(
     tmp: &Path,
     req: &CommandRequest<'_>,
     confinement: &Confinement,
-) -> Result<(Child, Receiver, Option<ChildStdin>), SandboxError> {
+) -> Result<(Child, Receiver, Helper), SandboxError> {
     let spawn_err = |source| SandboxError::Spawn { source };
     let (read_end, write_end) = output_pipe().map_err(spawn_err)?;
     let pipe = Receiver::from_owned_fd(read_end).map_err(spawn_err)?;
-    let stderr_end = write_end.try_clone().map_err(spawn_err)?;
     let mut env = base_env(cwd, tmp);
     env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let plan = confinement.plan(CommandSpec {
@@ -195,25 +256,22 @@ async fn spawn_confined(
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::from(write_end))
-        .stderr(Stdio::from(stderr_end))
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(spawn_err)?;
-    let mut stdin = child.stdin.take();
-    if let Some(lifeline) = stdin.as_mut() {
-        // A helper that died before reading its plan says why on the output.
-        let _ = lifeline.write_all(&line).await;
+    let mut lifeline = child.stdin.take();
+    if let Some(stdin) = lifeline.as_mut() {
+        // A helper that died before reading its plan says why on its status channel.
+        let _ = stdin.write_all(&line).await;
     }
-    Ok((child, pipe, stdin))
-}
-
-/// The helper's own explanation when it could not confine the command.
-fn setup_failure(output: &str) -> Option<String> {
-    output
-        .lines()
-        .find_map(|l| l.strip_prefix(confine::ERROR_PREFIX))
-        .map(str::to_owned)
+    let helper = Helper {
+        lifeline,
+        status: child.stderr.take(),
+        text: Vec::new(),
+    };
+    Ok((child, pipe, helper))
 }
 
 /// Removes a confined command's cgroup once the command is over, killing what is left in it
@@ -231,8 +289,16 @@ impl CgroupGuard {
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        if let Some((parent, pid)) = self.cleanup.take() {
-            confine::remove_cgroup(&parent, pid);
+        let Some((parent, pid)) = self.cleanup.take() else {
+            return;
+        };
+        // The helper may still be exiting (tearing its namespaces down): the directory can
+        // only go once it is gone, so this waits off the async threads.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || confine::remove_cgroup(&parent, pid));
+            }
+            Err(_) => confine::remove_cgroup(&parent, pid),
         }
     }
 }

@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 
 use super::cgroup::CommandCgroup;
 use super::error::HelperError;
-use super::policy::{CommandPlan, ERROR_PREFIX, Layer, Network, SETUP_FAILED_EXIT};
+use super::policy::{CommandPlan, ERROR_PREFIX, EXIT_PREFIX, Layer, Network, SETUP_FAILED_EXIT};
 use super::reap;
 
 /// Extra time the helper gives the command past the runner's own deadline before it acts.
@@ -77,9 +77,19 @@ fn run() -> Result<i32, HelperError> {
     let init = spawn_init(&plan)?;
     let init_pid = Pid::from_raw(i32::try_from(init.id()).map_err(|_| HelperError::NoPid)?);
     let deadline = Instant::now() + Duration::from_millis(plan.timeout_ms) + DEADLINE_GRACE;
+    // Only the init and the command hold the output now: its end of file means they are done.
+    let devnull =
+        std::fs::File::open("/dev/null").map_err(|e| HelperError::io("opening /dev/null", e))?;
+    nix::unistd::dup2_stdout(&devnull).map_err(|e| HelperError::sys("closing our output", e))?;
     let code = supervise(&mut stdin, &child_exits, init_pid, deadline);
-    // The runner removes the cgroup directory once we are gone (we are still in it).
-    reap::kill_descendants(cgroup.as_ref());
+    // Without namespaces the survivors are ours to end; with them the kernel already has.
+    if !plan.has(Layer::Namespaces) {
+        reap::kill_descendants(cgroup.as_ref());
+    }
+    // The runner removes the cgroup directory once we are gone (we are still in it). Our own
+    // exit tears the namespaces down, which can take milliseconds: report first.
+    eprintln!("{EXIT_PREFIX}{code}");
+    let _ = nix::unistd::dup2_stderr(&devnull);
     Ok(code)
 }
 

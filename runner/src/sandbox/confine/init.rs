@@ -7,6 +7,7 @@
 //! the limits; then Landlock (which needs no privilege); then every capability is dropped;
 //! seccomp comes last because it refuses the mount calls the view needed.
 
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::Signal;
@@ -68,8 +69,14 @@ fn run() -> Result<i32, HelperError> {
     }
     if plan.report {
         let json = serde_json::to_string(&report).map_err(|e| HelperError::Plan(e.to_string()))?;
-        println!("{REPORT_PREFIX}{json}");
+        eprintln!("{REPORT_PREFIX}{json}");
     }
+    // Our stderr is the helper's status channel; the command writes both streams to the
+    // output, merged in the order it writes them.
+    let output = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| HelperError::io("duplicating the output", e))?;
     let shell = Command::new(SHELL)
         .arg("-c")
         .arg(&plan.command)
@@ -77,6 +84,7 @@ fn run() -> Result<i32, HelperError> {
         .env_clear()
         .envs(&plan.env)
         .stdin(Stdio::null())
+        .stderr(Stdio::from(output))
         .spawn()
         .map_err(|e| HelperError::io("starting the shell", e))?;
     let shell_pid = Pid::from_raw(i32::try_from(shell.id()).map_err(|_| HelperError::NoPid)?);

@@ -36,8 +36,8 @@ mod view;
 use std::path::{Path, PathBuf};
 
 pub use policy::{
-    CgroupParent, CommandPlan, ERROR_PREFIX, Layer, Limits, Network, REPORT_PREFIX, Report,
-    SETUP_FAILED_EXIT,
+    CgroupParent, CommandPlan, ERROR_PREFIX, EXIT_PREFIX, Layer, Limits, Network, REPORT_PREFIX,
+    Report, SETUP_FAILED_EXIT,
 };
 pub use probe::{ConfineError, Missing, SandboxStatus};
 pub use settings::{SandboxMode, SandboxSettings};

@@ -153,6 +153,11 @@ impl CommandPlan {
     }
 }
 
+/// The helper's status channel (its stderr, separate from the command's output) carries: the
+/// probe's report, a setup error, and finally the command's exit code. The runner takes the
+/// end of that channel as the end of the command, so the kernel's teardown of the command's
+/// namespaces (which waits for an RCU grace period) happens after, off the tool call's path.
+pub const EXIT_PREFIX: &str = "stigmer-sandbox-exit: ";
 /// The line a probing helper prints before the command runs.
 pub const REPORT_PREFIX: &str = "stigmer-sandbox-report: ";
 /// The prefix of a helper's own error message; it then exits with [`SETUP_FAILED_EXIT`].

@@ -12,8 +12,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::policy::{
-    CgroupParent, CommandPlan, ERROR_PREFIX, Layer, Network, REPORT_PREFIX, Report,
-    SETUP_FAILED_EXIT,
+    CgroupParent, CommandPlan, ERROR_PREFIX, EXIT_PREFIX, Layer, Network, REPORT_PREFIX, Report,
 };
 use super::settings::{SandboxMode, SandboxSettings};
 use super::{Confinement, EXEC_ARG};
@@ -194,37 +193,31 @@ async fn try_layers(
         timeout_ms: u64::try_from(PROBE_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
         report: true,
     };
-    let (code, output) = run_helper(&confinement.helper, &plan).await?;
-    Ok(interpret(code, &output))
+    let (status, output) = run_helper(&confinement.helper, &plan).await?;
+    Ok(interpret(&status, &output))
 }
 
-fn interpret(code: Option<i32>, output: &str) -> Result<Report, String> {
-    if code == Some(0) {
-        let report = output
-            .lines()
-            .find_map(|l| l.strip_prefix(REPORT_PREFIX))
-            .and_then(|json| serde_json::from_str(json).ok())
-            .unwrap_or_default();
-        return Ok(report);
+/// Reads the helper's status channel (`status`) and, for context, the command's output.
+fn interpret(status: &str, output: &str) -> Result<Report, String> {
+    let line = |prefix: &str| status.lines().find_map(|l| l.strip_prefix(prefix));
+    if let Some(reason) = line(ERROR_PREFIX) {
+        return Err(reason.to_owned());
     }
-    let reason = output
-        .lines()
-        .find_map(|l| l.strip_prefix(ERROR_PREFIX))
-        .map(str::to_owned)
-        .unwrap_or_else(|| match code {
-            Some(SETUP_FAILED_EXIT) => "the helper failed without saying why".to_owned(),
-            Some(c) => format!("the probe command exited with {c}: {}", output.trim()),
-            None => "the probe command was killed".to_owned(),
-        });
-    Err(reason)
+    match line(EXIT_PREFIX).map(str::trim) {
+        Some("0") => Ok(line(REPORT_PREFIX)
+            .and_then(|json| serde_json::from_str(json).ok())
+            .unwrap_or_default()),
+        Some(code) => Err(format!(
+            "the probe command exited with {code}: {}",
+            output.trim()
+        )),
+        None => Err("the helper ended without a status (killed?)".to_owned()),
+    }
 }
 
-/// Runs the helper with `plan` until it exits; stdin stays open meanwhile (closing it means
-/// "stop").
-async fn run_helper(
-    helper: &Path,
-    plan: &CommandPlan,
-) -> Result<(Option<i32>, String), ConfineError> {
+/// Runs the helper with `plan` until it exits; returns its status channel and the command's
+/// output. stdin stays open meanwhile (closing it means "stop").
+async fn run_helper(helper: &Path, plan: &CommandPlan) -> Result<(String, String), ConfineError> {
     let fail = |source| ConfineError::Helper {
         helper: helper.to_path_buf(),
         source,
@@ -264,7 +257,7 @@ async fn run_helper(
     {
         Ok(status) => status.map_err(fail)?,
         Err(_) => {
-            return Ok((None, "the probe did not finish in time".into()));
+            return Ok((String::new(), "the probe did not finish in time".into()));
         }
     };
     drop(stdin);
@@ -274,7 +267,8 @@ async fn run_helper(
     ) {
         super::remove_cgroup(parent, pid);
     }
-    Ok((status.code(), format!("{out}{err}")))
+    let _ = status;
+    Ok((err, out))
 }
 
 /// A parent directory for command cgroups: the configured one, or one this runner can make
@@ -341,21 +335,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn helper_reasons_are_read_from_its_output() {
+    fn helper_reasons_are_read_from_its_status_channel() {
         assert_eq!(
             interpret(
-                Some(125),
-                "noise\nstigmer-sandbox: creating a user namespace: EPERM\n"
+                "stigmer-sandbox: creating a user namespace: EPERM\n",
+                "noise"
             ),
             Err("creating a user namespace: EPERM".into())
         );
         let ok = interpret(
-            Some(0),
-            "stigmer-sandbox-report: {\"landlock_abi\":6,\"landlock_full\":true,\"proc_mounted\":true}\n",
+            "stigmer-sandbox-report: {\"landlock_abi\":6,\"landlock_full\":true,\"proc_mounted\":true}\nstigmer-sandbox-exit: 0\n",
+            "",
         )
         .expect("ok");
         assert_eq!(ok.landlock_abi, 6);
-        assert!(interpret(Some(1), "boom").is_err_and(|r| r.contains("exited with 1")));
-        assert!(interpret(None, "").is_err());
+        assert!(
+            interpret("stigmer-sandbox-exit: 1\n", "boom")
+                .is_err_and(|r| r.contains("exited with 1: boom"))
+        );
+        assert!(interpret("", "").is_err_and(|r| r.contains("without a status")));
     }
 }

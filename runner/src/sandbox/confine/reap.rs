@@ -20,6 +20,11 @@ const MAX_ROUNDS: usize = 1000;
 pub fn kill_descendants(cgroup: Option<&CommandCgroup>) {
     let me = nix::unistd::getpid();
     for _ in 0..MAX_ROUNDS {
+        // No child at all means no descendant: any survivor would have been reparented to us.
+        // This saves scanning /proc after the common command that leaves nothing behind.
+        if !has_children() && cgroup.is_none_or(|c| c.members().iter().all(|p| *p == me)) {
+            return;
+        }
         let mut victims = children_of(me);
         if let Some(cgroup) = cgroup {
             victims.extend(cgroup.members().into_iter().filter(|p| *p != me));
@@ -34,6 +39,17 @@ pub fn kill_descendants(cgroup: Option<&CommandCgroup>) {
         while reap_one(WaitPidFlag::WNOHANG) {}
         if !victims.is_empty() {
             std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Reaps exited children; true while a live one remains.
+fn has_children() -> bool {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(nix::sys::wait::WaitStatus::StillAlive) => return true,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => return false,
         }
     }
 }
