@@ -10,7 +10,7 @@ use runner::sandbox::confine::{SandboxMode, SandboxSettings};
 use runner::sandbox::{CommandRequest, Confinement, Network, Sandbox, SandboxRoot};
 use tokio_util::sync::CancellationToken;
 
-const RUNS: usize = 20;
+const RUNS: usize = 300;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
