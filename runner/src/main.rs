@@ -10,6 +10,13 @@ use runner::worker::Worker;
 const EXIT_DRAIN_CANCELLED: u8 = 3;
 
 fn main() -> ExitCode {
+    // First thing, while the LLM key is only in the environment: a non-dumpable process's
+    // /proc/<pid>/environ and /mem, and ptrace, are refused to same-uid processes without
+    // CAP_SYS_PTRACE, such as the agent's tool commands (issue 9).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("runner: cannot make the process non-dumpable (PR_SET_DUMPABLE): {e}");
+        return ExitCode::FAILURE;
+    }
     let config = match Env::load().and_then(|env| Config::from_env(&env)) {
         Ok(config) => config,
         Err(err) => {
