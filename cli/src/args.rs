@@ -23,9 +23,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "STIGMER_BACKEND_ENDPOINT")]
     pub endpoint: Option<String>,
 
-    /// API key sent as `authorization: Bearer <key>`.
-    #[arg(long, global = true, env = "STIGMER_API_KEY", default_value = stigmer_proto::LOCAL_API_KEY, hide_env_values = true, hide_default_value = true)]
-    pub api_key: String,
+    /// API key sent as `authorization: Bearer <key>` [default: for an endpoint on this
+    /// machine, the client key of the `stigmer local` platform (client.key in its data
+    /// directory, $STIGMER_HOME or ~/.stigmer); else dummy-local-key].
+    #[arg(long, global = true, env = "STIGMER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 
     /// Output format: human-readable text, or JSON (one object per line when streaming).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Text)]

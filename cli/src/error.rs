@@ -19,7 +19,9 @@ pub enum CliError {
 fn describe(status: &tonic::Status) -> String {
     match status.code() {
         tonic::Code::Unauthenticated => format!(
-            "the control plane refused the API key ({}); set STIGMER_API_KEY or --api-key",
+            "the control plane refused the API key ({}); set STIGMER_API_KEY or --api-key \
+             (the client key of a `stigmer local` platform is read from client.key in its data \
+             directory: set STIGMER_HOME when that is not ~/.stigmer)",
             status.message()
         ),
         tonic::Code::Unavailable => format!(

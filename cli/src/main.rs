@@ -44,14 +44,22 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<u8, CliError> {
     // `local` manages the platform; it needs no connection to it.
     let command = match cli.command {
-        Command::Local(args) => return Ok(local::run(args, &cli.api_key, cli.output).await?),
+        Command::Local(args) => return Ok(local::run(args, cli.output).await?),
         other => other,
     };
     let endpoint = cli
         .endpoint
         .or_else(local::running_endpoint)
         .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-    let clients = client::connect(&endpoint, &cli.api_key).await?;
+    let api_key = match cli.api_key.filter(|k| !k.trim().is_empty()) {
+        Some(key) => key,
+        None => match local::client_key(&endpoint)? {
+            Some(key) => key.expose().to_string(),
+            // No local platform was started here: the runner-alone flow's well-known key.
+            None => stigmer_proto::LOCAL_API_KEY.to_string(),
+        },
+    };
+    let clients = client::connect(&endpoint, &api_key).await?;
     match command {
         Command::Agent(cmd) => agents::run(clients.agents, cmd, cli.output)
             .await

@@ -4,9 +4,13 @@
 use std::fmt::Write as _;
 
 use crate::cloud_config::{CloudConfig, TokenOrigin};
-use crate::config::{Config, ConfigError, KeySource, Mode};
+use crate::config::{Config, ConfigError, DOTENV_SWITCH, DotEnvState, KeySource, Mode};
+use crate::llm::Provider;
 use crate::sandbox::confine::{Layer, SandboxMode, SandboxStatus};
 
+/// The settings the runner starts with, each followed by where it came from
+/// (`[environment: VAR]`, `[.env /path/.env: VAR]` or `[default]`), so that a setting
+/// planted in a file cannot pass unnoticed.
 pub fn startup(config: &Config) -> String {
     let mut out = String::new();
     let line = "=".repeat(60);
@@ -18,10 +22,28 @@ pub fn startup(config: &Config) -> String {
         env!("CARGO_PKG_VERSION")
     );
     let _ = writeln!(out, "{line}");
-    let mut row = |k: &str, v: String| {
-        let _ = writeln!(out, "  {k:<15} {v}");
+    let sources = &config.sources;
+    let mut row = |k: &str, v: String, keys: &[&str]| {
+        if keys.is_empty() {
+            let _ = writeln!(out, "  {k:<15} {v}");
+        } else {
+            let _ = writeln!(out, "  {k:<15} {v}   [{}]", sources.describe(keys));
+        }
     };
-    row("runner id", config.runner_id.clone());
+    row(
+        "config file",
+        match sources.dotenv() {
+            DotEnvState::Loaded(path) => format!(".env {} (the environment wins)", path.display()),
+            DotEnvState::Absent(path) => format!("none (no {})", path.display()),
+            DotEnvState::Disabled => format!("none ({DOTENV_SWITCH}=off)"),
+        },
+        &[],
+    );
+    row(
+        "runner id",
+        config.runner_id.clone(),
+        &["STIGMER_RUNNER_ID", "POD_NAME"],
+    );
     let transport = if config.backend_endpoint.starts_with("https://") {
         "TLS gRPC"
     } else {
@@ -30,6 +52,7 @@ pub fn startup(config: &Config) -> String {
     row(
         "control plane",
         format!("{} ({transport})", config.backend_endpoint),
+        &["STIGMER_BACKEND_ENDPOINT"],
     );
     match &config.cloud {
         None => {
@@ -38,75 +61,93 @@ pub fn startup(config: &Config) -> String {
                 if config.api_key_is_local_default {
                     "local default".to_string()
                 } else {
-                    "set (STIGMER_API_KEY)".to_string()
+                    "set".to_string()
                 },
+                &["STIGMER_API_KEY"],
             );
             row(
                 "sandbox",
                 format!("filesystem under {}", config.sandbox_root_display()),
+                &["SANDBOX_ROOT_DIR"],
             );
         }
         Some(cloud) => cloud_rows(&mut row, cloud),
     }
     row(
         "concurrency",
-        format!(
-            "{} executions, drain timeout {}s",
-            config.max_concurrency,
-            config.drain_timeout.as_secs()
-        ),
+        format!("{} executions", config.max_concurrency),
+        &["STIGMER_MAX_CONCURRENCY", "TEMPORAL_MAX_CONCURRENCY"],
+    );
+    row(
+        "drain timeout",
+        format!("{}s", config.drain_timeout.as_secs()),
+        &["STIGMER_DRAIN_TIMEOUT_SECS"],
     );
     let llm = &config.llm;
     row(
-        "llm",
-        format!(
-            "{} / {} at {}",
-            llm.provider.as_str(),
-            llm.model,
-            llm.base_url
-        ),
+        "llm provider",
+        llm.provider.as_str().to_string(),
+        &["STIGMER_LLM_PROVIDER"],
     );
+    row("llm model", llm.model.clone(), &["STIGMER_LLM_MODEL"]);
+    // The address the LLM key is sent to.
     row(
-        "llm limits",
-        format!(
-            "max_tokens {}, temperature {}",
-            llm.max_tokens,
-            llm.temperature
-                .map_or_else(|| "provider default".to_string(), |t| t.to_string())
-        ),
-    );
-    row(
-        "llm api key",
-        match &llm.key_source {
-            KeySource::Variable(var) => format!("set (from {var})"),
-            KeySource::NotNeeded => format!("not needed for {}", llm.provider.as_str()),
+        "llm endpoint",
+        llm.base_url.clone(),
+        match llm.provider {
+            Provider::Ollama => &["STIGMER_LLM_BASE_URL", "OLLAMA_BASE_URL"][..],
+            _ => &["STIGMER_LLM_BASE_URL"][..],
         },
     );
     row(
-        "redis",
-        match (&config.mode, &config.cloud) {
-            (Mode::Cloud, Some(cloud)) => format!(
+        "llm max tokens",
+        llm.max_tokens.to_string(),
+        &["STIGMER_LLM_MAX_TOKENS"],
+    );
+    row(
+        "llm temperature",
+        llm.temperature
+            .map_or_else(|| "provider default".to_string(), |t| t.to_string()),
+        &["STIGMER_LLM_TEMPERATURE"],
+    );
+    match &llm.key_source {
+        KeySource::Variable(var) => row("llm api key", "set".to_string(), &[var]),
+        KeySource::NotNeeded => row(
+            "llm api key",
+            format!("not needed for {}", llm.provider.as_str()),
+            &[],
+        ),
+    }
+    match (&config.mode, &config.cloud) {
+        (Mode::Cloud, Some(cloud)) => row(
+            "redis",
+            format!(
                 "{} ({})",
                 cloud.redis.display_address(),
                 cloud.redis.password_state()
             ),
-            _ => "not used in local mode".to_string(),
-        },
-    );
+            &["REDIS_URL", "REDIS_HOST"],
+        ),
+        _ => row("redis", "not used in local mode".to_string(), &[]),
+    }
     row(
         "http",
         format!("{} (/healthz /readyz /metrics)", config.http_addr),
+        &["STIGMER_HTTP_ADDR"],
     );
     let _ = write!(out, "{line}");
     out
 }
 
-fn cloud_rows(row: &mut impl FnMut(&str, String), cloud: &CloudConfig) {
-    let source = match &cloud.token {
-        TokenOrigin::Env(_) => "STIGMER_API_KEY".to_string(),
-        TokenOrigin::File(path) => format!("file {}, re-read on change", path.display()),
-    };
-    row("api key", format!("JWT set (from {source})"));
+fn cloud_rows(row: &mut impl FnMut(&str, String, &[&str]), cloud: &CloudConfig) {
+    match &cloud.token {
+        TokenOrigin::Env(_) => row("api key", "JWT set".to_string(), &["STIGMER_API_KEY"]),
+        TokenOrigin::File(path) => row(
+            "api key",
+            format!("JWT set (file {}, re-read on change)", path.display()),
+            &["STIGMER_API_KEY_FILE"],
+        ),
+    }
     row(
         "jwt checks",
         format!(
@@ -114,9 +155,14 @@ fn cloud_rows(row: &mut impl FnMut(&str, String), cloud: &CloudConfig) {
             cloud.jwt_checks_description(),
             cloud.token_expires_at.as_deref().unwrap_or("never")
         ),
+        &[],
     );
     if let Some(ca) = &cloud.ca_file {
-        row("tls ca", ca.display().to_string());
+        row(
+            "tls ca",
+            ca.display().to_string(),
+            &["STIGMER_BACKEND_CA_FILE"],
+        );
     }
     row(
         "sandbox",
@@ -124,6 +170,7 @@ fn cloud_rows(row: &mut impl FnMut(&str, String), cloud: &CloudConfig) {
             "Daytona at {} (snapshot {}, key set)",
             cloud.daytona.api_url, cloud.daytona.snapshot
         ),
+        &["DAYTONA_API_URL"],
     );
 }
 
@@ -206,12 +253,18 @@ mod tests {
         let config = Config::from_env(&env).expect("valid");
         let text = startup(&config);
         assert!(text.contains("LOCAL Mode"));
-        assert!(text.contains("http://localhost:50051"));
-        assert!(text.contains("7 executions"));
-        assert!(text.contains("anthropic / claude-test"));
-        assert!(text.contains("set (from ANTHROPIC_API_KEY)"));
-        assert!(text.contains("set (STIGMER_API_KEY)"));
+        assert!(text.contains("http://localhost:50051 (plaintext gRPC)   [default]"));
+        assert!(text.contains("7 executions   [environment: STIGMER_MAX_CONCURRENCY]"));
+        assert!(text.contains("llm provider    anthropic   [environment: STIGMER_LLM_PROVIDER]"));
+        assert!(text.contains("llm model       claude-test   [environment: STIGMER_LLM_MODEL]"));
+        assert!(
+            text.contains("llm endpoint    https://api.anthropic.com   [default]"),
+            "{text}"
+        );
+        assert!(text.contains("llm api key     set   [environment: ANTHROPIC_API_KEY]"));
+        assert!(text.contains("api key         set   [environment: STIGMER_API_KEY]"));
         assert!(text.contains("not used in local mode"));
+        assert!(text.contains("config file     none (STIGMER_DOTENV=off)"));
         assert!(!text.contains("backend-secret-123"));
         assert!(!text.contains("sk-ant-very-secret"));
     }
@@ -237,7 +290,7 @@ mod tests {
         let text = startup(&config);
         assert!(text.contains("CLOUD Mode"));
         assert!(text.contains("https://api.example.com:443 (TLS gRPC)"));
-        assert!(text.contains("JWT set (from STIGMER_API_KEY)"));
+        assert!(text.contains("JWT set   [environment: STIGMER_API_KEY]"));
         assert!(text.contains("structure, exp, nbf, aud"));
         assert!(text.contains("redis.internal:6380 (password set)"));
         assert!(text.contains("Daytona at https://app.daytona.io/api (snapshot snap-1"));
@@ -266,6 +319,43 @@ mod tests {
         );
         assert!(text.contains("STIGMER_API_KEY: not a valid JWT"), "{text}");
         assert!(!text.contains("not-a-jwt"), "the token was echoed: {text}");
+    }
+
+    /// Each setting says where it came from, so a value planted in a `.env` shows.
+    #[test]
+    fn banner_names_the_origin_of_each_setting() {
+        let env = Env::from_pairs([
+            ("STIGMER_LLM_PROVIDER", "openai"),
+            ("OPENAI_API_KEY", "sk-x"),
+            ("STIGMER_DRAIN_TIMEOUT_SECS", "5"),
+        ])
+        .with_dotenv([
+            ("STIGMER_LLM_BASE_URL", "http://elsewhere:9/v1"),
+            ("STIGMER_DRAIN_TIMEOUT_SECS", "99"),
+        ]);
+        let text = startup(&Config::from_env(&env).expect("valid"));
+        assert!(
+            text.contains(
+                "llm endpoint    http://elsewhere:9/v1   [.env .env: STIGMER_LLM_BASE_URL]"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("drain timeout   5s   [environment: STIGMER_DRAIN_TIMEOUT_SECS]"),
+            "{text}"
+        );
+        assert!(text.contains("llm max tokens  8192   [default]"), "{text}");
+        assert!(
+            text.contains("config file     .env .env (the environment wins)"),
+            "{text}"
+        );
+        // Ollama's address may come from OLLAMA_BASE_URL.
+        let env = Env::from_pairs([("OLLAMA_BASE_URL", "http://gpu:11434")]);
+        let text = startup(&Config::from_env(&env).expect("valid"));
+        assert!(
+            text.contains("llm endpoint    http://gpu:11434   [environment: OLLAMA_BASE_URL]"),
+            "{text}"
+        );
     }
 
     #[test]

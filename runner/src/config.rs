@@ -18,28 +18,134 @@ use crate::llm::Provider;
 pub struct Env {
     process: HashMap<String, String>,
     dotenv: HashMap<String, String>,
+    dotenv_state: DotEnvState,
+}
+
+/// The variable that turns the `.env` lookup off (`off`) or on (`on`, the default). Read from
+/// the process environment only: a `.env` file cannot switch itself on.
+pub const DOTENV_SWITCH: &str = "STIGMER_DOTENV";
+const DEFAULT_SANDBOX_ROOT: &str = "./workspace";
+
+/// What became of the `.env` lookup, for the banner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum DotEnvState {
+    /// `STIGMER_DOTENV=off` (as `stigmer local start` runs the runner).
+    #[default]
+    Disabled,
+    /// No `.env` at this path.
+    Absent(PathBuf),
+    /// Read from this (canonical) path.
+    Loaded(PathBuf),
+}
+
+/// Where one setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Environment,
+    DotEnv(PathBuf),
+    Default,
 }
 
 impl Env {
-    /// The real process environment plus `./.env` when present (never written back into the
-    /// process environment, so tool commands cannot inherit it).
+    /// The real process environment plus `./.env` when present and allowed (never written
+    /// back into the process environment, so tool commands cannot inherit it).
+    ///
+    /// The runner must never take configuration from a file a tool command could have
+    /// written: a `.env` redirecting `STIGMER_LLM_BASE_URL` would send the LLM key to an
+    /// attacker at the next start. So a `.env` inside the sandbox root (where commands
+    /// write), or in a working directory inside it, is refused with an error rather than
+    /// read, and `STIGMER_DOTENV=off` turns the lookup off altogether.
     pub fn load() -> Result<Self, ConfigError> {
-        let dotenv = match dotenvy::from_path_iter(".env") {
-            Ok(iter) => iter.collect::<Result<HashMap<_, _>, _>>().map_err(|e| {
-                ConfigError::single("(.env)", format!("cannot parse .env file: {e}"))
-            })?,
-            Err(e) if e.not_found() => HashMap::new(),
-            Err(e) => {
+        let cwd = std::env::current_dir().map_err(|e| {
+            ConfigError::single(
+                "(.env)",
+                format!("cannot tell the working directory to look for .env in: {e}"),
+            )
+        })?;
+        Self::load_from(std::env::vars().collect(), &cwd)
+    }
+
+    /// [`Env::load`] with the process environment `process`, looking for `.env` in `dir`
+    /// (relative settings such as `SANDBOX_ROOT_DIR` are taken relative to `dir`, the
+    /// runner's working directory).
+    pub fn load_from(process: HashMap<String, String>, dir: &Path) -> Result<Self, ConfigError> {
+        let mut env = Self {
+            process,
+            dotenv: HashMap::new(),
+            dotenv_state: DotEnvState::Disabled,
+        };
+        let switch = env
+            .process
+            .get(DOTENV_SWITCH)
+            .map(|v| v.trim().to_ascii_lowercase());
+        match switch.as_deref() {
+            None | Some("" | "on" | "true" | "1") => {}
+            Some("off" | "false" | "0") => return Ok(env),
+            Some(_) => {
                 return Err(ConfigError::single(
-                    "(.env)",
-                    format!("cannot read .env file: {e}"),
+                    DOTENV_SWITCH,
+                    format!(
+                        "'{}' is not a switch; use on (read ./.env, the default) or off",
+                        env.process.get(DOTENV_SWITCH).map_or("", |v| v.trim())
+                    ),
                 ));
             }
+        }
+        let path = dir.join(".env");
+        if matches!(std::fs::symlink_metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        {
+            env.dotenv_state = DotEnvState::Absent(path);
+            return Ok(env);
+        }
+        let unreadable = |e: &dyn fmt::Display| {
+            ConfigError::single("(.env)", format!("cannot read {}: {e}", path.display()))
         };
-        Ok(Self {
-            process: std::env::vars().collect(),
-            dotenv,
-        })
+        // Canonical: a symlink is judged (and read) by what it points to.
+        let file = std::fs::canonicalize(&path).map_err(|e| unreadable(&e))?;
+        let dotenv = dotenvy::from_path_iter(&file)
+            .map_err(|e| unreadable(&e))?
+            .collect::<Result<HashMap<_, _>, _>>()
+            .map_err(|e| {
+                ConfigError::single("(.env)", format!("cannot parse {}: {e}", file.display()))
+            })?;
+        // The file must not move the sandbox root away from itself: it is checked against the
+        // root the environment (or the default) names and against the one it names.
+        let blank = |v: &&String| !v.trim().is_empty();
+        let roots = [
+            Some(
+                env.process
+                    .get("SANDBOX_ROOT_DIR")
+                    .filter(blank)
+                    .map_or(DEFAULT_SANDBOX_ROOT, |v| v.trim()),
+            ),
+            dotenv
+                .get("SANDBOX_ROOT_DIR")
+                .filter(blank)
+                .map(|v| v.trim()),
+        ];
+        let folder = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        // A root that does not exist yet holds no file, so nothing there can be refused.
+        for root in roots
+            .into_iter()
+            .flatten()
+            .filter_map(|root| std::fs::canonicalize(dir.join(root)).ok())
+        {
+            if file.starts_with(&root) || folder.starts_with(&root) {
+                return Err(ConfigError::single(
+                    "(.env)",
+                    format!(
+                        "refusing to read {}: it lies inside the sandbox root {} \
+                         (SANDBOX_ROOT_DIR), where tool commands write files; move it out of \
+                         there, or set {DOTENV_SWITCH}=off and pass settings in the environment",
+                        path.display(),
+                        root.display()
+                    ),
+                ));
+            }
+        }
+        env.dotenv = dotenv;
+        env.dotenv_state = DotEnvState::Loaded(file);
+        Ok(env)
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
@@ -49,6 +155,7 @@ impl Env {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             dotenv: HashMap::new(),
+            dotenv_state: DotEnvState::Disabled,
         }
     }
 
@@ -57,16 +164,86 @@ impl Env {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        self.dotenv_state = DotEnvState::Loaded(PathBuf::from(".env"));
         self
     }
 
     /// A set, non-blank value.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.process
-            .get(key)
-            .or_else(|| self.dotenv.get(key))
-            .map(|v| v.trim())
-            .filter(|v| !v.is_empty())
+        self.raw(key).map(|(value, _)| value)
+    }
+
+    /// Where [`Env::get`]'s value for `key` comes from; `Default` when it is unset.
+    pub fn origin(&self, key: &str) -> Origin {
+        match self.raw(key) {
+            None => Origin::Default,
+            Some((_, false)) => Origin::Environment,
+            Some((_, true)) => match &self.dotenv_state {
+                DotEnvState::Loaded(path) => Origin::DotEnv(path.clone()),
+                _ => Origin::DotEnv(PathBuf::from(".env")),
+            },
+        }
+    }
+
+    /// The value and whether it came from `.env`. A variable set in the process environment
+    /// wins even when blank (which then means unset).
+    fn raw(&self, key: &str) -> Option<(&str, bool)> {
+        let (value, from_file) = match self.process.get(key) {
+            Some(v) => (v, false),
+            None => (self.dotenv.get(key)?, true),
+        };
+        let value = value.trim();
+        (!value.is_empty()).then_some((value, from_file))
+    }
+
+    pub fn dotenv_state(&self) -> &DotEnvState {
+        &self.dotenv_state
+    }
+}
+
+/// Where each setting came from (names only, never values), kept in [`Config`] for the
+/// banner.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    dotenv: DotEnvState,
+    origins: HashMap<String, Origin>,
+}
+
+impl Sources {
+    fn of(env: &Env) -> Self {
+        let origins = env
+            .process
+            .keys()
+            .chain(env.dotenv.keys())
+            .filter_map(|key| match env.origin(key) {
+                Origin::Default => None,
+                origin => Some((key.clone(), origin)),
+            })
+            .collect();
+        Self {
+            dotenv: env.dotenv_state.clone(),
+            origins,
+        }
+    }
+
+    pub fn dotenv(&self) -> &DotEnvState {
+        &self.dotenv
+    }
+
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// Where the first set variable of `keys` (in the order the setting reads them) came
+    /// from: `environment: KEY`, `.env /path/.env: KEY`, or `default`.
+    pub fn describe(&self, keys: &[&str]) -> String {
+        keys.iter()
+            .find_map(|key| match self.origin(key) {
+                Origin::Default => None,
+                Origin::Environment => Some(format!("environment: {key}")),
+                Origin::DotEnv(path) => Some(format!(".env {}: {key}", path.display())),
+            })
+            .unwrap_or_else(|| "default".to_string())
     }
 }
 
@@ -146,6 +323,8 @@ pub struct Config {
     pub llm: LlmConfig,
     /// Set in cloud mode only.
     pub cloud: Option<CloudConfig>,
+    /// Where each setting came from, for the banner.
+    pub sources: Sources,
 }
 
 impl fmt::Debug for Config {
@@ -281,7 +460,7 @@ impl Config {
                 .unwrap_or_else(default_runner_id),
             sandbox_root: PathBuf::from(
                 r.string("SANDBOX_ROOT_DIR")
-                    .unwrap_or_else(|| "./workspace".into()),
+                    .unwrap_or_else(|| DEFAULT_SANDBOX_ROOT.into()),
             ),
             sandbox: crate::sandbox::confine::read_settings(&mut r),
             max_concurrency: r.number(
@@ -308,6 +487,7 @@ impl Config {
             log_json: matches!(r.string("LOG_FORMAT").as_deref(), Some("json")),
             llm,
             cloud,
+            sources: Sources::of(env),
         };
         if r.problems.is_empty() {
             Ok(config)
@@ -720,6 +900,130 @@ mod tests {
         let c = Config::from_env(&env).expect("valid");
         assert_eq!(c.max_concurrency, 3);
         assert_eq!(c.sandbox_root, PathBuf::from("/tmp/s"));
+    }
+
+    fn write_dotenv(dir: &Path, text: &str) {
+        std::fs::write(dir.join(".env"), text).expect("write .env");
+    }
+
+    fn process(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn refusal(result: Result<Env, ConfigError>) -> String {
+        let err = result.expect_err("the .env must be refused").to_string();
+        assert!(err.contains("refusing to read"), "{err}");
+        assert!(err.contains("sandbox root"), "{err}");
+        assert!(err.contains("STIGMER_DOTENV=off"), "{err}");
+        err
+    }
+
+    #[test]
+    fn dotenv_in_the_working_directory_is_read_with_its_origin() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        write_dotenv(
+            tmp.path(),
+            "STIGMER_LLM_BASE_URL=http://from-file:1\nSTIGMER_MAX_TURNS=7\n",
+        );
+        let env =
+            Env::load_from(process(&[("STIGMER_MAX_TURNS", "9")]), tmp.path()).expect("loads");
+        let file = std::fs::canonicalize(tmp.path().join(".env")).expect("canonical");
+        assert_eq!(env.dotenv_state(), &DotEnvState::Loaded(file.clone()));
+        assert_eq!(env.get("STIGMER_LLM_BASE_URL"), Some("http://from-file:1"));
+        assert_eq!(
+            env.origin("STIGMER_LLM_BASE_URL"),
+            Origin::DotEnv(file.clone())
+        );
+        assert_eq!(
+            env.get("STIGMER_MAX_TURNS"),
+            Some("9"),
+            "the environment wins"
+        );
+        assert_eq!(env.origin("STIGMER_MAX_TURNS"), Origin::Environment);
+        assert_eq!(env.origin("STIGMER_LLM_MODEL"), Origin::Default);
+        let config = Config::from_env(&env).expect("valid");
+        assert_eq!(
+            config.sources.describe(&["STIGMER_LLM_BASE_URL"]),
+            format!(".env {}: STIGMER_LLM_BASE_URL", file.display())
+        );
+    }
+
+    #[test]
+    fn no_dotenv_is_fine_and_said() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let env = Env::load_from(process(&[]), tmp.path()).expect("loads");
+        assert_eq!(
+            env.dotenv_state(),
+            &DotEnvState::Absent(tmp.path().join(".env"))
+        );
+    }
+
+    #[test]
+    fn dotenv_off_reads_nothing() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        write_dotenv(tmp.path(), "STIGMER_LLM_BASE_URL=http://attacker:1\n");
+        for off in ["off", "OFF", "false", "0"] {
+            let env =
+                Env::load_from(process(&[("STIGMER_DOTENV", off)]), tmp.path()).expect("loads");
+            assert_eq!(env.dotenv_state(), &DotEnvState::Disabled);
+            assert_eq!(env.get("STIGMER_LLM_BASE_URL"), None);
+        }
+        let err = Env::load_from(process(&[("STIGMER_DOTENV", "maybe")]), tmp.path())
+            .expect_err("not a switch");
+        assert_eq!(variables(&err), ["STIGMER_DOTENV"]);
+        // A .env cannot switch itself on or off: the switch is read from the environment.
+        write_dotenv(tmp.path(), "STIGMER_DOTENV=maybe\nSTIGMER_MAX_TURNS=3\n");
+        let env = Env::load_from(process(&[]), tmp.path()).expect("loads");
+        assert_eq!(env.get("STIGMER_MAX_TURNS"), Some("3"));
+    }
+
+    /// A command writes into the sandbox root: a `.env` there (or a working directory there)
+    /// is refused, whichever way the root is named.
+    #[test]
+    fn dotenv_inside_the_sandbox_root_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path().join("workspace");
+        let session = root.join("session-1");
+        std::fs::create_dir_all(&session).expect("mkdir");
+        write_dotenv(&session, "STIGMER_LLM_BASE_URL=http://attacker:1\n");
+        let absolute = root.display().to_string();
+        // Working directory inside the root, root named absolutely.
+        refusal(Env::load_from(
+            process(&[("SANDBOX_ROOT_DIR", &absolute)]),
+            &session,
+        ));
+        // ... and relatively.
+        refusal(Env::load_from(
+            process(&[("SANDBOX_ROOT_DIR", "..")]),
+            &session,
+        ));
+        // The working directory is the root itself.
+        write_dotenv(&root, "X=1\n");
+        refusal(Env::load_from(process(&[("SANDBOX_ROOT_DIR", ".")]), &root));
+        // The default root is ./workspace: a .env in the working directory above it is fine.
+        write_dotenv(tmp.path(), "X=1\n");
+        Env::load_from(process(&[]), tmp.path()).expect("outside the root");
+        // The file cannot move the root away from itself.
+        write_dotenv(&session, "SANDBOX_ROOT_DIR=/somewhere/else\n");
+        refusal(Env::load_from(
+            process(&[("SANDBOX_ROOT_DIR", &absolute)]),
+            &session,
+        ));
+        write_dotenv(&root, "SANDBOX_ROOT_DIR=.\n");
+        refusal(Env::load_from(process(&[]), &root));
+    }
+
+    #[test]
+    fn a_dotenv_symlink_into_the_sandbox_root_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let session = tmp.path().join("workspace").join("s");
+        std::fs::create_dir_all(&session).expect("mkdir");
+        write_dotenv(&session, "STIGMER_LLM_BASE_URL=http://attacker:1\n");
+        std::os::unix::fs::symlink(session.join(".env"), tmp.path().join(".env")).expect("symlink");
+        refusal(Env::load_from(process(&[]), tmp.path()));
     }
 
     #[test]

@@ -10,9 +10,17 @@ use runner::worker::Worker;
 const EXIT_DRAIN_CANCELLED: u8 = 3;
 
 fn main() -> ExitCode {
-    // Started as the sandbox helper of a command: nothing else of the runner runs.
+    // Started as the sandbox helper of a command: nothing else of the runner runs. (The helper
+    // stays dumpable: it must write its own /proc/self/uid_map, and holds no secret.)
     if let Some(code) = runner::sandbox::confine::helper_entry() {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    // Then, while the LLM key is only in the environment: a non-dumpable process's
+    // /proc/<pid>/environ and /mem, and ptrace, are refused to same-uid processes without
+    // CAP_SYS_PTRACE, such as the agent's tool commands (issue 9).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("runner: cannot make the process non-dumpable (PR_SET_DUMPABLE): {e}");
+        return ExitCode::FAILURE;
     }
     let config = match Env::load().and_then(|env| Config::from_env(&env)) {
         Ok(config) => config,

@@ -134,7 +134,10 @@ async fn multi_turn_session(wire: Wire) {
     // The banner named the key's source and never printed it.
     let out = runner.output();
     assert!(out.contains("LOCAL Mode"));
-    assert!(out.contains("set (from"));
+    assert!(
+        out.contains("llm api key     set   [environment: "),
+        "{out}"
+    );
     assert!(
         !out.contains(TEST_LLM_KEY),
         "LLM key leaked into the runner's output"

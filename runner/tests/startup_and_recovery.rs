@@ -76,6 +76,84 @@ async fn a_refused_api_key_fails_fast() {
     assert!(!out.contains("not-the-key"), "the key was printed");
 }
 
+/// A `.env` where tool commands write (the runner's working directory inside the sandbox
+/// root) is refused at start, with the file and the way out named; nothing is started, so a
+/// redirected `STIGMER_LLM_BASE_URL` never receives the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dotenv_inside_the_sandbox_root_is_refused() {
+    let h = Harness::new(ScriptedLlm::start(vec![]).await).await;
+    let attacker = ScriptedLlm::start(vec![Reply::Text("stolen".into())]).await;
+    let cwd = h.dir.path().join("logs");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    std::fs::write(
+        cwd.join(".env"),
+        format!("STIGMER_LLM_BASE_URL={}\n", attacker.base_url()),
+    )
+    .expect("write .env");
+    let mut env = h.runner_env(Wire::Anthropic);
+    env.remove("STIGMER_LLM_BASE_URL");
+    // The runner's working directory (`logs`) is inside this root.
+    env.insert(
+        "SANDBOX_ROOT_DIR".into(),
+        h.dir.path().display().to_string(),
+    );
+    let mut runner = h.spawn_runner(&env, "dotenv-in-sandbox");
+    let status = runner.wait_exit(EXIT_TIMEOUT).await;
+    assert_eq!(status.code(), Some(1));
+    let err = runner.stderr();
+    assert!(err.contains("refusing to read"), "{err}");
+    assert!(
+        err.contains(&cwd.join(".env").display().to_string()),
+        "{err}"
+    );
+    assert!(err.contains("STIGMER_DOTENV=off"), "{err}");
+    assert_eq!(attacker.request_count(), 0);
+}
+
+/// A `.env` outside the sandbox root is read, and the banner says which settings came from it
+/// (and from where); `STIGMER_DOTENV=off` skips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_banner_names_where_each_setting_came_from() {
+    let h = Harness::new(ScriptedLlm::start(vec![]).await).await;
+    let cwd = h.dir.path().join("logs");
+    std::fs::create_dir_all(&cwd).expect("mkdir");
+    std::fs::write(cwd.join(".env"), "STIGMER_DRAIN_TIMEOUT_SECS=7\n").expect("write .env");
+    let file = std::fs::canonicalize(cwd.join(".env")).expect("canonical");
+    let env = h.runner_env(Wire::Anthropic);
+    let mut runner = h.start_runner(&env).await;
+    let out = runner.stdout();
+    assert!(
+        out.contains(&format!(
+            "drain timeout   7s   [.env {}: STIGMER_DRAIN_TIMEOUT_SECS]",
+            file.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "llm endpoint    {}   [environment: STIGMER_LLM_BASE_URL]",
+            h.llm.base_url()
+        )),
+        "{out}"
+    );
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    runner.wait_exit(EXIT_TIMEOUT).await;
+
+    let mut env = env;
+    env.insert("STIGMER_DOTENV".into(), "off".into());
+    env.insert("STIGMER_HTTP_ADDR".into(), free_addr().to_string());
+    let mut runner = h.spawn_runner(&env, "dotenv-off");
+    runner.wait_ready(READY_TIMEOUT).await;
+    let out = runner.stdout();
+    assert!(out.contains("drain timeout   30s   [default]"), "{out}");
+    assert!(
+        out.contains("config file     none (STIGMER_DOTENV=off)"),
+        "{out}"
+    );
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    runner.wait_exit(EXIT_TIMEOUT).await;
+}
+
 /// The runner freezes (SIGSTOP) past its lease: the control plane marks the execution FAILED
 /// "runner lost"; when the runner wakes up it learns the lease is gone, kills the tool and
 /// reports nothing (the FAILED state stays).

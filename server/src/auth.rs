@@ -1,6 +1,12 @@
 //! Bearer-token check for the Stigmer APIs: one of the static API keys, or (when configured)
 //! a JWT that the [`Verifier`] accepts.
 //!
+//! Static keys have a role ([`Role`]): `Any` keys (`--api-key`, `dummy-local-key` by default)
+//! open every API, as before roles existed; a `Runner` key opens only the runner API and a
+//! `Client` key only the agent and execution APIs. `stigmer local start` gives the runner and
+//! the CLI one each, so a stolen client key cannot `Claim` (and receive secret runtime env),
+//! and the runner's key cannot create or read executions. A JWT (cloud mode) opens every API.
+//!
 //! The gRPC health service is deliberately left outside this check: kubelet gRPC probes (and
 //! most load-balancer health checks) cannot send headers, and health answers reveal nothing.
 //!
@@ -24,38 +30,107 @@ use tonic::server::NamedService;
 
 const REFUSAL: &str = "missing or invalid bearer token";
 
+/// What a static key may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every API (the `--api-key` keys).
+    Any,
+    /// The runner API only.
+    Runner,
+    /// The agent and execution APIs only.
+    Client,
+}
+
+/// The API a wrapped service belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    Runner,
+    Client,
+}
+
+impl Role {
+    fn opens(self, api: Api) -> bool {
+        matches!(
+            (self, api),
+            (Role::Any, _) | (Role::Runner, Api::Runner) | (Role::Client, Api::Client)
+        )
+    }
+}
+
+impl Api {
+    /// Said to a caller whose key is valid but has the other role. It names roles only,
+    /// never the key.
+    fn wrong_role(self) -> &'static str {
+        match self {
+            Api::Runner => {
+                "this key may not call the runner API (it is a client key); runners use the runner key"
+            }
+            Api::Client => {
+                "this key may not call the agent and execution APIs (it is a runner key); use the client key"
+            }
+        }
+    }
+}
+
+/// What a presented token matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Match {
+    Allowed,
+    /// A valid key, but not for this API.
+    WrongRole,
+    None,
+}
+
 /// Decides whether a call's `authorization` header is acceptable. Cheap to clone.
 #[derive(Clone)]
 pub struct BearerAuth {
-    keys: Arc<[Vec<u8>]>,
+    keys: Arc<[(Vec<u8>, Role)]>,
     jwt: Option<Arc<Verifier>>,
 }
 
 impl BearerAuth {
-    pub fn new(keys: &[String], jwt: Option<Arc<Verifier>>) -> Self {
+    pub fn new<'a>(
+        keys: impl IntoIterator<Item = (&'a str, Role)>,
+        jwt: Option<Arc<Verifier>>,
+    ) -> Self {
         Self {
-            keys: keys.iter().map(|key| key.as_bytes().to_vec()).collect(),
+            keys: keys
+                .into_iter()
+                .map(|(key, role)| (key.as_bytes().to_vec(), role))
+                .collect(),
             jwt,
         }
     }
 
-    fn accepts(&self, header: Option<&[u8]>) -> bool {
+    fn matches(&self, header: Option<&[u8]>, api: Api) -> Match {
         let Some(token) = header.and_then(bearer_token) else {
-            return false;
+            return Match::None;
         };
         // Check every key, without stopping at a match, so timing does not tell which key
         // (or how many) matched.
-        self.keys
-            .iter()
-            .fold(false, |found, key| found | constant_time_eq(key, token))
+        let (allowed, known) =
+            self.keys
+                .iter()
+                .fold((false, false), |(allowed, known), (key, role)| {
+                    let equal = constant_time_eq(key, token);
+                    (allowed | (equal & role.opens(api)), known | equal)
+                });
+        match (allowed, known) {
+            (true, _) => Match::Allowed,
+            (false, true) => Match::WrongRole,
+            (false, false) => Match::None,
+        }
     }
 
-    /// Accepts a static key (constant time) or, when configured, a verified JWT. Refusals
-    /// never contain what was sent: it may be a real credential meant for elsewhere.
-    pub async fn check(&self, headers: &HeaderMap) -> Result<(), Status> {
+    /// Accepts a static key whose role opens `api` (constant time) or, when configured, a
+    /// verified JWT. A valid key of the other role is PERMISSION_DENIED. Refusals never
+    /// contain what was sent: it may be a real credential meant for elsewhere.
+    pub async fn check(&self, headers: &HeaderMap, api: Api) -> Result<(), Status> {
         let header = headers.get(AUTHORIZATION);
-        if self.accepts(header.map(|value| value.as_bytes())) {
-            return Ok(());
+        match self.matches(header.map(|value| value.as_bytes()), api) {
+            Match::Allowed => return Ok(()),
+            Match::WrongRole => return Err(Status::permission_denied(api.wrong_role())),
+            Match::None => {}
         }
         let (Some(verifier), Some(header)) = (&self.jwt, header) else {
             return Err(Status::unauthenticated(REFUSAL));
@@ -77,11 +152,12 @@ impl BearerAuth {
 pub struct Authenticated<S> {
     inner: S,
     auth: BearerAuth,
+    api: Api,
 }
 
 impl<S> Authenticated<S> {
-    pub fn new(inner: S, auth: BearerAuth) -> Self {
-        Self { inner, auth }
+    pub fn new(inner: S, auth: BearerAuth, api: Api) -> Self {
+        Self { inner, auth, api }
     }
 }
 
@@ -111,8 +187,9 @@ where
         let fresh = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let auth = self.auth.clone();
+        let api = self.api;
         Box::pin(async move {
-            match auth.check(request.headers()).await {
+            match auth.check(request.headers(), api).await {
                 Ok(()) => inner.call(request).await,
                 Err(status) => Ok(status.into_http()),
             }
@@ -149,7 +226,18 @@ mod tests {
     use super::*;
 
     fn auth() -> BearerAuth {
-        BearerAuth::new(&["dummy-local-key".to_string(), "second".to_string()], None)
+        BearerAuth::new(
+            [("dummy-local-key", Role::Any), ("second", Role::Any)],
+            None,
+        )
+    }
+
+    impl BearerAuth {
+        fn accepts(&self, header: Option<&[u8]>) -> bool {
+            [Api::Runner, Api::Client]
+                .into_iter()
+                .all(|api| self.matches(header, api) == Match::Allowed)
+        }
     }
 
     #[test]
@@ -157,6 +245,47 @@ mod tests {
         assert!(auth().accepts(Some(b"Bearer dummy-local-key")));
         assert!(auth().accepts(Some(b"bearer second")));
         assert!(auth().accepts(Some(b"Bearer  second ")));
+    }
+
+    #[test]
+    fn role_keys_open_their_api_only() {
+        let auth = BearerAuth::new(
+            [
+                ("runner-key", Role::Runner),
+                ("client-key", Role::Client),
+                ("any-key", Role::Any),
+            ],
+            None,
+        );
+        let cases = [
+            (&b"Bearer runner-key"[..], Api::Runner, Match::Allowed),
+            (b"Bearer runner-key", Api::Client, Match::WrongRole),
+            (b"Bearer client-key", Api::Client, Match::Allowed),
+            (b"Bearer client-key", Api::Runner, Match::WrongRole),
+            (b"Bearer any-key", Api::Runner, Match::Allowed),
+            (b"Bearer any-key", Api::Client, Match::Allowed),
+            (b"Bearer client-ke", Api::Client, Match::None),
+        ];
+        for (header, api, expected) in cases {
+            assert_eq!(
+                auth.matches(Some(header), api),
+                expected,
+                "{} on {api:?}",
+                String::from_utf8_lossy(header)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_of_the_other_role_is_permission_denied_without_echoing() {
+        let auth = BearerAuth::new([("client-secret-key", Role::Client)], None);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, "Bearer client-secret-key".parse().unwrap());
+        let status = auth.check(&headers, Api::Runner).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert!(status.message().contains("client key"), "{status:?}");
+        assert!(!format!("{status:?}").contains("client-secret-key"));
+        auth.check(&headers, Api::Client).await.unwrap();
     }
 
     #[test]
@@ -184,13 +313,13 @@ mod tests {
     async fn check_answers_unauthenticated_without_echoing() {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, "Bearer leaked-secret".parse().unwrap());
-        let status = auth().check(&headers).await.unwrap_err();
+        let status = auth().check(&headers, Api::Client).await.unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unauthenticated);
         assert_eq!(status.message(), REFUSAL);
         assert!(!format!("{status:?}").contains("leaked-secret"));
 
         headers.insert(AUTHORIZATION, "Bearer second".parse().unwrap());
-        auth().check(&headers).await.unwrap();
+        auth().check(&headers, Api::Runner).await.unwrap();
     }
 
     #[test]

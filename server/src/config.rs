@@ -13,6 +13,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Bearer tokens accepted on every API call (the health service excepted).
     pub api_keys: Vec<String>,
+    /// Bearer tokens accepted on the runner API only (`Claim`, `Heartbeat`, ...).
+    pub runner_keys: Vec<String>,
+    /// Bearer tokens accepted on the agent and execution APIs only: a client holding one
+    /// cannot claim executions (and so never sees secret runtime env).
+    pub client_keys: Vec<String>,
     /// How long a claim stays valid without a heartbeat or status update.
     pub lease_ttl: Duration,
     /// Upper bound for a runner's long-poll `wait_ms`.
@@ -87,6 +92,8 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             api_keys: vec![LOCAL_API_KEY.to_string()],
+            runner_keys: Vec::new(),
+            client_keys: Vec::new(),
             lease_ttl: Duration::from_secs(30),
             max_claim_wait: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(1),
@@ -98,11 +105,29 @@ impl ServerConfig {
 
     /// Refuses settings that would make the server unusable rather than merely slow.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.api_keys.is_empty() {
+        let all = || {
+            self.api_keys
+                .iter()
+                .chain(&self.runner_keys)
+                .chain(&self.client_keys)
+        };
+        if all().next().is_none() {
             return Err(ConfigError::NoApiKeys);
         }
-        if self.api_keys.iter().any(|key| key.trim().is_empty()) {
+        if all().any(|key| key.trim().is_empty()) {
             return Err(ConfigError::EmptyApiKey);
+        }
+        // One key in two roles would open both APIs and defeat the separation.
+        if self
+            .runner_keys
+            .iter()
+            .any(|key| self.client_keys.contains(key) || self.api_keys.contains(key))
+            || self
+                .client_keys
+                .iter()
+                .any(|key| self.api_keys.contains(key))
+        {
+            return Err(ConfigError::KeyInTwoRoles);
         }
         for (name, value) in [
             ("lease_ttl", self.lease_ttl),
@@ -138,6 +163,10 @@ pub enum ConfigError {
     NoApiKeys,
     #[error("API keys must not be empty")]
     EmptyApiKey,
+    #[error(
+        "the same key is configured in two roles (runner, client, any); give each role its own key"
+    )]
+    KeyInTwoRoles,
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
     #[error("lease_ttl must fit in u32 milliseconds")]
@@ -173,6 +202,16 @@ mod tests {
         config.api_keys = vec![" ".into()];
         assert_eq!(config.validate(), Err(ConfigError::EmptyApiKey));
         config.api_keys = vec!["k".into()];
+        config.runner_keys = vec!["k".into()];
+        assert_eq!(config.validate(), Err(ConfigError::KeyInTwoRoles));
+        config.api_keys.clear();
+        config.client_keys = vec!["k".into()];
+        assert_eq!(config.validate(), Err(ConfigError::KeyInTwoRoles));
+        config.client_keys = vec!["c".into()];
+        assert_eq!(config.validate(), Ok(()), "role keys alone are enough");
+        config.runner_keys = vec!["".into()];
+        assert_eq!(config.validate(), Err(ConfigError::EmptyApiKey));
+        config.runner_keys = vec!["k".into()];
         config.lease_ttl = Duration::ZERO;
         assert_eq!(
             config.validate(),

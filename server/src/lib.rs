@@ -10,6 +10,7 @@ mod broadcast;
 mod clock;
 mod cloud;
 mod config;
+mod data_dir;
 mod dispatch;
 mod leases;
 mod merge;
@@ -20,6 +21,7 @@ mod sweep;
 mod transitions;
 
 pub use config::{ConfigError, JwtAuth, RedisSettings, RedisTarget, ServerConfig, TlsFiles};
+pub use data_dir::DataDirError;
 pub use server::{ControlPlane, ServerError, serve};
 /// Re-exported so that embedders can fill [`JwtAuth::key`] without depending on stigmer-auth.
 pub use stigmer_auth::KeySource;

@@ -26,16 +26,22 @@ struct Args {
     /// Directory for the database [default: $HOME/.stigmer/data].
     #[arg(long, env = "STIGMER_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Accepted bearer token; repeat the flag, or separate with commas in the variable.
+    /// Bearer token accepted on every API; repeat the flag, or separate with commas in the
+    /// variable [default: dummy-local-key, unless a role key file is given].
     #[arg(
         long = "api-key",
         env = "STIGMER_SERVER_API_KEYS",
         value_delimiter = ',',
-        default_value = LOCAL_API_KEY,
-        hide_env_values = true,
-        hide_default_value = true
+        hide_env_values = true
     )]
     api_keys: Vec<String>,
+    /// File holding the key accepted on the runner API only (Claim, Heartbeat, ...). Read at
+    /// start, so the key never appears on a command line.
+    #[arg(long, env = "STIGMER_SERVER_RUNNER_KEY_FILE", value_name = "PATH")]
+    runner_key_file: Option<PathBuf>,
+    /// File holding the key accepted on the agent and execution APIs only.
+    #[arg(long, env = "STIGMER_SERVER_CLIENT_KEY_FILE", value_name = "PATH")]
+    client_key_file: Option<PathBuf>,
     /// Seconds a claim stays valid without a heartbeat or status update.
     #[arg(long, env = "STIGMER_LEASE_TTL_SECS", default_value_t = 30)]
     lease_ttl_secs: u64,
@@ -112,6 +118,16 @@ enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("key file {}: {source}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key file {} is empty", .0.display())]
+    EmptyKeyFile(PathBuf),
+    #[error("cannot make the process non-dumpable (prctl PR_SET_DUMPABLE): {0}")]
+    NotDumpable(nix::Error),
     #[error(transparent)]
     Server(#[from] stigmer_server::ServerError),
     #[error("cannot write to stdout: {0}")]
@@ -120,6 +136,13 @@ enum StartError {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // First thing, before any key is read: a non-dumpable process's /proc/<pid>/environ and
+    // /proc/<pid>/mem, and ptrace, are refused to same-uid processes without CAP_SYS_PTRACE,
+    // such as an agent's tool command.
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("stigmer-server: {}", StartError::NotDumpable(err));
+        return ExitCode::FAILURE;
+    }
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,11 +177,20 @@ fn config_from(args: &Args) -> Result<ServerConfig, StartError> {
             .ok_or(StartError::NoHome)?,
     };
     let mut config = ServerConfig::local(data_dir);
-    config.api_keys = args
-        .api_keys
-        .iter()
-        .map(|key| key.trim().to_string())
-        .collect();
+    config.runner_keys = read_key_file(args.runner_key_file.as_deref())?;
+    config.client_keys = read_key_file(args.client_key_file.as_deref())?;
+    let role_keys = !(config.runner_keys.is_empty() && config.client_keys.is_empty());
+    config.api_keys = if args.api_keys.is_empty() && role_keys {
+        // Role keys given: the well-known local key must not open everything behind them.
+        Vec::new()
+    } else if args.api_keys.is_empty() {
+        vec![LOCAL_API_KEY.to_string()]
+    } else {
+        args.api_keys
+            .iter()
+            .map(|key| key.trim().to_string())
+            .collect()
+    };
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs);
     config.max_claim_wait = Duration::from_secs(args.max_claim_wait_secs);
     config.sweep_interval = Duration::from_millis(args.sweep_interval_ms);
@@ -166,6 +198,22 @@ fn config_from(args: &Args) -> Result<ServerConfig, StartError> {
     config.tls = tls_files(args)?;
     config.jwt = jwt_auth(args)?;
     Ok(config)
+}
+
+/// The key in a key file (surrounding whitespace, such as the final newline, removed).
+fn read_key_file(path: Option<&std::path::Path>) -> Result<Vec<String>, StartError> {
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| StartError::KeyFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(StartError::EmptyKeyFile(path.to_path_buf()));
+    }
+    Ok(vec![key.to_string()])
 }
 
 fn non_empty<T: Clone + AsRef<std::ffi::OsStr>>(value: &Option<T>) -> Option<T> {
@@ -397,5 +445,62 @@ mod tests {
     fn repeated_api_keys() {
         let args = parse(&["--data-dir", "/d", "--api-key", "a", "--api-key", "b,c"]);
         assert_eq!(config_from(&args).unwrap().api_keys, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn role_key_files_replace_the_default_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = dir.path().join("runner.key");
+        let client = dir.path().join("client.key");
+        std::fs::write(&runner, "runner-secret\n").unwrap();
+        std::fs::write(&client, "client-secret\n").unwrap();
+        let (runner, client) = (runner.to_str().unwrap(), client.to_str().unwrap());
+        let args = parse(&[
+            "--data-dir",
+            "/d",
+            "--runner-key-file",
+            runner,
+            "--client-key-file",
+            client,
+        ]);
+        let config = config_from(&args).unwrap();
+        assert_eq!(config.runner_keys, ["runner-secret"]);
+        assert_eq!(config.client_keys, ["client-secret"]);
+        assert!(config.api_keys.is_empty(), "{:?}", config.api_keys);
+        // An explicit --api-key stays a key for everything.
+        let args = parse(&[
+            "--data-dir",
+            "/d",
+            "--runner-key-file",
+            runner,
+            "--api-key",
+            "all",
+        ]);
+        assert_eq!(config_from(&args).unwrap().api_keys, ["all"]);
+    }
+
+    #[test]
+    fn missing_or_empty_key_files_are_named() {
+        let args = parse(&[
+            "--data-dir",
+            "/d",
+            "--runner-key-file",
+            "/nonexistent/r.key",
+        ]);
+        let err = config_from(&args).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/r.key"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.key");
+        std::fs::write(&empty, "\n").unwrap();
+        let args = parse(&[
+            "--data-dir",
+            "/d",
+            "--client-key-file",
+            empty.to_str().unwrap(),
+        ]);
+        assert!(matches!(
+            config_from(&args),
+            Err(StartError::EmptyKeyFile(_))
+        ));
     }
 }

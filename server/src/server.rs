@@ -21,9 +21,10 @@ use crate::api::Shared;
 use crate::api::agents::AgentApi;
 use crate::api::executions::ExecutionApi;
 use crate::api::runner::RunnerApi;
-use crate::auth::{Authenticated, BearerAuth};
+use crate::auth::{Api, Authenticated, BearerAuth, Role};
 use crate::cloud::{Cloud, CloudError};
 use crate::config::{ConfigError, ServerConfig};
+use crate::data_dir::{self, DataDirError};
 use crate::store::{Store, StoreError};
 use crate::sweep;
 
@@ -38,6 +39,8 @@ const MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 pub enum ServerError {
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("recovering leases after start-up failed: {0}")]
@@ -90,7 +93,27 @@ impl ControlPlane {
                 Some(Arc::new(verifier))
             }
         };
-        let auth = BearerAuth::new(&config.api_keys, verifier);
+        let auth = BearerAuth::new(
+            config
+                .api_keys
+                .iter()
+                .map(|key| (key.as_str(), Role::Any))
+                .chain(
+                    config
+                        .runner_keys
+                        .iter()
+                        .map(|key| (key.as_str(), Role::Runner)),
+                )
+                .chain(
+                    config
+                        .client_keys
+                        .iter()
+                        .map(|key| (key.as_str(), Role::Client)),
+                ),
+            verifier,
+        );
+        // Private from the start: the database holds agents' env and secret runtime env.
+        data_dir::prepare(&config.data_dir)?;
         let data_dir = config.data_dir.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
             .await
@@ -166,16 +189,19 @@ impl ControlPlane {
             .add_service(Authenticated::new(
                 AgentServiceServer::new(AgentApi::new(Arc::clone(&shared))),
                 auth.clone(),
+                Api::Client,
             ))
             .add_service(Authenticated::new(
                 ExecutionServiceServer::new(ExecutionApi::new(Arc::clone(&shared)))
                     .max_decoding_message_size(MAX_MESSAGE_SIZE),
                 auth.clone(),
+                Api::Client,
             ))
             .add_service(Authenticated::new(
                 RunnerServiceServer::new(RunnerApi::new(Arc::clone(&shared)))
                     .max_decoding_message_size(MAX_MESSAGE_SIZE),
                 auth,
+                Api::Runner,
             ))
             .serve_with_incoming_shutdown(incoming, signal)
             .await;

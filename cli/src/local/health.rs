@@ -23,6 +23,60 @@ pub struct RunnerStatus {
     pub connected: bool,
     pub draining: bool,
     pub version: String,
+    /// Which confinement layers the runner enforces; absent from runners that do not say.
+    pub sandbox: Option<SandboxStatus>,
+}
+
+/// The runner's `/status` `sandbox` field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SandboxStatus {
+    /// `auto`, `strict` or `off`.
+    pub mode: String,
+    /// Layers in force, e.g. `namespaces`, `landlock`, `seccomp`, `limits`.
+    pub enforced: Vec<String>,
+    pub missing: Vec<MissingLayer>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MissingLayer {
+    pub layer: String,
+    pub reason: String,
+}
+
+impl SandboxStatus {
+    /// `auto — enforced: namespaces, landlock; missing: cgroup (no delegated cgroup)`.
+    pub fn summary(&self) -> String {
+        let enforced = if self.enforced.is_empty() {
+            "none".to_string()
+        } else {
+            self.enforced.join(", ")
+        };
+        let mut line = format!(
+            "{} — enforced: {enforced}",
+            if self.mode.is_empty() {
+                "unknown mode"
+            } else {
+                &self.mode
+            }
+        );
+        if !self.missing.is_empty() {
+            let missing: Vec<String> = self
+                .missing
+                .iter()
+                .map(|m| {
+                    if m.reason.is_empty() {
+                        m.layer.clone()
+                    } else {
+                        format!("{} ({})", m.layer, m.reason)
+                    }
+                })
+                .collect();
+            line.push_str(&format!("; missing: {}", missing.join(", ")));
+        }
+        line
+    }
 }
 
 /// `GET path` over HTTP/1.0 (no chunked bodies to decode): status code and body, or `None`
@@ -131,6 +185,59 @@ mod tests {
         assert_eq!(status.in_flight, 2);
         assert_eq!(status.capacity, 10);
         assert!(status.connected);
+        assert_eq!(status.sandbox, None, "a runner that does not report it");
+    }
+
+    /// One answer of a fake `/status` server.
+    async fn serve_once(body: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        format!(
+                            "HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        addr
+    }
+
+    /// The `sandbox` field as the runner's `/status` will carry it. A fake server stands in
+    /// for the runner, which does not report the field yet; an end-to-end check against the
+    /// real runner comes with the sandbox itself.
+    #[tokio::test]
+    async fn reads_the_sandbox_layers() {
+        let addr = serve_once(
+            r#"{"runner_id":"r1","pid":7,"capacity":10,"in_flight":0,"connected":true,"draining":false,"version":"0.1.0",
+               "sandbox":{"mode":"auto","enforced":["namespaces","landlock","seccomp","limits"],
+                          "missing":[{"layer":"cgroup","reason":"no delegated cgroup v2 subtree"}]}}"#,
+        )
+        .await;
+        let sandbox = runner_status(addr)
+            .await
+            .expect("status")
+            .sandbox
+            .expect("sandbox");
+        assert_eq!(
+            sandbox.summary(),
+            "auto — enforced: namespaces, landlock, seccomp, limits; \
+             missing: cgroup (no delegated cgroup v2 subtree)"
+        );
+        let off = SandboxStatus {
+            mode: "off".into(),
+            ..Default::default()
+        };
+        assert_eq!(off.summary(), "off — enforced: none");
     }
 
     #[tokio::test]

@@ -79,9 +79,11 @@ impl Paths {
         self.run().join("state.json")
     }
 
-    /// Creates every directory the platform writes to, private to the user (the database and
-    /// the sandboxes hold the user's data).
+    /// Creates every directory the platform writes to, private to the user (0700 from the
+    /// start: the database, the keys and the sandboxes hold the user's data). Directories an
+    /// older version left open are made private too.
     pub fn create_all(&self) -> Result<(), LocalError> {
+        use std::os::unix::fs::DirBuilderExt as _;
         for dir in [
             self.root.clone(),
             self.server_data(),
@@ -90,17 +92,23 @@ impl Paths {
             self.logs(),
             self.run(),
         ] {
-            std::fs::create_dir_all(&dir).map_err(|e| LocalError::io(&dir, e))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| LocalError::io(&dir, e))?;
+            set_private(&dir);
         }
-        set_private(&self.root);
         Ok(())
     }
 }
 
 /// Best effort: on a shared machine the data directory should not be readable by others.
 fn set_private(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    if std::fs::metadata(dir).is_ok_and(|m| m.mode() & 0o077 != 0) {
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
 }
 
 #[cfg(test)]

@@ -11,15 +11,10 @@ use super::restart::RestartPolicy;
 use super::secrets::{self, LlmSettings, Terminal};
 use super::state::{Phase, State};
 use super::supervisor::{self, Settings};
-use super::{LocalError, Paths, logs, pidfile};
+use super::{LocalError, Paths, keys, logs, pidfile};
 use crate::args::{Component, Output, StartArgs};
 
-pub async fn run(
-    paths: Paths,
-    args: StartArgs,
-    api_key: &str,
-    output: Output,
-) -> Result<u8, LocalError> {
+pub async fn run(paths: Paths, args: StartArgs, output: Output) -> Result<u8, LocalError> {
     if args.detached_child {
         // Leave the terminal's session: a hangup or a Ctrl-C there must not reach the
         // platform that `start` left running. Fails only for a group leader, which the
@@ -35,25 +30,21 @@ pub async fn run(
                 .unwrap_or_else(|_| "unknown".into()),
         });
     }
-    let settings = prepare(&paths, &args, api_key)?;
+    let settings = prepare(&paths, &args)?;
     launch(&paths, &args, settings, output).await
 }
 
 /// `stigmer local restart`: everything a start needs (the key too, possibly asked for) is
 /// settled while the old platform still runs, then it is stopped and the new one started.
-pub async fn restart(
-    paths: Paths,
-    args: StartArgs,
-    api_key: &str,
-    output: Output,
-) -> Result<u8, LocalError> {
-    let settings = prepare(&paths, &args, api_key)?;
+pub async fn restart(paths: Paths, args: StartArgs, output: Output) -> Result<u8, LocalError> {
+    let settings = prepare(&paths, &args)?;
     super::stop::run(&paths, crate::args::StopArgs { timeout: None }, output).await?;
     launch(&paths, &args, settings, output).await
 }
 
-/// Finds the binaries and the LLM key (asking for a missing one on a terminal).
-fn prepare(paths: &Paths, args: &StartArgs, api_key: &str) -> Result<Settings, LocalError> {
+/// Finds the binaries, the LLM key (asking for a missing one on a terminal) and the
+/// platform's client and runner keys (created on the first start).
+fn prepare(paths: &Paths, args: &StartArgs) -> Result<Settings, LocalError> {
     let server_bin = binaries::locate(
         SERVER,
         args.server_bin.as_deref(),
@@ -67,6 +58,9 @@ fn prepare(paths: &Paths, args: &StartArgs, api_key: &str) -> Result<Settings, L
         "STIGMER_RUNNER_BIN",
     )?;
     let llm = secrets::resolve(&|k| std::env::var(k).ok(), &mut Terminal)?;
+    // After the LLM key: a start that cannot go on must leave nothing behind.
+    paths.create_all()?;
+    let keys = keys::ensure(paths)?;
     Ok(Settings {
         paths: paths.clone(),
         server_bin,
@@ -74,7 +68,7 @@ fn prepare(paths: &Paths, args: &StartArgs, api_key: &str) -> Result<Settings, L
         port: args.port,
         runner_http_port: args.runner_http_port,
         llm,
-        api_key: api_key.to_string(),
+        keys,
         policy: RestartPolicy {
             initial_backoff: Duration::from_millis(args.restart_backoff_ms),
             max_backoff: Duration::from_millis(args.restart_backoff_max_ms),
@@ -130,9 +124,8 @@ async fn detach(
     let exe = std::env::current_exe()
         .map_err(|e| LocalError::StartFailed(format!("cannot find the stigmer executable: {e}")))?;
     let mut cmd = std::process::Command::new(&exe);
+    // The platform's keys are not passed on: the supervisor reads them from their files.
     cmd.args(supervisor_args(paths, args, &settings))
-        // Not on the command line, where `ps` shows it.
-        .env("STIGMER_API_KEY", &settings.api_key)
         .current_dir(paths.root())
         .stdin(Stdio::null())
         .stdout(log)
@@ -317,7 +310,10 @@ mod tests {
                 base_url: None,
                 key: None,
             },
-            api_key: "k".into(),
+            keys: keys::PlatformKeys {
+                client: secrets::Secret::new("c".into()),
+                runner: secrets::Secret::new("r".into()),
+            },
             policy: RestartPolicy {
                 initial_backoff: Duration::from_millis(1),
                 max_backoff: Duration::from_millis(2),

@@ -84,6 +84,8 @@ pub async fn run(paths: &Paths, output: Output) -> Result<u8, LocalError> {
                     "capacity": runner.as_ref().map(|r| r.capacity),
                     "connected": runner.as_ref().map(|r| r.connected),
                     "draining": runner.as_ref().map(|r| r.draining),
+                    // null when the runner does not report it (or cannot be reached).
+                    "sandbox": runner.as_ref().and_then(|r| r.sandbox.as_ref()),
                 },
                 "message": state.message,
             })
@@ -138,11 +140,23 @@ fn print_text(state: &State, server: ServerHealth, ready: bool, runner: Option<&
         )
     };
     println!("  runner         {runner_line}");
+    println!("  sandbox        {}", sandbox_line(runner));
     println!("  LLM            {}", state.llm);
     println!("  data dir       {}", state.data_dir);
     println!("  logs           {}", state.logs_dir);
     if let Some(message) = &state.message {
         println!("  note           {message}");
+    }
+}
+
+/// What the runner says it enforces, or why that is not known.
+fn sandbox_line(runner: Option<&RunnerStatus>) -> String {
+    match runner {
+        None => "unknown (the runner did not answer)".into(),
+        Some(status) => match &status.sandbox {
+            Some(sandbox) => sandbox.summary(),
+            None => "unknown (this runner does not report its sandbox)".into(),
+        },
     }
 }
 
@@ -198,5 +212,34 @@ fn restarts(n: u32) -> String {
         String::new()
     } else {
         format!(", restarts {n}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::local::health::{MissingLayer, SandboxStatus};
+
+    #[test]
+    fn the_sandbox_line_says_what_is_known() {
+        assert_eq!(sandbox_line(None), "unknown (the runner did not answer)");
+        let mut status = RunnerStatus::default();
+        assert_eq!(
+            sandbox_line(Some(&status)),
+            "unknown (this runner does not report its sandbox)"
+        );
+        status.sandbox = Some(SandboxStatus {
+            mode: "strict".into(),
+            enforced: vec!["landlock".into(), "seccomp".into()],
+            missing: vec![MissingLayer {
+                layer: "namespaces".into(),
+                reason: "unprivileged user namespaces are disabled".into(),
+            }],
+        });
+        assert_eq!(
+            sandbox_line(Some(&status)),
+            "strict — enforced: landlock, seccomp; missing: namespaces \
+             (unprivileged user namespaces are disabled)"
+        );
     }
 }

@@ -26,6 +26,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use super::health::{self, ServerHealth};
+use super::keys::{self, PlatformKeys};
 use super::logs::{self, RotatingLog};
 use super::pidfile;
 use super::restart::{Decision, RestartPolicy, RestartTracker};
@@ -44,8 +45,9 @@ pub struct Settings {
     pub port: u16,
     pub runner_http_port: Option<u16>,
     pub llm: LlmSettings,
-    /// The bearer key the control plane accepts and the runner sends.
-    pub api_key: String,
+    /// The platform's keys: the control plane reads both from their files; the runner gets
+    /// the runner key in its environment.
+    pub keys: PlatformKeys,
     pub policy: RestartPolicy,
     pub health_interval: Duration,
     pub unhealthy_after: u32,
@@ -346,8 +348,16 @@ impl Supervisor {
         }
     }
 
-    fn redaction(&self) -> Option<Secret> {
-        self.settings.llm.key.as_ref().map(|k| k.value.clone())
+    /// Every secret the children could print: the LLM key and the platform's keys.
+    fn redaction(&self) -> Vec<Secret> {
+        let keys = &self.settings.keys;
+        self.settings
+            .llm
+            .key
+            .iter()
+            .map(|k| k.value.clone())
+            .chain([keys.client.clone(), keys.runner.clone()])
+            .collect()
     }
 
     // ---- start-up ------------------------------------------------------------------------
@@ -499,8 +509,16 @@ impl Supervisor {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(s.paths.server_data())
-            // Through the environment: a key on the command line is visible in `ps`.
-            .env("STIGMER_SERVER_API_KEYS", &s.api_key)
+            // Files, not values: a key on the command line is visible in `ps`. With role
+            // keys, the well-known local key opens nothing.
+            .arg("--runner-key-file")
+            .arg(keys::Role::Runner.file(&s.paths))
+            .arg("--client-key-file")
+            .arg(keys::Role::Client.file(&s.paths))
+            // A key for every API, should the user's shell set one, must not come along.
+            .env_remove("STIGMER_SERVER_API_KEYS")
+            .env_remove("STIGMER_SERVER_RUNNER_KEY_FILE")
+            .env_remove("STIGMER_SERVER_CLIENT_KEY_FILE")
             // Log files are read with less and grep: no colour codes in them.
             .env("NO_COLOR", "1")
             .current_dir(s.paths.root());
@@ -877,12 +895,15 @@ impl Supervisor {
 }
 
 /// The runner's environment on top of the supervisor's own (which carries the user's
-/// `STIGMER_LLM_*` settings): local mode, this control plane, this data directory.
+/// `STIGMER_LLM_*` settings): local mode, this control plane, this data directory, its runner
+/// key. No `.env`: the runner's configuration is exactly this environment, so nothing a tool
+/// command writes can come back as configuration at the next start.
 fn runner_env(s: &Settings, endpoint: &str, http_addr: SocketAddr) -> Vec<(String, String)> {
     vec![
         ("MODE".into(), "local".into()),
+        ("STIGMER_DOTENV".into(), "off".into()),
         ("STIGMER_BACKEND_ENDPOINT".into(), endpoint.to_string()),
-        ("STIGMER_API_KEY".into(), s.api_key.clone()),
+        ("STIGMER_API_KEY".into(), s.keys.runner.expose().to_string()),
         (
             "SANDBOX_ROOT_DIR".into(),
             s.paths.workspace().display().to_string(),
@@ -922,7 +943,7 @@ fn pipe(
     output: Option<impl AsyncRead + Unpin + Send + 'static>,
     log: RotatingLog,
     echo: Option<&'static str>,
-    redact: Option<Secret>,
+    redact: Vec<Secret>,
     mut announce: Option<oneshot::Sender<SocketAddr>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let output = output?;
@@ -938,7 +959,7 @@ fn pipe(
             if !line.ends_with(b"\n") {
                 line.push(b'\n');
             }
-            let text = scrub(&String::from_utf8_lossy(&line), redact.as_ref());
+            let text = scrub(&String::from_utf8_lossy(&line), &redact);
             if let Some(addr) = text
                 .strip_prefix(SERVER_ANNOUNCE)
                 .and_then(|rest| rest.trim().parse::<SocketAddr>().ok())
@@ -954,15 +975,16 @@ fn pipe(
     }))
 }
 
-/// Replaces the key with `<redacted>`, should a child ever print it. Keys too short to be
+/// Replaces the keys with `<redacted>`, should a child ever print one. Keys too short to be
 /// real are left alone (they would match ordinary text).
-fn scrub(text: &str, secret: Option<&Secret>) -> String {
-    match secret {
-        Some(s) if s.expose().len() >= 8 && text.contains(s.expose()) => {
-            text.replace(s.expose(), "<redacted>")
+fn scrub(text: &str, secrets: &[Secret]) -> String {
+    let mut text = text.to_string();
+    for s in secrets {
+        if s.expose().len() >= 8 && text.contains(s.expose()) {
+            text = text.replace(s.expose(), "<redacted>");
         }
-        _ => text.to_string(),
     }
+    text
 }
 
 async fn wait(child: &mut Option<Running>) -> std::io::Result<ExitStatus> {
@@ -1057,12 +1079,18 @@ mod tests {
     #[test]
     fn the_key_is_scrubbed_from_child_output() {
         let key = Secret::new("sk-ant-0123456789".into());
+        let runner = Secret::new("stigmer-runner-0123abcd".into());
+        let both = [key.clone(), runner];
         assert_eq!(
-            scrub("auth sk-ant-0123456789 failed\n", Some(&key)),
+            scrub("auth sk-ant-0123456789 failed\n", &both),
             "auth <redacted> failed\n"
         );
-        assert_eq!(scrub("nothing here\n", Some(&key)), "nothing here\n");
+        assert_eq!(
+            scrub("sk-ant-0123456789 stigmer-runner-0123abcd\n", &both),
+            "<redacted> <redacted>\n"
+        );
+        assert_eq!(scrub("nothing here\n", &both), "nothing here\n");
         let short = Secret::new("abc".into());
-        assert_eq!(scrub("abc\n", Some(&short)), "abc\n");
+        assert_eq!(scrub("abc\n", &[short]), "abc\n");
     }
 }

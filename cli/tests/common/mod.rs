@@ -70,6 +70,12 @@ impl Platform {
         set("PATH", &std::env::var("PATH").unwrap_or_default());
         // Never the developer's own ~/.stigmer.
         set("HOME", &dir.path().display().to_string());
+        // Client commands find the platform (its endpoint and client key) here, as `local`
+        // commands do with --data-dir.
+        set(
+            "STIGMER_HOME",
+            &dir.path().join("stigmer-home").display().to_string(),
+        );
         set("STIGMER_LLM_MODEL", "test-model");
         set("STIGMER_HEARTBEAT_INTERVAL_MS", "200");
         set("STIGMER_CLAIM_WAIT_MS", "1000");

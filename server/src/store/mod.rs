@@ -27,7 +27,7 @@ use stigmer_proto::agentexecution::v1::{
 
 use writer::Writer;
 
-const DB_FILE: &str = "stigmer.db";
+pub(crate) const DB_FILE: &str = "stigmer.db";
 const SCHEMA_VERSION: i64 = 1;
 /// Writes queue in the writer thread first; this only covers another process holding the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
