@@ -17,6 +17,7 @@ pub mod http;
 pub mod inflight;
 pub mod llm;
 pub mod metrics;
+pub mod printable;
 pub mod redis;
 pub mod sandbox;
 pub mod shutdown;
