@@ -72,10 +72,12 @@ impl FsSandbox {
             });
         }
         // A session directory made by an older runner (0755) is tightened too: it is the
-        // runner's own, and other local users have no business in it.
-        if meta.mode() & 0o077 != 0 {
-            root.set_permissions(id, Permissions::from_mode(PRIVATE_DIR_MODE))
-                .map_err(|e| io_err("making the session directory private", e))?;
+        // runner's own, and other local users have no business in it. Best effort: one this
+        // user cannot chmod (not its own) still works as before.
+        if meta.mode() & 0o077 != 0
+            && let Err(e) = root.set_permissions(id, Permissions::from_mode(PRIVATE_DIR_MODE))
+        {
+            tracing::warn!(session = id, error = %e, "could not make the session directory private (0700)");
         }
         let dir = root
             .open_dir(id)
