@@ -2,7 +2,30 @@
 
 use std::path::PathBuf;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Ranges of the numeric flags, documented in their help and in cli/README.md. A value outside
+/// is refused while parsing (exit 2, naming the flag and the range) before anything starts,
+/// so no duration or deadline computed from one can overflow.
+pub mod ranges {
+    use std::ops::RangeInclusive;
+
+    pub const WAIT_TIMEOUT_SECS: RangeInclusive<u64> = 1..=86_400;
+    pub const HEALTH_INTERVAL_MS: RangeInclusive<u64> = 50..=3_600_000;
+    pub const UNHEALTHY_AFTER: RangeInclusive<u64> = 1..=1_000;
+    pub const RESTART_BACKOFF_MS: RangeInclusive<u64> = 1..=3_600_000;
+    pub const MAX_RESTARTS: RangeInclusive<u64> = 0..=10_000;
+    pub const RESTART_WINDOW_SECS: RangeInclusive<u64> = 1..=604_800;
+    pub const RUNNER_STOP_TIMEOUT_SECS: RangeInclusive<u64> = 1..=86_400;
+    pub const SERVER_STOP_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3_600;
+    pub const LOG_MAX_BYTES: RangeInclusive<u64> = 1_024..=(1 << 40);
+    pub const PORT: RangeInclusive<u64> = 0..=65_535;
+    pub const RUNNER_HTTP_PORT: RangeInclusive<u64> = 1..=65_535;
+    pub const STOP_TIMEOUT_SECS: RangeInclusive<u64> = 0..=86_400;
+    pub const LOG_LINES: RangeInclusive<u64> = 0..=1_000_000;
+    pub const LIST_LIMIT: RangeInclusive<u64> = 1..=1_000;
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -144,11 +167,13 @@ pub struct StartArgs {
     /// Stay in the foreground (logs on the terminal; Ctrl-C drains the runner and stops).
     #[arg(long)]
     pub foreground: bool,
-    /// Control plane port on 127.0.0.1 (0 picks a free one).
-    #[arg(long, default_value_t = 50051)]
+    /// Control plane port on 127.0.0.1, 0-65535 (0 picks a free one).
+    #[arg(long, default_value_t = 50051,
+          value_parser = RangedU64ValueParser::<u16>::new().range(ranges::PORT))]
     pub port: u16,
-    /// The runner's health port (`/readyz`, `/status`, `/metrics`) [default: a free port].
-    #[arg(long)]
+    /// The runner's health port (`/readyz`, `/status`, `/metrics`), 1-65535 [default: a free
+    /// port].
+    #[arg(long, value_parser = RangedU64ValueParser::<u16>::new().range(ranges::RUNNER_HTTP_PORT))]
     pub runner_http_port: Option<u16>,
     /// The `runner` binary [default: next to `stigmer`, else on PATH].
     #[arg(long, env = "STIGMER_RUNNER_BIN", value_name = "PATH")]
@@ -156,41 +181,60 @@ pub struct StartArgs {
     /// The `stigmer-server` binary [default: next to `stigmer`, else on PATH].
     #[arg(long, env = "STIGMER_SERVER_BIN", value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
-    /// Seconds to wait for both to become healthy.
-    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    /// Seconds to wait for both to become healthy (1-86400).
+    #[arg(long, default_value_t = 60, value_name = "SECS",
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::WAIT_TIMEOUT_SECS))]
     pub wait_timeout: u64,
 
     // Supervisor tuning. Hidden: the defaults suit a laptop; tests shorten them.
     /// Set by a detaching `local start` on the supervisor it starts.
     #[arg(long, hide = true)]
     pub detached_child: bool,
-    #[arg(long, hide = true, default_value_t = 10_000)]
+    /// Milliseconds between health checks (50-3600000).
+    #[arg(long, hide = true, default_value_t = 10_000,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::HEALTH_INTERVAL_MS))]
     pub health_interval_ms: u64,
-    /// Consecutive failed readiness checks of a live runner before it is restarted.
-    #[arg(long, hide = true, default_value_t = 3)]
+    /// Consecutive failed readiness checks of a live runner before it is restarted (1-1000).
+    #[arg(long, hide = true, default_value_t = 3,
+          value_parser = RangedU64ValueParser::<u32>::new().range(ranges::UNHEALTHY_AFTER))]
     pub unhealthy_after: u32,
-    #[arg(long, hide = true, default_value_t = 1_000)]
+    /// First restart delay in milliseconds, doubled up to the maximum (1-3600000).
+    #[arg(long, hide = true, default_value_t = 1_000,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::RESTART_BACKOFF_MS))]
     pub restart_backoff_ms: u64,
-    #[arg(long, hide = true, default_value_t = 30_000)]
+    /// Longest restart delay in milliseconds (1-3600000).
+    #[arg(long, hide = true, default_value_t = 30_000,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::RESTART_BACKOFF_MS))]
     pub restart_backoff_max_ms: u64,
-    #[arg(long, hide = true, default_value_t = 10)]
+    /// Restarts allowed within the window before the supervisor gives up (0-10000).
+    #[arg(long, hide = true, default_value_t = 10,
+          value_parser = RangedU64ValueParser::<u32>::new().range(ranges::MAX_RESTARTS))]
     pub max_restarts: u32,
-    #[arg(long, hide = true, default_value_t = 600)]
+    /// The window restarts are counted in, in seconds (1-604800).
+    #[arg(long, hide = true, default_value_t = 600,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::RESTART_WINDOW_SECS))]
     pub restart_window_secs: u64,
-    /// How long the runner may take to drain on stop before it is forced.
-    #[arg(long, hide = true, default_value_t = 45)]
+    /// How long the runner may take to drain on stop before it is forced, in seconds
+    /// (1-86400).
+    #[arg(long, hide = true, default_value_t = 45,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::RUNNER_STOP_TIMEOUT_SECS))]
     pub runner_stop_timeout_secs: u64,
-    #[arg(long, hide = true, default_value_t = 10)]
+    /// How long the control plane may take to stop, in seconds (1-3600).
+    #[arg(long, hide = true, default_value_t = 10,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::SERVER_STOP_TIMEOUT_SECS))]
     pub server_stop_timeout_secs: u64,
-    /// A component log is rotated when it grows past this size.
-    #[arg(long, hide = true, default_value_t = 10 * 1024 * 1024)]
+    /// A component log is rotated when it grows past this size, in bytes (1024-2^40).
+    #[arg(long, hide = true, default_value_t = 10 * 1024 * 1024,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::LOG_MAX_BYTES))]
     pub log_max_bytes: u64,
 }
 
 #[derive(Args, Debug)]
 pub struct StopArgs {
-    /// Seconds to wait for the runner to drain and everything to exit before killing.
-    #[arg(long, value_name = "SECS")]
+    /// Seconds to wait for the runner to drain and everything to exit before killing
+    /// (0-86400).
+    #[arg(long, value_name = "SECS",
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::STOP_TIMEOUT_SECS))]
     pub timeout: Option<u64>,
 }
 
@@ -202,8 +246,9 @@ pub struct LogsArgs {
     /// Keep printing new lines as they are written (Ctrl-C to leave).
     #[arg(long, short = 'f')]
     pub follow: bool,
-    /// Lines to show from the end of each log.
-    #[arg(long, short = 'n', default_value_t = 50)]
+    /// Lines to show from the end of each log (0-1000000).
+    #[arg(long, short = 'n', default_value_t = 50,
+          value_parser = RangedU64ValueParser::<usize>::new().range(ranges::LOG_LINES))]
     pub lines: usize,
 }
 
@@ -293,7 +338,9 @@ pub enum ExecutionCommand {
         /// pending, in-progress, completed, failed or cancelled (repeatable).
         #[arg(long = "phase", value_enum)]
         phases: Vec<PhaseArg>,
-        #[arg(long, default_value_t = 20)]
+        /// Executions to show (1-1000).
+        #[arg(long, default_value_t = 20,
+              value_parser = RangedU64ValueParser::<u32>::new().range(ranges::LIST_LIMIT))]
         limit: u32,
     },
     /// Show one execution in full.
@@ -406,5 +453,201 @@ mod tests {
     #[test]
     fn bad_env_is_refused() {
         assert!(Cli::try_parse_from(["stigmer", "run", "-e", "novalue", "hi"]).is_err());
+    }
+
+    // ---- numeric flags ----
+
+    use std::ops::RangeInclusive;
+
+    use proptest::prelude::*;
+    use testkit::numbers::{boundaries, expected, hostile_number};
+
+    fn start(cli: &Cli) -> &StartArgs {
+        match &cli.command {
+            Command::Local(LocalArgs {
+                command: LocalCommand::Start(start),
+                ..
+            }) => start,
+            other => panic!("not local start: {other:?}"),
+        }
+    }
+
+    /// A numeric flag: its subcommand, name, documented range, and how to read it back.
+    type Flag = (
+        &'static [&'static str],
+        &'static str,
+        RangeInclusive<u64>,
+        fn(&Cli) -> u64,
+    );
+
+    fn numeric_flags() -> Vec<Flag> {
+        vec![
+            (
+                &["local", "start"],
+                "--wait-timeout",
+                ranges::WAIT_TIMEOUT_SECS,
+                |c| start(c).wait_timeout,
+            ),
+            (
+                &["local", "start"],
+                "--health-interval-ms",
+                ranges::HEALTH_INTERVAL_MS,
+                |c| start(c).health_interval_ms,
+            ),
+            (
+                &["local", "start"],
+                "--unhealthy-after",
+                ranges::UNHEALTHY_AFTER,
+                |c| u64::from(start(c).unhealthy_after),
+            ),
+            (
+                &["local", "start"],
+                "--restart-backoff-ms",
+                ranges::RESTART_BACKOFF_MS,
+                |c| start(c).restart_backoff_ms,
+            ),
+            (
+                &["local", "start"],
+                "--restart-backoff-max-ms",
+                ranges::RESTART_BACKOFF_MS,
+                |c| start(c).restart_backoff_max_ms,
+            ),
+            (
+                &["local", "start"],
+                "--max-restarts",
+                ranges::MAX_RESTARTS,
+                |c| u64::from(start(c).max_restarts),
+            ),
+            (
+                &["local", "start"],
+                "--restart-window-secs",
+                ranges::RESTART_WINDOW_SECS,
+                |c| start(c).restart_window_secs,
+            ),
+            (
+                &["local", "start"],
+                "--runner-stop-timeout-secs",
+                ranges::RUNNER_STOP_TIMEOUT_SECS,
+                |c| start(c).runner_stop_timeout_secs,
+            ),
+            (
+                &["local", "start"],
+                "--server-stop-timeout-secs",
+                ranges::SERVER_STOP_TIMEOUT_SECS,
+                |c| start(c).server_stop_timeout_secs,
+            ),
+            (
+                &["local", "start"],
+                "--log-max-bytes",
+                ranges::LOG_MAX_BYTES,
+                |c| start(c).log_max_bytes,
+            ),
+            (
+                &["local", "start"],
+                "--runner-http-port",
+                ranges::RUNNER_HTTP_PORT,
+                |c| start(c).runner_http_port.map_or(0, u64::from),
+            ),
+            (&["local", "start"], "--port", ranges::PORT, |c| {
+                u64::from(start(c).port)
+            }),
+            (
+                &["local", "stop"],
+                "--timeout",
+                ranges::STOP_TIMEOUT_SECS,
+                |c| match &c.command {
+                    Command::Local(LocalArgs {
+                        command: LocalCommand::Stop(s),
+                        ..
+                    }) => s.timeout.unwrap_or(u64::MAX),
+                    other => panic!("not stop: {other:?}"),
+                },
+            ),
+            (
+                &["local", "logs"],
+                "--lines",
+                ranges::LOG_LINES,
+                |c| match &c.command {
+                    Command::Local(LocalArgs {
+                        command: LocalCommand::Logs(l),
+                        ..
+                    }) => l.lines as u64,
+                    other => panic!("not logs: {other:?}"),
+                },
+            ),
+            (
+                &["execution", "list"],
+                "--limit",
+                ranges::LIST_LIMIT,
+                |c| match &c.command {
+                    Command::Execution(ExecutionCommand::List { limit, .. }) => u64::from(*limit),
+                    other => panic!("not execution list: {other:?}"),
+                },
+            ),
+        ]
+    }
+
+    /// The flag accepts `raw` exactly when it is a decimal integer within its range, and then
+    /// holds that number; anything else is a parse error (exit 2).
+    fn check_flag((command, flag, range, read): &Flag, raw: &str) -> Result<(), TestCaseError> {
+        for argv in [
+            vec![format!("{flag}={raw}")],
+            vec![(*flag).to_string(), raw.to_string()],
+        ] {
+            let full = ["stigmer"]
+                .iter()
+                .chain(command.iter())
+                .map(|s| (*s).to_string())
+                .chain(argv);
+            match Cli::try_parse_from(full) {
+                Ok(cli) => {
+                    let value = read(&cli);
+                    prop_assert_eq!(Some(value), expected(raw, range), "{} {:?}", flag, raw);
+                }
+                Err(err) => {
+                    prop_assert_eq!(expected(raw, range), None, "{} {:?}: {}", flag, raw, err);
+                    prop_assert_eq!(err.exit_code(), 2);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn numeric_flags_take_exactly_their_documented_range(raw in hostile_number()) {
+            for flag in numeric_flags() {
+                check_flag(&flag, &raw)?;
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_flags_at_and_beyond_their_bounds() {
+        for flag in numeric_flags() {
+            for raw in boundaries(&flag.2) {
+                if let Err(e) = check_flag(&flag, &raw) {
+                    panic!("{e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_out_of_range_flag_names_the_flag_and_the_range() {
+        let err = Cli::try_parse_from([
+            "stigmer",
+            "local",
+            "start",
+            "--wait-timeout",
+            "18446744073709551615",
+        ])
+        .expect_err("refused");
+        let shown = err.to_string();
+        assert!(shown.contains("--wait-timeout"), "{shown}");
+        assert!(shown.contains("1..=86400"), "{shown}");
+        assert_eq!(err.exit_code(), 2);
     }
 }

@@ -41,6 +41,32 @@ async fn no_terminal_and_no_key_is_a_clear_error_and_starts_nothing() {
     assert_eq!(llm.request_count(), 0);
 }
 
+/// Durations too large to add to a clock are refused while parsing, with the flag and its
+/// range named, exit 2 and nothing started (they used to panic after the supervisor was
+/// spawned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_durations_are_refused_before_anything_starts() {
+    let p = Platform::new(Wire::Anthropic, "http://127.0.0.1:9").with_key();
+    for (flag, range) in [
+        ("--wait-timeout", "1..=86400"),
+        ("--runner-stop-timeout-secs", "1..=86400"),
+    ] {
+        for extra in [&[][..], &["--foreground"][..]] {
+            let mut args = extra.to_vec();
+            args.extend([flag, "18446744073709551615"]);
+            let out = p.run(p.start_args(&args)).await;
+            assert_eq!(out.status.code(), Some(2), "{flag}: {}", text(&out));
+            let err = stderr(&out);
+            assert!(err.contains(flag) && err.contains(range), "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+            assert!(
+                !p.data_dir().join("run").exists(),
+                "{flag}: something was started"
+            );
+        }
+    }
+}
+
 /// The key typed at a masked prompt on a real pseudo-terminal reaches the runner's
 /// environment (the LLM server receives it as `x-api-key`) and nowhere else: not echoed on
 /// the terminal, not in any command line, not in the control plane's environment, not in a

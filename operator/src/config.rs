@@ -57,14 +57,19 @@ pub struct RunArgs {
     /// Runner image tag used when an AgentRunner sets none; the operator's version by default.
     #[arg(long, env = "OPERATOR_DEFAULT_IMAGE_TAG", default_value = env!("CARGO_PKG_VERSION"))]
     pub default_image_tag: String,
-    /// Seconds added to an AgentRunner's drain timeout to get the pods' termination grace period.
-    #[arg(long, env = "OPERATOR_DRAIN_MARGIN_SECONDS", default_value_t = DEFAULT_DRAIN_MARGIN_SECS)]
+    /// Seconds added to an AgentRunner's drain timeout to get the pods' termination grace
+    /// period (0-3600; bounded so that the sum cannot overflow).
+    #[arg(long, env = "OPERATOR_DRAIN_MARGIN_SECONDS", default_value_t = DEFAULT_DRAIN_MARGIN_SECS,
+          value_parser = clap::value_parser!(i64).range(0..=3_600))]
     pub drain_margin_seconds: i64,
-    /// Seconds between periodic re-reconciles of an unchanged AgentRunner.
-    #[arg(long, env = "OPERATOR_RESYNC_SECONDS", default_value_t = 300)]
+    /// Seconds between periodic re-reconciles of an unchanged AgentRunner (1-86400; kube-runtime's
+    /// delay queue panics on a deadline too far away).
+    #[arg(long, env = "OPERATOR_RESYNC_SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub resync_seconds: u64,
-    /// AgentRunners reconciled at once.
-    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 4)]
+    /// AgentRunners reconciled at once (1-65535; 0 would mean unbounded to kube-runtime).
+    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::builder::RangedU64ValueParser::<u16>::new().range(1..=65_535))]
     pub concurrency: u16,
     /// Take part in leader election through a Lease; only the leader reconciles.
     #[arg(long, env = "OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -162,6 +167,18 @@ mod tests {
         let cfg = OperatorConfig::from(&args);
         assert_eq!(cfg.default_image_tag, "2.0.0");
         assert_eq!(cfg.drain_margin_seconds, DEFAULT_DRAIN_MARGIN_SECS);
+
+        for (flag, value, range) in [
+            ("--drain-margin-seconds", "9223372036854775807", "0..=3600"),
+            ("--drain-margin-seconds", "-1", "0..=3600"),
+            ("--resync-seconds", "0", "1..=86400"),
+            ("--concurrency", "0", "1..=65535"),
+        ] {
+            let err = Cli::try_parse_from(["operator", "run", &format!("{flag}={value}")])
+                .expect_err("out of range");
+            let shown = err.to_string();
+            assert!(shown.contains(flag) && shown.contains(range), "{shown}");
+        }
 
         assert!(matches!(
             Cli::try_parse_from(["operator", "crd"])

@@ -421,7 +421,10 @@ pub struct WorkspaceSpec {
 }
 
 /// emptyDir workspace.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[x_kube(
+    validation = Rule::new(SIZE_LIMIT_RULE).message(SIZE_LIMIT_MESSAGE).field_path(".sizeLimit"),
+)]
 #[serde(rename_all = "camelCase")]
 pub struct EmptyDirWorkspace {
     /// Upper bound of the volume's size, e.g. `10Gi`.
@@ -432,10 +435,22 @@ pub struct EmptyDirWorkspace {
     pub medium: Option<String>,
 }
 
+// Quantities are `x-kubernetes-int-or-string`, so CEL sees an int or a string; `string()`
+// turns both into the quantity's text (an int is a plain number), which the apiserver's own
+// parser then checks through the quantity library (Kubernetes 1.28+; the chart requires 1.29).
+const PVC_SIZE_RULE: &str =
+    "!has(self.size) || (isQuantity(string(self.size)) && quantity(string(self.size)).sign() == 1)";
+/// Refusal of `persistentVolumeClaim.size`, by the CRD and by `validate`.
+pub const PVC_SIZE_MESSAGE: &str = "spec.local.workspace.persistentVolumeClaim.size must be a positive Kubernetes quantity, such as 20Gi or 500M";
+const SIZE_LIMIT_RULE: &str = "!has(self.sizeLimit) || (isQuantity(string(self.sizeLimit)) && quantity(string(self.sizeLimit)).sign() >= 0)";
+/// Refusal of `emptyDir.sizeLimit`, by the CRD and by `validate`.
+pub const SIZE_LIMIT_MESSAGE: &str = "spec.local.workspace.emptyDir.sizeLimit must be a Kubernetes quantity of at least 0, such as 10Gi";
+
 /// PersistentVolumeClaim workspace: `claimName`, or `size` (and optionally `storageClassName`)
 /// for a claim named `<name>-workspace` that the operator creates and deletes with the AgentRunner.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
 #[x_kube(
+    validation = Rule::new(PVC_SIZE_RULE).message(PVC_SIZE_MESSAGE).field_path(".size"),
     validation = Rule::new("has(self.claimName) != has(self.size)").message("set exactly one of persistentVolumeClaim.claimName or persistentVolumeClaim.size"),
     validation = Rule::new("!has(self.storageClassName) || has(self.size)").message("persistentVolumeClaim.storageClassName applies only with persistentVolumeClaim.size"),
 )]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod quantity;
 pub mod rbac;
 pub mod secrets;
 pub mod status;

@@ -4,16 +4,21 @@
 //! here because an older CRD may be installed, and because a few checks (reserved variable
 //! names) would cost too much as CEL.
 
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
 use crate::config::OperatorConfig;
 use crate::crd::{
-    AgentRunner, AgentRunnerSpec, EmptyDirWorkspace, ImageSpec, MAX_NAME_LEN, Mode, PullPolicy,
+    AgentRunner, AgentRunnerSpec, EmptyDirWorkspace, ImageSpec, MAX_NAME_LEN, Mode,
+    PVC_SIZE_MESSAGE, PullPolicy, SIZE_LIMIT_MESSAGE,
 };
+use crate::quantity;
 
 /// Environment variables the operator sets itself; `runner.extraEnv` may not override them.
 pub const RESERVED_ENV: &[&str] = &[
@@ -254,6 +259,7 @@ fn spec_problems(runner: &AgentRunner) -> Vec<String> {
         problems.push("spec.local is only allowed when spec.mode is local".into());
     }
     workspace_problems(spec, &mut problems);
+    resource_problems(spec, &mut problems);
     if let Some(llm) = &spec.llm {
         let needs_key = llm
             .provider
@@ -333,7 +339,20 @@ fn workspace_problems(spec: &AgentRunnerSpec, problems: &mut Vec<String>) {
             "set at most one of workspace.emptyDir or workspace.persistentVolumeClaim".into(),
         );
     }
+    if let Some(limit) = ws.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref())
+        && !matches!(
+            quantity::sign(&limit.0),
+            Some(Ordering::Equal | Ordering::Greater)
+        )
+    {
+        problems.push(SIZE_LIMIT_MESSAGE.into());
+    }
     if let Some(pvc) = &ws.persistent_volume_claim {
+        if let Some(size) = &pvc.size
+            && quantity::sign(&size.0) != Some(Ordering::Greater)
+        {
+            problems.push(PVC_SIZE_MESSAGE.into());
+        }
         if pvc.claim_name.is_some() == pvc.size.is_some() {
             problems.push(
                 "set exactly one of persistentVolumeClaim.claimName or persistentVolumeClaim.size"
@@ -346,6 +365,45 @@ fn workspace_problems(spec: &AgentRunnerSpec, problems: &mut Vec<String>) {
         if spec.replicas > 1 {
             problems.push("a local-mode AgentRunner with a persistentVolumeClaim workspace runs at most 1 replica: its SQLite store cannot be shared between pods".into());
         }
+    }
+}
+
+/// Quantities of the embedded resource requirements (runner, control-plane sidecar, extra
+/// sidecars). The CRD leaves them to Kubernetes' own validation, which happens only when the
+/// operator applies the Deployment; checking them here reports the field by name first.
+fn resource_problems(spec: &AgentRunnerSpec, problems: &mut Vec<String>) {
+    let mut check = |field: &str, resources: Option<&ResourceRequirements>| {
+        let Some(resources) = resources else { return };
+        for (kind, map) in [
+            ("limits", &resources.limits),
+            ("requests", &resources.requests),
+        ] {
+            for (name, value) in map.iter().flat_map(BTreeMap::iter) {
+                if !matches!(
+                    quantity::sign(&value.0),
+                    Some(Ordering::Equal | Ordering::Greater)
+                ) {
+                    problems.push(format!(
+                        "{field}.{kind}.{name} must be a Kubernetes quantity of at least 0, \
+                         such as 512Mi or 250m"
+                    ));
+                }
+            }
+        }
+    };
+    check("spec.runner.resources", spec.runner.resources.as_ref());
+    check(
+        "spec.local.controlPlane.resources",
+        spec.local
+            .as_ref()
+            .and_then(|l| l.control_plane.as_ref())
+            .and_then(|c| c.resources.as_ref()),
+    );
+    for (i, sidecar) in spec.pod.sidecars.iter().enumerate() {
+        check(
+            &format!("spec.pod.sidecars[{i}].resources"),
+            sidecar.resources.as_ref(),
+        );
     }
 }
 
@@ -475,6 +533,106 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(problems(spec).len(), 1);
+    }
+
+    fn local(workspace: WorkspaceSpec) -> AgentRunnerSpec {
+        AgentRunnerSpec {
+            local: Some(LocalSpec {
+                workspace: Some(workspace),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn pvc(size: &str) -> AgentRunnerSpec {
+        local(WorkspaceSpec {
+            persistent_volume_claim: Some(PvcWorkspace {
+                size: Some(Quantity(size.into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn empty_dir(limit: &str) -> AgentRunnerSpec {
+        local(WorkspaceSpec {
+            empty_dir: Some(EmptyDirWorkspace {
+                size_limit: Some(Quantity(limit.into())),
+                medium: None,
+            }),
+            ..Default::default()
+        })
+    }
+
+    /// The same verdicts as the CRD's CEL rules (operator/tests/cel.rs), for clusters that
+    /// run an older CRD without them.
+    #[test]
+    fn workspace_quantities_are_checked() {
+        for good in ["20Gi", "500M", "1.5Ti", "1e9", "+2G", "1073741824"] {
+            assert_eq!(problems(pvc(good)), Vec::<String>::new(), "{good}");
+            assert_eq!(problems(empty_dir(good)), Vec::<String>::new(), "{good}");
+        }
+        for bad in ["ten gigs", "10GB", "1.5.5Gi", "Gi", "", "-1Gi", "-5"] {
+            assert_eq!(
+                problems(pvc(bad)),
+                vec![PVC_SIZE_MESSAGE.to_string()],
+                "{bad}"
+            );
+            assert_eq!(
+                problems(empty_dir(bad)),
+                vec![SIZE_LIMIT_MESSAGE.to_string()],
+                "{bad}"
+            );
+        }
+        assert_eq!(problems(pvc("0")), vec![PVC_SIZE_MESSAGE.to_string()]);
+        assert_eq!(problems(empty_dir("0")), Vec::<String>::new());
+    }
+
+    #[test]
+    fn embedded_resource_quantities_are_checked_and_named() {
+        use k8s_openapi::api::core::v1::Container;
+        let requirements = |cpu: &str, memory: &str| ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_string(),
+                Quantity(memory.into()),
+            )])),
+            requests: Some(BTreeMap::from([("cpu".to_string(), Quantity(cpu.into()))])),
+            ..Default::default()
+        };
+        let mut spec = AgentRunnerSpec::default();
+        spec.runner.resources = Some(requirements("250m", "2Gi"));
+        spec.local = Some(LocalSpec {
+            control_plane: Some(crate::crd::ControlPlaneSpec {
+                resources: Some(requirements("50m", "512Mi")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        spec.pod.sidecars = vec![Container {
+            name: "proxy".into(),
+            resources: Some(requirements("0", "64Mi")),
+            ..Default::default()
+        }];
+        assert_eq!(problems(spec.clone()), Vec::<String>::new());
+
+        spec.runner.resources = Some(requirements("lots", "2Gi"));
+        if let Some(cp) = spec.local.as_mut().and_then(|l| l.control_plane.as_mut()) {
+            cp.resources = Some(requirements("50m", "-1Gi"));
+        }
+        spec.pod.sidecars[0].resources = Some(requirements("1 cpu", "64MB"));
+        assert_eq!(
+            problems(spec),
+            [
+                "spec.runner.resources.requests.cpu",
+                "spec.local.controlPlane.resources.limits.memory",
+                "spec.pod.sidecars[0].resources.limits.memory",
+                "spec.pod.sidecars[0].resources.requests.cpu",
+            ]
+            .map(|field| format!(
+                "{field} must be a Kubernetes quantity of at least 0, such as 512Mi or 250m"
+            ))
+        );
     }
 
     #[test]

@@ -279,6 +279,99 @@ fn workspace_rules() {
     );
 }
 
+#[test]
+fn quantities_in_our_fields_are_checked_at_admission() {
+    let pvc = |size: Value| {
+        json!({"mode": "local",
+               "local": {"workspace": {"persistentVolumeClaim": {"size": size}}}})
+    };
+    let empty_dir = |limit: Value| json!({"mode": "local", "local": {"workspace": {"emptyDir": {"sizeLimit": limit}}}});
+    for good in [
+        json!("20Gi"),
+        json!("500M"),
+        json!("1.5Ti"),
+        json!("1e9"),
+        json!("+2G"),
+        json!(1_073_741_824),
+    ] {
+        assert_eq!(
+            broken("demo", pvc(good.clone())),
+            Vec::<String>::new(),
+            "{good}"
+        );
+        assert_eq!(
+            broken("demo", empty_dir(good.clone())),
+            Vec::<String>::new(),
+            "{good}"
+        );
+    }
+    let size_message = operator::crd::PVC_SIZE_MESSAGE;
+    let limit_message = operator::crd::SIZE_LIMIT_MESSAGE;
+    for bad in [
+        json!("ten gigs"),
+        json!("10GB"),
+        json!("1.5.5Gi"),
+        json!("Gi"),
+        json!(""),
+        json!("-1Gi"),
+        json!(-5),
+    ] {
+        assert_eq!(
+            broken("demo", pvc(bad.clone())),
+            vec![size_message.to_owned()],
+            "{bad}"
+        );
+        assert_eq!(
+            broken("demo", empty_dir(bad.clone())),
+            vec![limit_message.to_owned()],
+            "{bad}"
+        );
+    }
+    // A claim of zero bytes is refused; an emptyDir limited to zero is a valid (if odd) choice.
+    for zero in [json!("0"), json!("0Gi"), json!(0)] {
+        assert_eq!(
+            broken("demo", pvc(zero.clone())),
+            vec![size_message.to_owned()],
+            "{zero}"
+        );
+        assert_eq!(
+            broken("demo", empty_dir(zero.clone())),
+            Vec::<String>::new(),
+            "{zero}"
+        );
+    }
+}
+
+/// Embedded Kubernetes types (containers, volumes, resource requirements) keep the schema
+/// k8s-openapi gives them: their required fields and int-or-string quantities. Their
+/// quantities are checked by the apiserver when the operator applies the Deployment, and
+/// first by the operator's own validation (`validate`), which names the field.
+#[test]
+fn embedded_kubernetes_types_keep_their_schema() {
+    let s = schema();
+    let spec = &s["properties"]["spec"]["properties"];
+    let quantity_map = |resources: &Value| {
+        for kind in ["limits", "requests"] {
+            let value = &resources["properties"][kind]["additionalProperties"];
+            assert_eq!(value["x-kubernetes-int-or-string"], json!(true), "{kind}");
+        }
+    };
+    quantity_map(&spec["runner"]["properties"]["resources"]);
+    quantity_map(&spec["local"]["properties"]["controlPlane"]["properties"]["resources"]);
+    let pod = &spec["pod"]["properties"];
+    assert_eq!(pod["sidecars"]["items"]["required"], json!(["name"]));
+    quantity_map(&pod["sidecars"]["items"]["properties"]["resources"]);
+    assert_eq!(pod["volumes"]["items"]["required"], json!(["name"]));
+    assert_eq!(
+        pod["volumes"]["items"]["properties"]["emptyDir"]["properties"]["sizeLimit"]["x-kubernetes-int-or-string"],
+        json!(true)
+    );
+    assert_eq!(
+        pod["tolerations"]["items"]["properties"]["tolerationSeconds"]["format"],
+        json!("int64")
+    );
+}
+
 /// Bounds are plain OpenAPI (`minimum`/`maximum`), which the apiserver enforces before CEL.
 #[test]
 fn bounds_are_in_the_schema() {

@@ -420,6 +420,15 @@ impl<'a> Reader<'a> {
                 );
                 default
             }
+            // An integer too large (or negative) for the type is out of range, not "not a
+            // number".
+            Err(_) if is_integer(&raw) => {
+                self.problem(
+                    key,
+                    format!("'{raw}' is out of range; use a value from {min} to {max}"),
+                );
+                default
+            }
             Err(_) => {
                 self.problem(
                     key,
@@ -501,6 +510,11 @@ impl Config {
     pub fn sandbox_root_display(&self) -> String {
         absolute(&self.sandbox_root).display().to_string()
     }
+}
+
+fn is_integer(raw: &str) -> bool {
+    let digits = raw.strip_prefix(['+', '-']).unwrap_or(raw);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn read_mode(r: &mut Reader<'_>) -> Mode {

@@ -17,6 +17,9 @@ pub mod http;
 pub mod inflight;
 pub mod llm;
 pub mod metrics;
+#[cfg(test)]
+mod numeric_config_tests;
+pub mod printable;
 pub mod redis;
 pub mod sandbox;
 pub mod shutdown;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use stigmer_proto::LOCAL_API_KEY;
 use stigmer_server::{
     ControlPlane, JwtAuth, KeySource, RedisSettings, RedisTarget, ServerConfig, TlsFiles,
@@ -15,6 +16,18 @@ use tracing_subscriber::EnvFilter;
 /// How long a fetched JWKS is used before it is fetched again (an unknown `kid` refetches
 /// sooner).
 const JWKS_REFRESH: Duration = Duration::from_secs(600);
+
+/// Ranges of the numeric flags (README.md): a value outside is refused while parsing, naming
+/// the flag and the range, before anything starts. A zero sweep interval would panic the timer;
+/// a huge TTL or wait would overflow the deadlines computed from them.
+mod ranges {
+    use std::ops::RangeInclusive;
+
+    pub const LEASE_TTL_SECS: RangeInclusive<u64> = 1..=3_600;
+    pub const MAX_CLAIM_WAIT_SECS: RangeInclusive<u64> = 1..=300;
+    pub const SWEEP_INTERVAL_MS: RangeInclusive<u64> = 10..=60_000;
+    pub const REDIS_PORT: RangeInclusive<u64> = 1..=65_535;
+}
 
 /// The Stigmer control plane: stores agents and executions and hands executions to runners.
 #[derive(Debug, Parser)]
@@ -42,14 +55,17 @@ struct Args {
     /// File holding the key accepted on the agent and execution APIs only.
     #[arg(long, env = "STIGMER_SERVER_CLIENT_KEY_FILE", value_name = "PATH")]
     client_key_file: Option<PathBuf>,
-    /// Seconds a claim stays valid without a heartbeat or status update.
-    #[arg(long, env = "STIGMER_LEASE_TTL_SECS", default_value_t = 30)]
+    /// Seconds a claim stays valid without a heartbeat or status update (1-3600).
+    #[arg(long, env = "STIGMER_LEASE_TTL_SECS", default_value_t = 30,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::LEASE_TTL_SECS))]
     lease_ttl_secs: u64,
-    /// Longest long-poll a runner may ask for, in seconds.
-    #[arg(long, env = "STIGMER_MAX_CLAIM_WAIT_SECS", default_value_t = 30)]
+    /// Longest long-poll a runner may ask for, in seconds (1-300).
+    #[arg(long, env = "STIGMER_MAX_CLAIM_WAIT_SECS", default_value_t = 30,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::MAX_CLAIM_WAIT_SECS))]
     max_claim_wait_secs: u64,
-    /// How often expired leases are looked for, in milliseconds.
-    #[arg(long, env = "STIGMER_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    /// How often expired leases are looked for, in milliseconds (10-60000).
+    #[arg(long, env = "STIGMER_SWEEP_INTERVAL_MS", default_value_t = 1000,
+          value_parser = RangedU64ValueParser::<u64>::new().range(ranges::SWEEP_INTERVAL_MS))]
     sweep_interval_ms: u64,
     /// Cloud dispatch and live events through Redis: `redis://[:password@]host:port[/db]`.
     /// Unset (and no --redis-host): local mode, no Redis at all.
@@ -63,8 +79,9 @@ struct Args {
     /// Redis host, instead of --redis-url.
     #[arg(long, env = "REDIS_HOST")]
     redis_host: Option<String>,
-    /// Redis port (with --redis-host).
-    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    /// Redis port (with --redis-host), 1-65535.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379,
+          value_parser = RangedU64ValueParser::<u16>::new().range(ranges::REDIS_PORT))]
     redis_port: u16,
     /// Redis password (with --redis-host).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
@@ -439,6 +456,82 @@ mod tests {
             config_from(&args).unwrap().jwt.unwrap().key,
             KeySource::Jwks { .. }
         ));
+    }
+
+    /// Every numeric flag takes exactly a decimal integer within its documented range, and
+    /// refuses anything else (exit 2) without a panic.
+    mod numeric_flags {
+        use std::ops::RangeInclusive;
+
+        use clap::Parser as _;
+        use proptest::prelude::*;
+        use testkit::numbers::{boundaries, expected, hostile_number};
+
+        use super::super::{Args, ranges};
+
+        type Flag = (&'static str, RangeInclusive<u64>, fn(&Args) -> u64);
+
+        fn flags() -> Vec<Flag> {
+            vec![
+                ("--lease-ttl-secs", ranges::LEASE_TTL_SECS, |a| {
+                    a.lease_ttl_secs
+                }),
+                ("--max-claim-wait-secs", ranges::MAX_CLAIM_WAIT_SECS, |a| {
+                    a.max_claim_wait_secs
+                }),
+                ("--sweep-interval-ms", ranges::SWEEP_INTERVAL_MS, |a| {
+                    a.sweep_interval_ms
+                }),
+                ("--redis-port", ranges::REDIS_PORT, |a| {
+                    u64::from(a.redis_port)
+                }),
+            ]
+        }
+
+        fn check((flag, range, read): &Flag, raw: &str) -> Result<(), TestCaseError> {
+            let arg = format!("{flag}={raw}");
+            match Args::try_parse_from(["stigmer-server", "--data-dir", "/d", arg.as_str()]) {
+                Ok(args) => prop_assert_eq!(Some(read(&args)), expected(raw, range), "{}", arg),
+                Err(err) => {
+                    prop_assert_eq!(expected(raw, range), None, "{}: {}", arg, err);
+                    prop_assert_eq!(err.exit_code(), 2);
+                }
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn take_exactly_their_documented_range(raw in hostile_number()) {
+                for flag in flags() {
+                    check(&flag, &raw)?;
+                }
+            }
+        }
+
+        #[test]
+        fn at_and_beyond_their_bounds() {
+            for flag in flags() {
+                for raw in boundaries(&flag.1) {
+                    if let Err(e) = check(&flag, &raw) {
+                        panic!("{e}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_zero_sweep_interval_is_refused_by_name() {
+            let err = Args::try_parse_from(["stigmer-server", "--sweep-interval-ms", "0"])
+                .expect_err("refused");
+            let shown = err.to_string();
+            assert!(
+                shown.contains("--sweep-interval-ms") && shown.contains("10..=60000"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

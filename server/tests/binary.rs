@@ -320,3 +320,44 @@ async fn an_unreadable_key_file_fails_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+/// A numeric setting outside its range, from a flag or from the environment, is refused
+/// before anything starts (exit 2, naming it and the range); a zero sweep interval would
+/// otherwise reach `tokio::time::interval`, which panics on a zero period.
+#[tokio::test]
+async fn numeric_settings_out_of_range_are_refused_before_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let data = data_dir.to_str().unwrap();
+    let no_env: Vec<(&str, &str)> = Vec::new();
+    let cases = [
+        (
+            vec!["--sweep-interval-ms", "0"],
+            no_env.clone(),
+            "10..=60000",
+        ),
+        (
+            vec![],
+            vec![("STIGMER_SWEEP_INTERVAL_MS", "0")],
+            "10..=60000",
+        ),
+        (
+            vec!["--lease-ttl-secs", "18446744073709551615"],
+            no_env,
+            "1..=3600",
+        ),
+    ];
+    for (args, env, range) in cases {
+        let mut command = server_command(&["--listen", "127.0.0.1:0", "--data-dir", data]);
+        command.args(&args).envs(env.iter().copied());
+        let output = tokio::time::timeout(PATIENCE, command.output())
+            .await
+            .expect("the server did not exit")
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "nothing announced");
+        assert!(stderr.contains(range), "{stderr}");
+        assert!(!data_dir.exists(), "the data directory was created");
+    }
+}

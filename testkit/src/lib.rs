@@ -5,6 +5,7 @@
 pub mod control_plane;
 pub mod daytona;
 pub mod llm;
+pub mod numbers;
 pub mod pki;
 pub mod process;
 pub mod redis;

@@ -61,7 +61,7 @@ fn prepare(paths: &Paths, args: &StartArgs) -> Result<Settings, LocalError> {
     // After the LLM key: a start that cannot go on must leave nothing behind.
     paths.create_all()?;
     let keys = keys::ensure(paths)?;
-    Ok(Settings {
+    let settings = Settings {
         paths: paths.clone(),
         server_bin,
         runner_bin,
@@ -82,6 +82,32 @@ fn prepare(paths: &Paths, args: &StartArgs) -> Result<Settings, LocalError> {
         server_stop_timeout: Duration::from_secs(args.server_stop_timeout_secs),
         log_max_bytes: args.log_max_bytes.max(1024),
         interactive: !args.detached_child,
+    };
+    // Checked here, before anything is stopped or started.
+    detach_wait(args, &settings)?;
+    Ok(settings)
+}
+
+/// How long a detaching start waits for its supervisor: the start-up wait, plus the stops it
+/// may go through when start-up fails, plus a margin. The flags' ranges keep the sum small;
+/// the arithmetic is checked all the same, so that no setting can end in a panic.
+fn detach_wait(args: &StartArgs, settings: &Settings) -> Result<Duration, LocalError> {
+    [
+        settings.runner_stop_timeout,
+        settings.server_stop_timeout,
+        Duration::from_secs(10),
+    ]
+    .into_iter()
+    .try_fold(
+        Duration::from_secs(args.wait_timeout),
+        Duration::checked_add,
+    )
+    .ok_or_else(|| {
+        LocalError::Config(
+            "--wait-timeout, --runner-stop-timeout-secs and --server-stop-timeout-secs add up to \
+             more than a process can wait; use smaller values"
+                .into(),
+        )
     })
 }
 
@@ -114,6 +140,10 @@ async fn detach(
     llm: &LlmSettings,
     output: Output,
 ) -> Result<u8, LocalError> {
+    // Before the supervisor exists, so that a refusal leaves nothing behind.
+    let deadline = tokio::time::Instant::now()
+        .checked_add(detach_wait(args, &settings)?)
+        .ok_or_else(|| LocalError::Config("--wait-timeout is too large".into()))?;
     paths.create_all()?;
     for c in Component::ALL {
         logs::rotate(&paths.log(c), logs::KEEP)?;
@@ -146,11 +176,6 @@ async fn detach(
             log_path.display()
         );
     }
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_secs(args.wait_timeout)
-        + settings.runner_stop_timeout
-        + settings.server_stop_timeout
-        + Duration::from_secs(10);
     let mut interrupted = false;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -328,6 +353,54 @@ mod tests {
             log_max_bytes: 4096,
             interactive: false,
         }
+    }
+
+    #[test]
+    fn the_longest_accepted_waits_add_up_without_overflow() {
+        let paths = Paths::resolve(Some(std::path::Path::new("/tmp/sd"))).expect("paths");
+        let max = |range: std::ops::RangeInclusive<u64>| range.end().to_string();
+        use crate::args::ranges;
+        let cli = Cli::try_parse_from([
+            "stigmer".to_string(),
+            "local".into(),
+            "start".into(),
+            "--wait-timeout".into(),
+            max(ranges::WAIT_TIMEOUT_SECS),
+            "--runner-stop-timeout-secs".into(),
+            max(ranges::RUNNER_STOP_TIMEOUT_SECS),
+            "--server-stop-timeout-secs".into(),
+            max(ranges::SERVER_STOP_TIMEOUT_SECS),
+        ])
+        .expect("parses");
+        let Command::Local(local) = cli.command else {
+            panic!("not local")
+        };
+        let LocalCommand::Start(args) = local.command else {
+            panic!("not start")
+        };
+        let mut s = settings(&paths);
+        s.runner_stop_timeout = Duration::from_secs(args.runner_stop_timeout_secs);
+        s.server_stop_timeout = Duration::from_secs(args.server_stop_timeout_secs);
+        let wait = detach_wait(&args, &s).expect("fits");
+        assert_eq!(wait, Duration::from_secs(86_400 + 86_400 + 3_600 + 10));
+        assert!(tokio::time::Instant::now().checked_add(wait).is_some());
+    }
+
+    #[test]
+    fn waits_that_overflow_are_a_configuration_error() {
+        let paths = Paths::resolve(Some(std::path::Path::new("/tmp/sd"))).expect("paths");
+        let cli = Cli::try_parse_from(["stigmer", "local", "start"]).expect("parses");
+        let Command::Local(local) = cli.command else {
+            panic!("not local")
+        };
+        let LocalCommand::Start(args) = local.command else {
+            panic!("not start")
+        };
+        let mut s = settings(&paths);
+        s.runner_stop_timeout = Duration::MAX;
+        let err = detach_wait(&args, &s).expect_err("overflow");
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--wait-timeout"), "{err}");
     }
 
     #[test]

@@ -3,20 +3,37 @@
 //! File operations go through a cap-std `Dir` opened on the session directory, so the kernel
 //! (openat2 `RESOLVE_BENEATH` where available, or cap-std's checked resolution) refuses any
 //! path, symlink or `..` that would lead outside, including symlinks planted by commands.
+//! A hard link cannot be refused that way (it is an ordinary directory entry), so a regular
+//! file with more than one link is used only when every link is found inside the session.
+//!
+//! Directories the runner creates here are private to its user (0700): sessions hold the
+//! user's files.
 
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use cap_std::fs::{
+    Dir, DirBuilder, DirBuilderExt as _, MetadataExt as _, OpenOptions, OpenOptionsExt,
+    Permissions, PermissionsExt as _,
+};
 use nix::fcntl::OFlag;
 
 use super::confine::Confinement;
 use super::paths::relative_to_session;
 use super::{CommandOutput, CommandRequest, DirEntry, SandboxError, command};
+use crate::printable;
 
 /// Files larger than this are not read whole: the model's context could not take them anyway.
 pub const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Mode of the session directories the runner creates: private to its user.
+pub(super) const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Directory entries looked at, at most, to find where a multiply linked file's links are. A
+/// session holding more cannot prove the file lies within it, and the file is refused.
+pub const MAX_LINK_SCAN_ENTRIES: usize = 100_000;
 
 /// Where temporary files of commands go, inside the session so they are confined and cleaned
 /// up with it.
@@ -44,7 +61,9 @@ impl FsSandbox {
             path: root_path.join(id).display().to_string(),
             source,
         };
-        match root.create_dir(id) {
+        let mut private = DirBuilder::new();
+        private.mode(PRIVATE_DIR_MODE);
+        match root.create_dir_with(id, &private) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("creating the session directory", e)),
@@ -58,6 +77,14 @@ impl FsSandbox {
             return Err(SandboxError::NotADirectory {
                 path: root_path.join(id).display().to_string(),
             });
+        }
+        // A session directory made by an older runner (0755) is tightened too: it is the
+        // runner's own, and other local users have no business in it. Best effort: one this
+        // user cannot chmod (not its own) still works as before.
+        if meta.mode() & 0o077 != 0
+            && let Err(e) = root.set_permissions(id, Permissions::from_mode(PRIVATE_DIR_MODE))
+        {
+            tracing::warn!(session = id, error = %e, "could not make the session directory private (0700)");
         }
         let dir = root
             .open_dir(id)
@@ -96,14 +123,15 @@ impl FsSandbox {
 
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         let rel = relative_to_session(&self.path, path)?;
-        let raw = path.to_owned();
+        // Only ever shown, in messages to the model.
+        let raw = printable::escape(path);
         self.blocking(move |dir| read_blocking(dir, &rel, &raw))
             .await
     }
 
     pub async fn write_file(&self, path: &str, contents: &[u8]) -> Result<(), SandboxError> {
         let rel = relative_to_session(&self.path, path)?;
-        let raw = path.to_owned();
+        let raw = printable::escape(path);
         let contents = contents.to_vec();
         self.blocking(move |dir| write_blocking(dir, &rel, &raw, &contents))
             .await
@@ -111,7 +139,7 @@ impl FsSandbox {
 
     pub async fn list_dir(&self, path: &str) -> Result<Vec<DirEntry>, SandboxError> {
         let rel = relative_to_session(&self.path, path)?;
-        let raw = path.to_owned();
+        let raw = printable::escape(path);
         self.blocking(move |dir| list_blocking(dir, &rel, &raw))
             .await
     }
@@ -146,6 +174,7 @@ fn read_blocking(dir: &Dir, rel: &Path, raw: &str) -> Result<Vec<u8>, SandboxErr
         .map_err(|e| map_io(action, raw, e))?;
     let meta = file.metadata().map_err(|e| map_io(action, raw, e))?;
     ensure_regular_file(&meta, raw)?;
+    ensure_links_inside(dir, &meta, raw, MAX_LINK_SCAN_ENTRIES)?;
     let too_large = |size| SandboxError::FileTooLarge {
         path: raw.to_owned(),
         size,
@@ -180,7 +209,8 @@ fn write_blocking(dir: &Dir, rel: &Path, raw: &str, contents: &[u8]) -> Result<(
         .map_err(|e| map_io(action, raw, e))?;
     let meta = file.metadata().map_err(|e| map_io(action, raw, e))?;
     ensure_regular_file(&meta, raw)?;
-    // Truncate only once we know it is a regular file.
+    ensure_links_inside(dir, &meta, raw, MAX_LINK_SCAN_ENTRIES)?;
+    // Truncate only once we know it is a regular file of this session alone.
     file.set_len(0).map_err(|e| map_io(action, raw, e))?;
     file.write_all(contents)
         .map_err(|e| map_io(action, raw, e))?;
@@ -194,7 +224,7 @@ fn ensure_parent(dir: &Dir, parent: &Path, raw: &str) -> Result<(), SandboxError
     match dir.metadata(parent) {
         Ok(meta) if meta.is_dir() => Ok(()),
         Ok(_) => Err(SandboxError::NotADirectory {
-            path: parent.display().to_string(),
+            path: printable::escape_bytes(parent.as_os_str().as_bytes()),
         }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => dir
             .create_dir_all(parent)
@@ -209,17 +239,19 @@ fn list_blocking(dir: &Dir, rel: &Path, raw: &str) -> Result<Vec<DirEntry>, Sand
     let mut listed = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| map_io(action, raw, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let file_name = entry.file_name();
         let file_type = entry.file_type().map_err(|e| map_io(action, raw, e))?;
         let (is_dir, size) = if file_type.is_symlink() {
             // Described by what it points to, as long as that is inside the sandbox.
-            dir.metadata(rel.join(&name))
+            dir.metadata(rel.join(&file_name))
                 .map(|m| (m.is_dir(), m.len()))
                 .unwrap_or((false, 0))
         } else {
             let meta = entry.metadata().map_err(|e| map_io(action, raw, e))?;
             (file_type.is_dir(), meta.len())
         };
+        // Escaped, so that a name with a newline cannot forge a line of the listing.
+        let name = printable::escape_bytes(file_name.as_bytes());
         listed.push(DirEntry { name, is_dir, size });
     }
     listed.sort_by(|a, b| a.name.cmp(&b.name));
@@ -238,6 +270,91 @@ fn ensure_regular_file(meta: &cap_std::fs::Metadata, raw: &str) -> Result<(), Sa
         });
     }
     Ok(())
+}
+
+/// Refuses a regular file with several hard links unless every one of them is inside the
+/// session. A command can `ln` a file of the user's (`~/.bashrc`) into the session; the link
+/// is an ordinary entry that no path check sees through, so the link count is what gives it
+/// away, and the session (at most `max_entries` entries of it) is searched for the others.
+pub(super) fn ensure_links_inside(
+    dir: &Dir,
+    meta: &cap_std::fs::Metadata,
+    raw: &str,
+    max_entries: usize,
+) -> Result<(), SandboxError> {
+    let links = meta.nlink();
+    if links <= 1 {
+        return Ok(());
+    }
+    match links_in_session(dir, meta.dev(), meta.ino(), links, max_entries) {
+        LinkScan::Found(found) if found >= links => Ok(()),
+        LinkScan::Found(_) | LinkScan::Unreadable => Err(SandboxError::HardLinked {
+            path: raw.to_owned(),
+            links,
+        }),
+        LinkScan::TooManyEntries => Err(SandboxError::LinkScanTooLarge {
+            path: raw.to_owned(),
+            links,
+            limit: max_entries,
+        }),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum LinkScan {
+    /// Entries of the session that are this file (it counts itself).
+    Found(u64),
+    /// The session has more entries than the scan may look at.
+    TooManyEntries,
+    /// Part of the session could not be read, so the links there are unknown.
+    Unreadable,
+}
+
+/// Counts the entries beneath `root` that are the file `(dev, ino)`, stopping once `wanted`
+/// are found or after `max_entries` entries. Symlinks are not followed (a symlinked directory
+/// is not part of the session) and directories are opened beneath `root`, so the search
+/// itself cannot leave the session.
+pub(super) fn links_in_session(
+    root: &Dir,
+    dev: u64,
+    ino: u64,
+    wanted: u64,
+    max_entries: usize,
+) -> LinkScan {
+    let mut pending = vec![PathBuf::from(".")];
+    let mut seen = 0usize;
+    let mut found = 0u64;
+    while let Some(rel) = pending.pop() {
+        let Ok(entries) = root.read_dir(&rel) else {
+            return LinkScan::Unreadable;
+        };
+        for entry in entries {
+            seen += 1;
+            if seen > max_entries {
+                return LinkScan::TooManyEntries;
+            }
+            let Ok(entry) = entry else {
+                return LinkScan::Unreadable;
+            };
+            let Ok(file_type) = entry.file_type() else {
+                return LinkScan::Unreadable;
+            };
+            if file_type.is_dir() {
+                pending.push(rel.join(entry.file_name()));
+            } else if file_type.is_file() {
+                let Ok(meta) = entry.metadata() else {
+                    return LinkScan::Unreadable;
+                };
+                if meta.dev() == dev && meta.ino() == ino {
+                    found += 1;
+                    if found >= wanted {
+                        return LinkScan::Found(found);
+                    }
+                }
+            }
+        }
+    }
+    LinkScan::Found(found)
 }
 
 /// Turns an I/O error into the error the model can act on.

@@ -277,3 +277,194 @@ async fn session_directory_that_is_a_symlink_is_refused() {
     symlink(root.path().join("real"), root.path().join("alias")).expect("symlink");
     assert!(root.open("alias").is_err());
 }
+
+// ---- hard links ----
+
+fn assert_hard_linked<T: std::fmt::Debug>(result: Result<T, SandboxError>, path: &str) {
+    match result {
+        Err(e @ SandboxError::HardLinked { .. }) => assert_eq!(
+            e.to_string(),
+            format!("'{path}' has 2 hard links, some outside this session; file tools refuse it")
+        ),
+        other => panic!("{path}: expected HardLinked, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn hard_link_to_a_file_outside_is_refused_for_read_and_write() {
+    let f = fixture();
+    // A file in another directory outside the sandbox root, linked into the session as a
+    // command could (`ln ~/.bashrc x`).
+    let elsewhere = tempfile::tempdir_in(&f.outside).expect("another tempdir");
+    let secret = elsewhere.path().join("bashrc");
+    std::fs::write(&secret, b"export SECRET=1").expect("outside file");
+    std::fs::hard_link(&secret, f.session.join("innocent.txt")).expect("hard link");
+    std::fs::create_dir(f.session.join("sub")).expect("sub");
+    std::fs::hard_link(&secret, f.session.join("sub/deeper.txt")).expect("second link");
+
+    // Two links inside, one outside: three links, two found.
+    match f.sandbox.read_file("innocent.txt").await {
+        Err(e @ SandboxError::HardLinked { links: 3, .. }) => {
+            assert!(e.to_string().contains("some outside this session"), "{e}")
+        }
+        other => panic!("expected HardLinked, got {other:?}"),
+    }
+    std::fs::remove_file(f.session.join("sub/deeper.txt")).expect("unlink");
+    assert_hard_linked(f.sandbox.read_file("innocent.txt").await, "innocent.txt");
+    assert_hard_linked(
+        f.sandbox.write_file("innocent.txt", b"pwned").await,
+        "innocent.txt",
+    );
+    assert_eq!(std::fs::read(&secret).expect("outside"), b"export SECRET=1");
+    // The link made by a command is refused the same way.
+    let env = BTreeMap::new();
+    let cancel = CancellationToken::new();
+    let out = f
+        .sandbox
+        .run_command(CommandRequest {
+            network: crate::sandbox::Network::None,
+            command: &format!("ln {} cmd-link", f.outside.join("secret.txt").display()),
+            timeout: Duration::from_secs(10),
+            env: &env,
+            cancel: &cancel,
+            output_limit: 4096,
+        })
+        .await
+        .expect("run");
+    assert_eq!(out.exit_code, Some(0), "{}", out.output);
+    assert_hard_linked(f.sandbox.read_file("cmd-link").await, "cmd-link");
+    assert_eq!(
+        std::fs::read(f.outside.join("secret.txt")).expect("secret"),
+        b"top secret"
+    );
+}
+
+#[tokio::test]
+async fn hard_links_all_inside_the_session_are_allowed() {
+    let f = fixture();
+    f.sandbox
+        .write_file("a.txt", b"shared")
+        .await
+        .expect("write");
+    std::fs::create_dir_all(f.session.join("x/y")).expect("dirs");
+    std::fs::hard_link(f.session.join("a.txt"), f.session.join("x/y/b.txt")).expect("link");
+    // A symlink to the outside is not followed by the search, and does not count.
+    symlink(&f.outside, f.session.join("out")).expect("symlink");
+    assert_eq!(
+        f.sandbox.read_file("x/y/b.txt").await.expect("read"),
+        b"shared"
+    );
+    f.sandbox
+        .write_file("a.txt", b"changed")
+        .await
+        .expect("write through a link inside");
+    assert_eq!(
+        std::fs::read(f.session.join("x/y/b.txt")).expect("other link"),
+        b"changed"
+    );
+}
+
+#[test]
+fn the_link_search_is_bounded() {
+    use super::filesystem::{LinkScan, ensure_links_inside, links_in_session};
+    use cap_std::fs::MetadataExt as _;
+    let f = fixture();
+    for i in 0..5 {
+        std::fs::write(f.session.join(format!("f{i}")), b"x").expect("filler");
+    }
+    std::fs::hard_link(f.session.join("f0"), f.session.join("f0-link")).expect("link");
+    let dir = cap_std::fs::Dir::open_ambient_dir(&f.session, cap_std::ambient_authority())
+        .expect("session dir");
+    let meta = dir.metadata("f0").expect("meta");
+    assert_eq!(
+        links_in_session(&dir, meta.dev(), meta.ino(), 2, 100),
+        LinkScan::Found(2)
+    );
+    // Six entries; a search allowed three cannot prove where the links are.
+    assert_eq!(
+        links_in_session(&dir, meta.dev(), meta.ino(), 3, 3),
+        LinkScan::TooManyEntries
+    );
+    match ensure_links_inside(&dir, &meta, "f0", 3) {
+        Err(e @ SandboxError::LinkScanTooLarge { .. }) => assert_eq!(
+            e.to_string(),
+            "'f0' has 2 hard links, and the session holds more than 3 entries to look for \
+             them in; file tools refuse it"
+        ),
+        other => panic!("expected LinkScanTooLarge, got {other:?}"),
+    }
+    ensure_links_inside(&dir, &meta, "f0", 100).expect("both links inside");
+}
+
+// ---- directory modes ----
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[test]
+fn the_root_and_session_directories_are_created_private() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root_path = tmp.path().join("made/by/runner");
+    let root = SandboxRoot::new(&root_path).expect("root");
+    assert_eq!(mode(&root_path), 0o700);
+    assert_eq!(
+        mode(&tmp.path().join("made")),
+        0o700,
+        "parents it creates too"
+    );
+    root.open("s1").expect("session");
+    assert_eq!(mode(&root_path.join("s1")), 0o700);
+}
+
+#[test]
+fn an_existing_root_keeps_its_mode_and_old_sessions_are_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root_path = tmp.path().join("mine");
+    std::fs::create_dir(&root_path).expect("root");
+    std::fs::set_permissions(&root_path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let old = root_path.join("old-session");
+    std::fs::create_dir(&old).expect("old session");
+    std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = SandboxRoot::new(&root_path).expect("root");
+    assert_eq!(mode(&root_path), 0o755, "the user's root is left alone");
+    root.open("old-session").expect("session");
+    assert_eq!(mode(&old), 0o700);
+}
+
+// ---- names as printed ----
+
+#[tokio::test]
+async fn names_are_listed_escaped() {
+    use std::os::unix::ffi::OsStrExt;
+    let f = fixture();
+    let names: [&[u8]; 5] = [
+        b"a\nsecret.txt (12 bytes)",
+        b"\x1b[2Jclear",
+        b"bad\xffbyte",
+        b"back\\slash",
+        b"tab\there",
+    ];
+    for name in names {
+        std::fs::write(f.session.join(std::ffi::OsStr::from_bytes(name)), b"1").expect("file");
+    }
+    let listed = f.sandbox.list_dir(".").await.expect("list");
+    let mut shown: Vec<&str> = listed.iter().map(|e| e.name.as_str()).collect();
+    shown.sort_unstable();
+    assert_eq!(
+        shown,
+        [
+            "\\x1b[2Jclear",
+            "a\\nsecret.txt (12 bytes)",
+            "back\\\\slash",
+            "bad\\xffbyte",
+            "tab\\there",
+        ]
+    );
+}

@@ -89,6 +89,17 @@ pub enum SandboxError {
     NotARegularFile { path: String },
     #[error("'{path}' is {size} bytes, more than the {limit}-byte limit for reading a file")]
     FileTooLarge { path: String, size: u64, limit: u64 },
+    #[error("'{path}' has {links} hard links, some outside this session; file tools refuse it")]
+    HardLinked { path: String, links: u64 },
+    #[error(
+        "'{path}' has {links} hard links, and the session holds more than {limit} entries to \
+         look for them in; file tools refuse it"
+    )]
+    LinkScanTooLarge {
+        path: String,
+        links: u64,
+        limit: usize,
+    },
     #[error("{action} '{path}' failed: {source}")]
     Io {
         action: &'static str,
@@ -134,13 +145,20 @@ pub struct SandboxRoot {
 const PROBE_DIR: &str = ".sandbox-probe";
 
 impl SandboxRoot {
-    /// Creates `root` if missing and checks that it is a writable directory.
+    /// Creates `root` if missing (private to the user: 0700, like every directory it creates
+    /// on the way) and checks that it is a writable directory. A root that exists already is
+    /// left as its owner made it.
     pub fn new(root: &Path) -> Result<Self, SandboxError> {
+        use std::os::unix::fs::DirBuilderExt as _;
         let unusable = |reason: String| SandboxError::RootUnusable {
             path: root.to_path_buf(),
             reason,
         };
-        std::fs::create_dir_all(root).map_err(|e| unusable(format!("cannot create it: {e}")))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(filesystem::PRIVATE_DIR_MODE)
+            .create(root)
+            .map_err(|e| unusable(format!("cannot create it: {e}")))?;
         let path = root
             .canonicalize()
             .map_err(|e| unusable(format!("cannot resolve it: {e}")))?;

@@ -7,24 +7,26 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::SandboxError;
+use crate::printable;
 
 /// Resolves `raw` to a path relative to the session directory `base` (canonical), without
-/// `.` or `..` components. `"."` stands for the directory itself.
+/// `.` or `..` components. `"."` stands for the directory itself. Errors show `raw` escaped
+/// (see [`printable`]).
 pub(crate) fn relative_to_session(base: &Path, raw: &str) -> Result<PathBuf, SandboxError> {
     if raw.is_empty() {
         return Err(SandboxError::InvalidPath {
-            path: raw.to_owned(),
+            path: printable::escape(raw),
             reason: "the path is empty",
         });
     }
     if raw.contains('\0') {
         return Err(SandboxError::InvalidPath {
-            path: raw.to_owned(),
+            path: printable::escape(raw),
             reason: "the path contains a NUL byte",
         });
     }
     let escape = || SandboxError::PathEscape {
-        path: raw.to_owned(),
+        path: printable::escape(raw),
     };
     let path = Path::new(raw);
     let inside = if path.is_absolute() {
@@ -103,6 +105,12 @@ mod tests {
     fn escape_message_names_the_path() {
         let err = resolve("../x").expect_err("escape");
         assert_eq!(err.to_string(), "path '../x' is outside the sandbox");
+    }
+
+    #[test]
+    fn refusals_show_the_path_escaped() {
+        let err = resolve("../a\nb").expect_err("escape");
+        assert_eq!(err.to_string(), "path '../a\\nb' is outside the sandbox");
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! `read_file`, `write_file`, `edit_file` and `list_directory`.
+//!
+//! Every path these tools print is escaped (`crate::printable`), so that a name with a newline
+//! or a terminal escape cannot forge output; listed names come escaped from the sandbox.
 
 use serde::Deserialize;
 
 use super::{Failure, ToolContext, ToolOutcome, parse_input};
-use crate::sandbox::{DirEntry, SandboxError};
+use crate::printable;
+use crate::sandbox::{DirEntry, MAX_READ_BYTES, SandboxError};
 
 /// Lines returned when the model gives no `limit`: enough for most source files, and the
 /// output cap still applies.
@@ -34,7 +38,7 @@ pub(super) async fn read_file(
     }
     let bytes = read_whole(ctx, &input.path).await?;
     let text = String::from_utf8_lossy(&bytes);
-    line_window(&text, &input.path, offset, limit).map(ToolOutcome::ok)
+    line_window(&text, &printable::escape(&input.path), offset, limit).map(ToolOutcome::ok)
 }
 
 /// The file's bytes; a file too large to read whole comes with a way to read parts of it.
@@ -92,7 +96,7 @@ pub(super) async fn write_file(
     Ok(ToolOutcome::ok(format!(
         "wrote {} bytes to {}",
         input.content.len(),
-        input.path
+        printable::escape(&input.path)
     )))
 }
 
@@ -111,15 +115,16 @@ pub(super) async fn edit_file(
     ctx: &ToolContext<'_>,
 ) -> Result<ToolOutcome, Failure> {
     let input: EditInput = parse_input("edit_file", input)?;
+    let shown = printable::escape(&input.path);
+    // Files above the read limit are refused here, so the text held below is bounded too.
     let bytes = read_whole(ctx, &input.path).await?;
     // Lossy decoding would silently rewrite the bytes that are not UTF-8.
     let text = String::from_utf8(bytes).map_err(|_| {
         Failure::Model(format!(
-            "{} is not valid UTF-8 text; edit_file only edits text files",
-            input.path
+            "{shown} is not valid UTF-8 text; edit_file only edits text files"
         ))
     })?;
-    let (edited, count) = replace(&text, &input)?;
+    let (edited, count) = replace(&text, &input, &shown, MAX_READ_BYTES)?;
     ctx.sandbox
         .write_file(&input.path, edited.as_bytes())
         .await?;
@@ -129,14 +134,20 @@ pub(super) async fn edit_file(
         "occurrences"
     };
     Ok(ToolOutcome::ok(format!(
-        "replaced {count} {noun} in {}",
-        input.path
+        "replaced {count} {noun} in {shown}"
     )))
 }
 
-/// The edited text and the number of replacements, or why the edit is refused.
-fn replace(text: &str, input: &EditInput) -> Result<(String, usize), Failure> {
-    let path = &input.path;
+/// The edited text and the number of replacements, or why the edit is refused. `path` is the
+/// path as shown to the model. A result larger than `limit` bytes is refused before it is
+/// built: `replace_all` of a short string by a long one could otherwise multiply the file
+/// (8 MB of one-byte matches, each replaced by 250 bytes, is 2 GB of runner memory).
+fn replace(
+    text: &str,
+    input: &EditInput,
+    path: &str,
+    limit: u64,
+) -> Result<(String, usize), Failure> {
     let old = input.old_string.as_str();
     if old.is_empty() {
         return Err(Failure::Model(
@@ -151,17 +162,41 @@ fn replace(text: &str, input: &EditInput) -> Result<(String, usize), Failure> {
     }
     let count = text.matches(old).count();
     match count {
-        0 => Err(Failure::Model(format!(
-            "old_string was not found in {path}; read the file and copy the exact text, \
-             including whitespace and indentation"
-        ))),
-        1 => Ok((text.replacen(old, &input.new_string, 1), 1)),
-        n if input.replace_all => Ok((text.replace(old, &input.new_string), n)),
-        n => Err(Failure::Model(format!(
-            "old_string occurs {n} times in {path}; include more context to make it unique, \
-             or set replace_all"
-        ))),
+        0 => {
+            return Err(Failure::Model(format!(
+                "old_string was not found in {path}; read the file and copy the exact text, \
+                 including whitespace and indentation"
+            )));
+        }
+        1 => {}
+        _ if input.replace_all => {}
+        n => {
+            return Err(Failure::Model(format!(
+                "old_string occurs {n} times in {path}; include more context to make it \
+                 unique, or set replace_all"
+            )));
+        }
     }
+    let size =
+        edited_size(text.len(), old.len(), input.new_string.len(), count).unwrap_or(u64::MAX);
+    if size > limit {
+        return Err(Failure::Model(format!(
+            "the edit would make {path} {size} bytes, more than the {limit}-byte limit for a \
+             file the tools read or edit; replace fewer occurrences or a shorter text"
+        )));
+    }
+    Ok((text.replace(old, &input.new_string), count))
+}
+
+/// Bytes of `text_len` after `count` replacements of `old_len` bytes by `new_len` bytes;
+/// `None` when that does not fit in a `u64`.
+fn edited_size(text_len: usize, old_len: usize, new_len: usize, count: usize) -> Option<u64> {
+    let [text_len, old_len, new_len, count] =
+        [text_len, old_len, new_len, count].map(|n| u64::try_from(n).ok());
+    let (text_len, old_len, new_len, count) = (text_len?, old_len?, new_len?, count?);
+    // Every match lies in the text, so the removed bytes never exceed it.
+    let kept = text_len.checked_sub(old_len.checked_mul(count)?)?;
+    kept.checked_add(new_len.checked_mul(count)?)
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +222,7 @@ fn format_entries(entries: &[DirEntry]) -> String {
     entries
         .iter()
         .map(|e| {
+            // `name` is escaped by the sandbox: one entry, one line.
             if e.is_dir {
                 format!("{}/", e.name)
             } else {
@@ -248,6 +284,41 @@ mod tests {
             }
             _ => panic!("expected a refusal"),
         }
+    }
+
+    fn edit(old: &str, new: &str, replace_all: bool) -> EditInput {
+        EditInput {
+            path: "f.txt".into(),
+            old_string: old.into(),
+            new_string: new.into(),
+            replace_all,
+        }
+    }
+
+    #[test]
+    fn edits_up_to_the_limit_are_built_and_beyond_it_refused() {
+        // "abab" → "xyzxyz": 6 bytes.
+        let (text, count) = match replace("abab", &edit("ab", "xyz", true), "f.txt", 6) {
+            Ok(done) => done,
+            Err(_) => panic!("an edit to exactly the limit is allowed"),
+        };
+        assert_eq!((text.as_str(), count), ("xyzxyz", 2));
+        match replace("abab", &edit("ab", "xyz", true), "f.txt", 5) {
+            Err(Failure::Model(m)) => assert!(
+                m.starts_with("the edit would make f.txt 6 bytes, more than the 5-byte limit"),
+                "{m}"
+            ),
+            _ => panic!("expected a refusal"),
+        }
+        // Shrinking edits of a file at the limit stay allowed.
+        assert!(replace("abab", &edit("ab", "", true), "f.txt", 4).is_ok());
+    }
+
+    #[test]
+    fn edited_size_is_exact_and_checked() {
+        assert_eq!(edited_size(10, 2, 5, 3), Some(19));
+        assert_eq!(edited_size(10, 2, 0, 5), Some(0));
+        assert_eq!(edited_size(1, 1, usize::MAX, 2), None);
     }
 
     #[test]

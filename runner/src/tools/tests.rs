@@ -493,6 +493,125 @@ async fn list_directory_defaults_to_the_working_directory() {
     );
 }
 
+#[tokio::test]
+async fn list_directory_escapes_names_that_would_forge_lines() {
+    let f = Fixture::new();
+    f.write("a\nsecret.txt (12 bytes)", "hello");
+    f.write("real.txt", "x");
+    f.write("\x1b]0;title\x07bell", "");
+    let out = f.ok("list_directory", json!({})).await;
+    assert_eq!(
+        out,
+        "\\x1b]0;title\\x07bell (0 bytes)\n\
+         a\\nsecret.txt (12 bytes) (5 bytes)\n\
+         real.txt (1 bytes)"
+    );
+    assert_eq!(out.lines().count(), 3, "one line per entry");
+}
+
+// ---- paths in messages ----
+
+#[tokio::test]
+async fn paths_in_confirmations_and_errors_are_escaped() {
+    let f = Fixture::new();
+    let out = f
+        .ok(
+            "write_file",
+            json!({"path": "new\nline.txt", "content": "abc"}),
+        )
+        .await;
+    assert_eq!(out, "wrote 3 bytes to new\\nline.txt");
+    assert_eq!(f.read("new\nline.txt"), "abc");
+    let out = f
+        .ok(
+            "edit_file",
+            json!({"path": "new\nline.txt", "old_string": "b", "new_string": "B"}),
+        )
+        .await;
+    assert_eq!(out, "replaced 1 occurrence in new\\nline.txt");
+    assert_eq!(
+        f.err("read_file", json!({"path": "gone\u{1b}[2J.txt"}))
+            .await,
+        "'gone\\x1b[2J.txt' does not exist"
+    );
+}
+
+// ---- hard links ----
+
+#[tokio::test]
+async fn file_tools_refuse_a_hard_link_to_a_file_outside() {
+    let f = Fixture::new();
+    let outside = tempfile::tempdir().expect("another tempdir");
+    let secret = outside.path().join("credentials");
+    std::fs::write(&secret, "token = 1").expect("outside file");
+    std::fs::hard_link(&secret, f.session.join("notes.txt")).expect("hard link");
+    let refused = "'notes.txt' has 2 hard links, some outside this session; file tools refuse it";
+    assert_eq!(
+        f.err("read_file", json!({"path": "notes.txt"})).await,
+        refused
+    );
+    assert_eq!(
+        f.err(
+            "write_file",
+            json!({"path": "notes.txt", "content": "pwned"})
+        )
+        .await,
+        refused
+    );
+    assert_eq!(
+        f.err(
+            "edit_file",
+            json!({"path": "notes.txt", "old_string": "1", "new_string": "2"})
+        )
+        .await,
+        refused
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("outside"),
+        "token = 1"
+    );
+}
+
+#[tokio::test]
+async fn file_tools_accept_hard_links_within_the_session() {
+    let f = Fixture::new();
+    f.write("a.txt", "one");
+    std::fs::create_dir(f.session.join("sub")).expect("sub");
+    std::fs::hard_link(f.session.join("a.txt"), f.session.join("sub/b.txt")).expect("link");
+    assert_eq!(f.ok("read_file", json!({"path": "sub/b.txt"})).await, "one");
+    f.ok(
+        "edit_file",
+        json!({"path": "sub/b.txt", "old_string": "one", "new_string": "two"}),
+    )
+    .await;
+    f.ok("write_file", json!({"path": "a.txt", "content": "three"}))
+        .await;
+    assert_eq!(f.read("sub/b.txt"), "three");
+}
+
+// ---- edit_file memory bound ----
+
+#[tokio::test]
+async fn edit_file_refuses_a_result_above_the_read_limit() {
+    let f = Fixture::new();
+    // 1 MiB of one-byte matches, each replaced by 10 bytes: 10 MiB, above the 8 MiB limit.
+    let original = "a".repeat(1024 * 1024);
+    f.write("big.txt", &original);
+    let out = f
+        .err(
+            "edit_file",
+            json!({"path": "big.txt", "old_string": "a", "new_string": "0123456789",
+                   "replace_all": true}),
+        )
+        .await;
+    assert_eq!(
+        out,
+        "the edit would make big.txt 10485760 bytes, more than the 8388608-byte limit for a \
+         file the tools read or edit; replace fewer occurrences or a shorter text"
+    );
+    assert_eq!(f.read("big.txt"), original, "the file is left as it was");
+}
+
 // ---- write_todos ----
 
 #[tokio::test]

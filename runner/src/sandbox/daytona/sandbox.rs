@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::client::{DaytonaClient, Toolbox};
 use super::error::DaytonaError;
+use crate::printable;
 use crate::sandbox::capped::CappedBuffer;
 use crate::sandbox::paths::relative_to_session;
 use crate::sandbox::{CommandOutput, CommandRequest, DirEntry, MAX_READ_BYTES, SandboxError};
@@ -109,7 +110,7 @@ impl DaytonaSandbox {
         match self.client.download(&self.toolbox, &target, limit).await {
             Ok(bytes) => Ok(bytes),
             Err(DaytonaError::TooLarge { .. }) => Err(SandboxError::FileTooLarge {
-                path: path.to_owned(),
+                path: printable::escape(path),
                 size: self.size_of(&target).await.unwrap_or(MAX_READ_BYTES + 1),
                 limit: MAX_READ_BYTES,
             }),
@@ -122,7 +123,7 @@ impl DaytonaSandbox {
         let target = self.resolve(path)?;
         if target == self.work_dir {
             return Err(SandboxError::IsADirectory {
-                path: path.to_owned(),
+                path: printable::escape(path),
             });
         }
         if let Some(parent) = parent_of(&target).filter(|p| *p != self.work_dir) {
@@ -148,7 +149,8 @@ impl DaytonaSandbox {
         let mut entries: Vec<DirEntry> = files
             .into_iter()
             .map(|f| DirEntry {
-                name: f.name,
+                // Escaped: a name with a newline must not forge a line of the listing.
+                name: printable::escape(&f.name),
                 is_dir: f.is_dir,
                 size: f.size,
             })
@@ -202,7 +204,7 @@ fn parent_of(target: &str) -> Option<&str> {
 fn remote(e: DaytonaError, path: &str) -> SandboxError {
     match e.status() {
         Some(404) => SandboxError::NotFound {
-            path: path.to_owned(),
+            path: printable::escape(path),
         },
         _ => SandboxError::Daytona(e),
     }

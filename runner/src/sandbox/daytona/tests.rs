@@ -397,6 +397,24 @@ async fn list_dir_is_sorted_with_kinds_and_sizes() {
 }
 
 #[tokio::test]
+async fn listed_names_are_escaped() {
+    let server = server().await;
+    let pool = pool(&server);
+    let sandbox = open_new(&pool, "s1").await;
+    sandbox.write_file("real.txt", b"1").await.expect("write");
+    let root = server.sandbox_root(sandbox.id()).expect("root");
+    let work_dir = root.join("home/daytona/workspace");
+    std::fs::write(work_dir.join("a\nsecret.txt (12 bytes)"), b"1").expect("forged name");
+    std::fs::write(work_dir.join("\x1b[2Jb"), b"1").expect("escape sequence");
+    let entries = sandbox.list_dir(".").await.expect("list");
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["\\x1b[2Jb", "a\\nsecret.txt (12 bytes)", "real.txt"]
+    );
+}
+
+#[tokio::test]
 async fn missing_files_are_not_found() {
     let server = server().await;
     let pool = pool(&server);
