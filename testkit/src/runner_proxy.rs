@@ -2,12 +2,14 @@
 //! runner and the real control plane. Tests use it to stop a runner at an exact point of its
 //! conversation with the control plane: the first call matching a rule is held, either before
 //! the control plane sees it or after the control plane answered it (the runner then never
-//! hears back), and the test observes that the call is held, then kills the runner. It can
-//! also make status updates slow, as an overloaded control plane would.
+//! hears back), and the test observes that the call is held, then kills the runner or lets
+//! the call go on. It can also make status updates slow, as an overloaded control plane would,
+//! or fail a kind of call as an unreachable one would.
 //!
 //! Everything else is forwarded unchanged, including the caller's `authorization` header and
 //! the control plane's errors.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -37,6 +39,26 @@ pub enum Call<'a> {
     UpdateSession(&'a UpdateSessionRequest),
 }
 
+/// The kinds of call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    Claim,
+    Heartbeat,
+    UpdateStatus,
+    UpdateSession,
+}
+
+impl Call<'_> {
+    pub fn rpc(&self) -> Rpc {
+        match self {
+            Call::Claim(_) => Rpc::Claim,
+            Call::Heartbeat(_) => Rpc::Heartbeat,
+            Call::UpdateStatus(_) => Rpc::UpdateStatus,
+            Call::UpdateSession(_) => Rpc::UpdateSession,
+        }
+    }
+}
+
 /// Where a matching call stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HoldPoint {
@@ -52,12 +74,14 @@ struct Rule {
     point: HoldPoint,
     matches: Matcher,
     reached: watch::Sender<bool>,
+    release: CancellationToken,
 }
 
 struct Shared {
     upstream: RunnerServiceClient<Channel>,
     rules: Mutex<Vec<Rule>>,
     status_delay: Mutex<Duration>,
+    failing: Mutex<HashSet<Rpc>>,
     shutdown: CancellationToken,
 }
 
@@ -69,11 +93,13 @@ impl Shared {
         Some(rules.remove(at))
     }
 
-    /// Never returns before the proxy stops: the held call stays unanswered.
-    async fn hold(&self, rule: &Rule) -> Status {
+    /// Returns when the test releases the call (`Ok`) or the proxy stops.
+    async fn hold(&self, rule: &Rule) -> Result<(), Status> {
         rule.reached.send_replace(true);
-        self.shutdown.cancelled().await;
-        Status::unavailable("runner proxy stopped")
+        tokio::select! {
+            () = rule.release.cancelled() => Ok(()),
+            () = self.shutdown.cancelled() => Err(Status::unavailable("runner proxy stopped")),
+        }
     }
 
     async fn forward<Req, Res, F, Fut>(
@@ -87,11 +113,19 @@ impl Shared {
         F: FnOnce(RunnerServiceClient<Channel>, Request<Req>) -> Fut,
         Fut: std::future::Future<Output = Result<Response<Res>, Status>>,
     {
+        if self
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&call.rpc())
+        {
+            return Err(Status::unavailable("runner proxy: call lost on the way"));
+        }
         let rule = self.take_rule(&call);
         if let Some(rule) = &rule
             && rule.point == HoldPoint::BeforeForwarding
         {
-            return Err(self.hold(rule).await);
+            self.hold(rule).await?;
         }
         let mut outgoing = Request::new(request.get_ref().clone());
         if let Some(auth) = request.metadata().get("authorization") {
@@ -100,8 +134,10 @@ impl Shared {
                 .insert("authorization", auth.clone());
         }
         let answer = send(self.upstream.clone(), outgoing).await;
-        if let Some(rule) = &rule {
-            return Err(self.hold(rule).await);
+        if let Some(rule) = &rule
+            && rule.point == HoldPoint::AfterForwarding
+        {
+            self.hold(rule).await?;
         }
         answer.map(|response| Response::new(response.into_inner()))
     }
@@ -117,6 +153,7 @@ impl Shared {
 /// A held call, once it happens.
 pub struct Held {
     reached: watch::Receiver<bool>,
+    release: CancellationToken,
 }
 
 impl Held {
@@ -131,6 +168,11 @@ impl Held {
 
     pub fn is_held(&self) -> bool {
         *self.reached.borrow()
+    }
+
+    /// Lets the held call go on: forwarded now (before forwarding) or answered now (after).
+    pub fn release(&self) {
+        self.release.cancel();
     }
 }
 
@@ -154,6 +196,7 @@ impl RunnerProxy {
                 .max_encoding_message_size(MAX_MESSAGE_SIZE),
             rules: Mutex::new(Vec::new()),
             status_delay: Mutex::new(Duration::ZERO),
+            failing: Mutex::new(HashSet::new()),
             shutdown: CancellationToken::new(),
         });
         let service = RunnerServiceServer::new(Proxy(shared.clone()))
@@ -185,6 +228,7 @@ impl RunnerProxy {
         matches: impl Fn(&Call<'_>) -> bool + Send + Sync + 'static,
     ) -> Held {
         let (reached, receiver) = watch::channel(false);
+        let release = CancellationToken::new();
         self.shared
             .rules
             .lock()
@@ -193,8 +237,27 @@ impl RunnerProxy {
                 point,
                 matches: Box::new(matches),
                 reached,
+                release: release.clone(),
             });
-        Held { reached: receiver }
+        Held {
+            reached: receiver,
+            release,
+        }
+    }
+
+    /// While `lost` is true, calls of this kind fail with UNAVAILABLE without reaching the
+    /// control plane, as if the network dropped them.
+    pub fn lose(&self, rpc: Rpc, lost: bool) {
+        let mut failing = self
+            .shared
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if lost {
+            failing.insert(rpc);
+        } else {
+            failing.remove(&rpc);
+        }
     }
 
     /// Every status update waits this long before it is forwarded: a slow control plane. A
