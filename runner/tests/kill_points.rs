@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use common::{READY_TIMEOUT, execution_id, status};
 use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::unistd::{Pid, getpgid};
 use serde_json::json;
 use stigmer_proto::agentexecution::v1::{AgentExecution, ExecutionPhase, ListExecutionsRequest};
 use stigmer_proto::runner::v1::UpdateStatusRequest;
@@ -258,12 +258,16 @@ impl World {
     fn kill_orphans(&self) {
         for name in ["gate.pid", "busy.pid"] {
             for path in self.files_named(name) {
-                if let Ok(pid) = std::fs::read_to_string(&path)
+                let Ok(pid) = std::fs::read_to_string(&path)
                     .unwrap_or_default()
                     .trim()
                     .parse()
-                {
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                else {
+                    continue;
+                };
+                // The shell that wrote its pid may not lead its group (Daytona's wraps it).
+                if let Ok(group) = getpgid(Some(Pid::from_raw(pid))) {
+                    let _ = killpg(group, Signal::SIGKILL);
                 }
             }
         }
