@@ -1,15 +1,16 @@
 //! Whole-path benchmark: the real control plane (in this process, real gRPC on loopback), the
 //! real `runner` binary (release build), and a scripted LLM that answers at once.
 //!
-//! Prints: runner start-to-ready (ms, median of several starts), idle RSS (MiB), and the
+//! Prints: runner start-to-ready (ms, median of several starts), idle RSS (MiB), the
 //! per-execution latency (create → terminal state seen by a subscriber; p50/p99) and
-//! throughput at concurrency 1 and 32.
+//! throughput at concurrency 1 and 32, and the dispatch overhead (create → the runner's first
+//! LLM request) at concurrency 1, locally and through Redis.
 //!
 //! Run: `cargo bench -p runner --bench e2e` (or `scripts/bench`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stigmer_proto::agentexecution::v1::ExecutionPhase;
@@ -21,6 +22,45 @@ const STARTS: usize = 9;
 const SEQUENTIAL: usize = 300;
 const CONCURRENT_WORKERS: usize = 32;
 const CONCURRENT_TOTAL: usize = 3_000;
+
+/// When each tagged execution was created, or when its first LLM request arrived.
+type Times = Arc<Mutex<HashMap<String, Instant>>>;
+
+/// A scripted LLM that answers at once and records when the first request naming each tag
+/// (`bench-...` in the user message) arrived.
+async fn recording_llm(first_call: Times) -> ScriptedLlm {
+    ScriptedLlm::with_handler(move |req| {
+        let body = req.body.to_string();
+        if let Some(start) = body.find("bench-") {
+            let tag: String = body[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            first_call
+                .lock()
+                .expect("lock")
+                .entry(tag)
+                .or_insert_with(Instant::now);
+        }
+        Reply::Text("done".into())
+    })
+    .await
+}
+
+/// Create -> first LLM request, in ms, for every tag seen by both.
+fn dispatch_latencies(created_at: &Times, first_call: &Times) -> Vec<f64> {
+    let firsts = first_call.lock().expect("lock").clone();
+    created_at
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter_map(|(tag, t0)| {
+            firsts
+                .get(tag)
+                .map(|t1| t1.duration_since(*t0).as_secs_f64() * 1e3)
+        })
+        .collect()
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -53,7 +93,8 @@ fn runner_env(cp: &TestControlPlane, llm: &ScriptedLlm, root: &Path) -> BTreeMap
 async fn bench() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = Arc::new(TestControlPlane::start(&dir.path().join("data")).await);
-    let llm = ScriptedLlm::with_handler(|_| Reply::Text("done".into())).await;
+    let first_call: Times = Arc::default();
+    let llm = recording_llm(first_call.clone()).await;
     cp.apply_agent("bench", "").await;
     let bin = Path::new(env!("CARGO_BIN_EXE_runner"));
     let logs = dir.path().join("logs");
@@ -91,8 +132,10 @@ async fn bench() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_rss = rss_mib(runner.pid().as_raw());
 
-    let (c1, c1_rate) = load(&cp, 1, SEQUENTIAL).await;
-    let (c32, c32_rate) = load(&cp, CONCURRENT_WORKERS, CONCURRENT_TOTAL).await;
+    let created_at: Times = Arc::default();
+    let (c1, c1_rate) = load(&cp, 1, SEQUENTIAL, &created_at).await;
+    let mut c1_dispatch = dispatch_latencies(&created_at, &first_call);
+    let (c32, c32_rate) = load(&cp, CONCURRENT_WORKERS, CONCURRENT_TOTAL, &Times::default()).await;
     let busy_rss = rss_mib(runner.pid().as_raw());
     runner.signal(nix::sys::signal::Signal::SIGTERM);
     runner.wait_exit(Duration::from_secs(30)).await;
@@ -105,6 +148,11 @@ async fn bench() {
     );
     println!("runner idle RSS:         {idle_rss:.1} MiB (after load: {busy_rss:.1} MiB)");
     print_load("concurrency 1 ", c1, c1_rate);
+    println!(
+        "concurrency 1 dispatch: create -> first LLM request p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut c1_dispatch, 50.0),
+        percentile(&mut c1_dispatch, 99.0)
+    );
     print_load("concurrency 32", c32, c32_rate);
 
     cloud_dispatch(&dir, bin).await;
@@ -115,8 +163,6 @@ async fn bench() {
 /// scripted LLM. Measures create -> the runner's first LLM request (dispatch overhead through
 /// Redis) and executions per second.
 async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
-    use std::collections::HashMap;
-    use std::sync::Mutex;
     use testkit::daytona::{DaytonaOptions, DaytonaServer};
     use testkit::redis::RedisServer;
 
@@ -125,23 +171,8 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
     let mut options = DaytonaOptions::new("bench-key");
     options.start_delay = Duration::ZERO;
     let daytona = DaytonaServer::start(options).await;
-    let first_call: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let seen = first_call.clone();
-    let llm = ScriptedLlm::with_handler(move |req| {
-        let body = req.body.to_string();
-        if let Some(start) = body.find("bench-") {
-            let tag: String = body[start..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            seen.lock()
-                .expect("lock")
-                .entry(tag)
-                .or_insert_with(Instant::now);
-        }
-        Reply::Text("done".into())
-    })
-    .await;
+    let first_call: Times = Arc::default();
+    let llm = recording_llm(first_call.clone()).await;
     let jwt = testkit::pki::unsigned_jwt("bench");
     let mut config = stigmer_server::ServerConfig::local(dir.path().join("cloud-data"));
     config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
@@ -179,7 +210,7 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
     }
     for (label, workers, total) in [("concurrency 1 ", 1, 200), ("concurrency 32", 32, 2_000)] {
         first_call.lock().expect("lock").clear();
-        let created_at: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let created_at: Times = Arc::default();
         let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total));
         let started = Instant::now();
         let mut tasks = Vec::new();
@@ -217,17 +248,7 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
             t.await.expect("cloud load task");
         }
         let rate = total as f64 / started.elapsed().as_secs_f64();
-        let firsts = first_call.lock().expect("lock").clone();
-        let mut dispatch: Vec<f64> = created_at
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter_map(|(tag, t0)| {
-                firsts
-                    .get(tag)
-                    .map(|t1| t1.duration_since(*t0).as_secs_f64() * 1e3)
-            })
-            .collect();
+        let mut dispatch = dispatch_latencies(&created_at, &first_call);
         println!(
             "cloud {label} ({RUNNERS} runners): create -> first LLM request p50 {:.2} ms, p99 {:.2} ms; {:.0} executions/s ({total})",
             percentile(&mut dispatch, 50.0),
@@ -252,13 +273,20 @@ fn print_load(label: &str, mut latencies: Vec<f64>, rate: f64) {
 }
 
 /// `workers` clients each create an execution and wait for its terminal state, until `total`.
-async fn load(cp: &Arc<TestControlPlane>, workers: usize, total: usize) -> (Vec<f64>, f64) {
+/// Each message is a tag whose creation time goes into `created_at`.
+async fn load(
+    cp: &Arc<TestControlPlane>,
+    workers: usize,
+    total: usize,
+    created_at: &Times,
+) -> (Vec<f64>, f64) {
     let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(total));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..workers {
+    for w in 0..workers {
         let cp = cp.clone();
         let remaining = remaining.clone();
+        let created_at = created_at.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             while remaining
@@ -269,8 +297,10 @@ async fn load(cp: &Arc<TestControlPlane>, workers: usize, total: usize) -> (Vec<
                 )
                 .is_ok()
             {
+                let tag = format!("bench-local-{w}-{}", lat.len());
                 let t = Instant::now();
-                let created = cp.create_execution("bench", "", "go").await;
+                created_at.lock().expect("lock").insert(tag.clone(), t);
+                let created = cp.create_execution("bench", "", &tag).await;
                 let id = created.metadata.expect("metadata").id;
                 let done = cp.wait_terminal(&id, Duration::from_secs(30)).await;
                 assert_eq!(phase(&done), ExecutionPhase::ExecutionCompleted);

@@ -61,10 +61,10 @@ impl CloudRuntime {
         let token = token_source(cloud).await?;
         // The watcher ends by itself when the last clone of the source is dropped.
         drop(token.watch(TOKEN_FILE_POLL));
-        let redis = connect(RedisSettings::new(
-            cloud.redis.clone(),
-            config.runner_id.clone(),
-        ))
+        let redis = connect(
+            RedisSettings::new(cloud.redis.clone(), config.runner_id.clone())
+                .with_heartbeat(config.heartbeat_interval),
+        )
         .await?;
         let dispatch = RedisDispatch::new(&redis, config.runner_id.clone()).await?;
         let presence = Presence::new(&redis, config.heartbeat_interval * 3);

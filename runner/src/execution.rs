@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use stigmer_proto::ExecutionPhase;
 use stigmer_proto::agent::v1::Agent;
@@ -13,7 +14,7 @@ use crate::agent::{AgentOutcome, AgentRun, ModelParams, trim_unanswered};
 use crate::conversation::{self, Message};
 use crate::inflight::{ExecHandle, Interrupt};
 use crate::sandbox::Sandbox;
-use crate::status::{StatusReporter, now};
+use crate::status::{StartError, StatusReporter, now};
 use crate::tools;
 use crate::worker::WorkerCtx;
 
@@ -49,6 +50,9 @@ struct Prepared {
     conversation: Vec<Message>,
 }
 
+/// How long the start may take to be recorded when the claim names no lease TTL.
+const DEFAULT_START_BUDGET: Duration = Duration::from_secs(30);
+
 pub async fn run(
     ctx: Arc<WorkerCtx>,
     claimed: ClaimedExecution,
@@ -57,7 +61,14 @@ pub async fn run(
     let execution = claimed.execution.unwrap_or_default();
     let spec = execution.spec.unwrap_or_default();
     let initial = start_status(execution.status.unwrap_or_default(), &spec.message);
-    let reporter = StatusReporter::start(
+    // Past the lease's TTL without an answer the lease is gone anyway.
+    let start_budget = claimed
+        .lease
+        .as_ref()
+        .map(|l| Duration::from_millis(u64::from(l.ttl_ms)))
+        .filter(|ttl| !ttl.is_zero())
+        .unwrap_or(DEFAULT_START_BUDGET);
+    let mut reporter = StatusReporter::new(
         ctx.client.clone(),
         handle.clone(),
         initial,
@@ -66,33 +77,44 @@ pub async fn run(
     );
     let agent = claimed.agent.unwrap_or_default();
     let session = claimed.session.unwrap_or_default();
-    tracing::info!(
-        execution_id = %handle.execution_id,
-        agent = %agent.name,
-        session_id = %session.id,
-        "execution started"
-    );
     let (outcome, conversation) = match prepare(&ctx, &agent, &session, &spec).await {
-        Ok(mut prepared) => {
-            let sandbox = SessionSandbox::new(&ctx, &handle, &session);
-            let run = AgentRun {
-                llm: &ctx.llm,
-                params: prepared.params.clone(),
-                system: prepared.system.clone(),
-                tools: prepared.tools.clone(),
-                sandbox: &sandbox,
-                env: prepared.env.clone(),
-                network: crate::sandbox::Network::of_agent(&agent),
-                limits: &ctx.tool_limits,
-                max_turns: ctx.config.max_turns,
-                max_repeated_tool_calls: ctx.config.max_repeated_tool_calls,
-                cancel: &handle.cancel,
-                status: &reporter,
-                metrics: &ctx.health.metrics,
-            };
-            let outcome = run.run(&mut prepared.conversation).await;
-            (outcome, Some(prepared.conversation))
-        }
+        // Nothing has happened yet: the start is recorded before the first model request, so
+        // that a runner dying from here on is known to have started (never run twice).
+        Ok(mut prepared) => match reporter.start(start_budget).await {
+            Ok(()) => {
+                tracing::info!(
+                    execution_id = %handle.execution_id,
+                    agent = %agent.name,
+                    session_id = %session.id,
+                    "execution started"
+                );
+                let sandbox = SessionSandbox::new(&ctx, &handle, &session);
+                let run = AgentRun {
+                    llm: &ctx.llm,
+                    params: prepared.params.clone(),
+                    system: prepared.system.clone(),
+                    tools: prepared.tools.clone(),
+                    sandbox: &sandbox,
+                    env: prepared.env.clone(),
+                    network: crate::sandbox::Network::of_agent(&agent),
+                    limits: &ctx.tool_limits,
+                    max_turns: ctx.config.max_turns,
+                    max_repeated_tool_calls: ctx.config.max_repeated_tool_calls,
+                    cancel: &handle.cancel,
+                    status: &reporter,
+                    metrics: &ctx.health.metrics,
+                };
+                let outcome = run.run(&mut prepared.conversation).await;
+                (outcome, Some(prepared.conversation))
+            }
+            // Cancelled (reported below) or lost (nothing reported) before starting.
+            Err(StartError::Interrupted) => (AgentOutcome::Interrupted, None),
+            Err(e) => {
+                tracing::warn!(execution_id = %handle.execution_id, error = %e, "not started; nothing ran and nothing is reported");
+                reporter.abandon().await;
+                return Ending::Lost(e.to_string());
+            }
+        },
         Err(message) => (AgentOutcome::Failed(message), None),
     };
     let ending = decide(outcome, handle.interrupted());

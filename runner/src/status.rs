@@ -1,9 +1,13 @@
 //! Reports an execution's cumulative status to the control plane.
 //!
-//! Every change goes into one in-memory status; a single flusher task per execution sends the
-//! latest snapshot at most once per interval. Because each update carries the full status (the
-//! server replaces lists and maps), coalescing loses nothing and keeps a chatty model from
-//! flooding the control plane. One flusher also keeps updates in order.
+//! The first update is the start: [`StatusReporter::start`] sends it and waits until the
+//! control plane has stored it (IN_PROGRESS with `started_at`) before anything else happens, so
+//! that a runner that dies afterwards is known to have started and is never replaced by a second
+//! run of the same tool calls. After that, every change goes into one in-memory status; a single
+//! flusher task per execution sends the latest snapshot at most once per interval. Because each
+//! update carries the full status (the server replaces lists and maps), coalescing loses nothing
+//! and keeps a chatty model from flooding the control plane. One flusher also keeps updates in
+//! order.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -76,6 +80,22 @@ fn is_lease_lost(status: &tonic::Status) -> bool {
     )
 }
 
+/// Why an execution was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The lease is gone: the execution belongs to someone else now; do nothing for it.
+    #[error("the control plane refused the start; the lease is gone: {0}")]
+    LeaseLost(String),
+    /// Cancelled, lost or shut down while the start was on its way.
+    #[error("interrupted before the start was recorded")]
+    Interrupted,
+    /// The control plane could not be reached in time. Nothing ran; once this runner stops
+    /// renewing the lease it expires, and the control plane requeues the execution (or, if the
+    /// start did arrive and only the answer was lost, fails it as "runner lost").
+    #[error("could not record the start within {budget:?}: {last}")]
+    Undelivered { budget: Duration, last: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("the control plane no longer accepts updates for this execution: {0}")]
@@ -91,7 +111,9 @@ pub struct StatusReporter {
 }
 
 impl StatusReporter {
-    pub fn start(
+    /// A reporter holding `initial` (the start: IN_PROGRESS, `started_at`, the user's
+    /// message). Nothing is sent until [`StatusReporter::start`].
+    pub fn new(
         client: ControlPlane,
         handle: Arc<ExecHandle>,
         initial: AgentExecutionStatus,
@@ -109,13 +131,59 @@ impl StatusReporter {
             interval,
             health,
         });
-        let stop = CancellationToken::new();
-        let flusher = tokio::spawn(flush_loop(shared.clone(), stop.clone()));
         Self {
             shared,
-            stop,
-            flusher: Some(flusher),
+            stop: CancellationToken::new(),
+            flusher: None,
         }
+    }
+
+    /// Sends the start and returns once the control plane has stored it; only then may the
+    /// execution do anything (model requests, tool calls). One round trip when the control
+    /// plane answers; retried through blips for up to `budget` (the lease's TTL: past it the
+    /// lease is gone anyway). Stops waiting when the execution is interrupted. Starts the
+    /// flusher on success.
+    pub async fn start(&mut self, budget: Duration) -> Result<(), StartError> {
+        let status = self.snapshot();
+        let handle = self.shared.handle.clone();
+        let deadline = Instant::now() + budget;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sent = tokio::select! {
+                sent = self.shared.send(status.clone()) => sent,
+                () = handle.cancel.cancelled() => return Err(StartError::Interrupted),
+            };
+            match sent {
+                Ok(_) => break,
+                Err(s) if is_lease_lost(&s) => {
+                    return Err(StartError::LeaseLost(s.message().to_string()));
+                }
+                Err(s) if Instant::now() + backoff > deadline => {
+                    return Err(StartError::Undelivered {
+                        budget,
+                        last: s.to_string(),
+                    });
+                }
+                Err(s) => {
+                    tracing::warn!(
+                        execution_id = %handle.execution_id,
+                        error = %s,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "start not recorded yet; nothing runs until it is"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = handle.cancel.cancelled() => return Err(StartError::Interrupted),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        self.flusher = Some(tokio::spawn(flush_loop(
+            self.shared.clone(),
+            self.stop.clone(),
+        )));
+        Ok(())
     }
 
     /// Changes the status; the flusher sends it soon.

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prost::Message;
-use stigmer_proto::ExecutionPhase;
 use stigmer_proto::runner::v1::{ClaimedExecution, Lease, RefusedClaim};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -212,7 +211,7 @@ fn claim_ids_in(
                 .push(refused(id, "execution is held under a live lease", false));
             continue;
         }
-        if phase != ExecutionPhase::ExecutionPending || record.claimed_by.is_some() {
+        if transitions::has_started(&record.status) || record.claimed_by.is_some() {
             outcome.refused.push(refused(
                 id,
                 format!("execution is not dispatchable ({})", phase.as_str_name()),

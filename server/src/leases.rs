@@ -82,14 +82,16 @@ pub enum Expiry {
     Ended,
 }
 
-/// Applies the expiry rule to an execution whose lease ran out.
+/// Applies the expiry rule to an execution whose lease ran out: a requested cancellation
+/// wins; never started (`transitions::has_started`) goes back to the queue, so it runs at
+/// least once; started fails as "runner lost", so its tool calls run at most once.
 pub fn expire(record: &mut ExecutionRecord, now: Now) -> Expiry {
     let now_text = now.rfc3339();
     if let Some(reason) = record.cancel_reason.clone() {
         transitions::cancel(record, &reason, &now_text);
         return Expiry::Ended;
     }
-    if record.phase() == ExecutionPhase::ExecutionPending {
+    if !transitions::has_started(&record.status) {
         record.lease = None;
         record.claimed_by = None;
         return Expiry::Requeued;

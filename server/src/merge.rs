@@ -17,8 +17,9 @@ pub enum MergeError {
     BackToPending,
 }
 
-/// Merges `update` into `stored`; `now` (RFC 3339) fills `started_at` when the execution
-/// starts and `completed_at` when it ends, unless the update carries them.
+/// Merges `update` into `stored`; `now` (RFC 3339) fills `completed_at` when the execution
+/// ends, unless the update carries it. (`started_at` is stamped by `transitions::start`, the
+/// one place that defines the start.)
 pub fn merge_status(
     stored: &AgentExecutionStatus,
     update: AgentExecutionStatus,
@@ -53,9 +54,6 @@ pub fn merge_status(
     overwrite_if_set(&mut merged.started_at, update.started_at);
     overwrite_if_set(&mut merged.completed_at, update.completed_at);
 
-    if phase == ExecutionPhase::ExecutionInProgress && merged.started_at.is_empty() {
-        merged.started_at = now.to_string();
-    }
     if phase.is_terminal() && merged.completed_at.is_empty() {
         merged.completed_at = now.to_string();
     }
@@ -163,19 +161,16 @@ mod tests {
     }
 
     #[test]
-    fn starting_sets_started_at_once() {
+    fn starting_is_not_the_merge_s_business() {
         let pending = status(ExecutionPhase::ExecutionPending);
         let started =
             merge_status(&pending, status(ExecutionPhase::ExecutionInProgress), NOW).unwrap();
-        assert_eq!(started.started_at, NOW);
+        assert_eq!(started.phase(), ExecutionPhase::ExecutionInProgress);
+        assert!(
+            started.started_at.is_empty(),
+            "transitions::start stamps it"
+        );
         assert!(started.completed_at.is_empty());
-        let again = merge_status(
-            &started,
-            status(ExecutionPhase::ExecutionInProgress),
-            "2030-01-01T00:00:00.000Z",
-        )
-        .unwrap();
-        assert_eq!(again.started_at, NOW);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Endings the server decides on its own (cancellation of unstarted work, a lost runner), as
-//! opposed to the ones runners report through status updates.
+//! Phase changes the server applies itself: the start of an execution (the one definition of
+//! "started"), and the endings it decides on its own (cancellation of unstarted work, a lost
+//! runner), as opposed to the ones runners report through status updates.
 
 use stigmer_proto::ExecutionPhase;
 use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage, MessageType};
@@ -7,6 +8,28 @@ use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage, Mess
 use crate::store::ExecutionRecord;
 
 pub const DEFAULT_CANCEL_REASON: &str = "cancelled by user";
+
+/// Whether the execution has started. This is the one definition the lease-expiry rule
+/// (`leases::expire`) and claims by id read: a started execution whose runner disappears is
+/// failed ("runner lost") and never handed out again, because its tool calls may have had side
+/// effects; one that never started goes back to the queue. The store's dispatch queries say
+/// the same in SQL (`phase = 1`, EXECUTION_PENDING).
+pub fn has_started(status: &AgentExecutionStatus) -> bool {
+    status.phase() != ExecutionPhase::ExecutionPending
+}
+
+/// Starts an execution: applied to every status update accepted from the runner holding the
+/// lease, whatever it carries, so that the first accepted update is the start. Runners send
+/// that update, and wait for its answer, before their first model request, so a runner that
+/// disappears has either started nothing or is known to have started.
+pub fn start(status: &mut AgentExecutionStatus, now: &str) {
+    if status.phase() == ExecutionPhase::ExecutionPending {
+        status.phase = ExecutionPhase::ExecutionInProgress.into();
+    }
+    if status.started_at.is_empty() {
+        status.started_at = now.to_string();
+    }
+}
 
 /// Cancels an execution that no runner is working on.
 pub fn cancel(record: &mut ExecutionRecord, reason: &str, now: &str) {
@@ -83,6 +106,32 @@ mod tests {
             expires_at_ms: 1,
         });
         record
+    }
+
+    #[test]
+    fn any_accepted_update_starts_once() {
+        let mut status = AgentExecutionStatus {
+            phase: ExecutionPhase::ExecutionPending.into(),
+            ..Default::default()
+        };
+        assert!(!has_started(&status));
+        start(&mut status, NOW);
+        assert!(has_started(&status));
+        assert_eq!(status.phase(), ExecutionPhase::ExecutionInProgress);
+        assert_eq!(status.started_at, NOW);
+        start(&mut status, "2030-01-01T00:00:00.000Z");
+        assert_eq!(status.started_at, NOW, "started_at is stamped once");
+    }
+
+    #[test]
+    fn a_direct_ending_keeps_its_phase_and_is_started() {
+        let mut status = AgentExecutionStatus {
+            phase: ExecutionPhase::ExecutionFailed.into(),
+            ..Default::default()
+        };
+        start(&mut status, NOW);
+        assert_eq!(status.phase(), ExecutionPhase::ExecutionFailed);
+        assert!(has_started(&status));
     }
 
     #[test]

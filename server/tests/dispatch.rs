@@ -663,6 +663,44 @@ async fn expired_started_work_fails_as_runner_lost() {
     server.stop().await;
 }
 
+/// "Started" is the first status update the control plane accepts from the lease holder,
+/// whatever it carries: even one without a phase starts the execution (IN_PROGRESS with
+/// `started_at`), and from then on a lost lease fails it rather than handing it out again.
+#[tokio::test]
+async fn the_first_accepted_update_is_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(fast_config(dir.path())).await;
+    apply_agent(&server, "alpha").await;
+    let execution = create(&server, "alpha", "").await;
+    let claimed = claim_one(&server, "runner-1").await;
+    let held = get(&server, &id(&execution)).await;
+    assert_eq!(phase(&held), ExecutionPhase::ExecutionPending);
+    assert!(status(&held).started_at.is_empty());
+
+    let started = server
+        .runners()
+        .update_status(phase_update(
+            &claimed,
+            ExecutionPhase::Unspecified,
+            ai_messages(1, 3),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(phase(&started), ExecutionPhase::ExecutionInProgress);
+    assert!(!status(&started).started_at.is_empty());
+
+    let ended = wait_for_end(&server, &id(&execution)).await;
+    assert_eq!(phase(&ended), ExecutionPhase::ExecutionFailed);
+    assert!(
+        status(&ended).error.starts_with("runner lost"),
+        "{}",
+        status(&ended).error
+    );
+    assert!(claim(&server, "runner-2", 1, 100).await.is_empty());
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn expired_work_with_a_cancellation_request_ends_cancelled() {
     let dir = tempfile::tempdir().unwrap();

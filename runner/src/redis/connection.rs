@@ -30,6 +30,9 @@ pub struct RedisSettings {
     pub response_timeout: Duration,
 }
 
+/// Missed heartbeats after which a pending entry belongs to a dead consumer.
+pub const MIN_IDLE_HEARTBEATS: u32 = 20;
+
 impl RedisSettings {
     pub fn new(target: RedisTarget, consumer: impl Into<String>) -> Self {
         Self {
@@ -42,6 +45,14 @@ impl RedisSettings {
             connect_retry_delay: Duration::from_secs(1),
             response_timeout: Duration::from_secs(5),
         }
+    }
+
+    /// Sets `min_idle` to [`MIN_IDLE_HEARTBEATS`] heartbeats of this runner (60 s with the
+    /// default 3 s), so that a dead runner's entries come back as soon as it is clearly gone,
+    /// and a live one, which refreshes them on every heartbeat, never loses them.
+    pub fn with_heartbeat(mut self, heartbeat: Duration) -> Self {
+        self.min_idle = heartbeat * MIN_IDLE_HEARTBEATS;
+        self
     }
 
     pub fn queue_key(&self) -> String {

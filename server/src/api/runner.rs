@@ -18,6 +18,7 @@ use crate::leases;
 use crate::merge::merge_status;
 use crate::secrets::masked;
 use crate::store::{ExecutionRecord, Tx};
+use crate::transitions;
 
 pub struct RunnerApi {
     shared: Arc<Shared>,
@@ -128,8 +129,12 @@ impl RunnerService for RunnerApi {
                 .write(move |tx| {
                     let now = Now::read();
                     let mut record = held_execution(tx, &execution_id, &lease_id, now)?;
-                    record.status = merge_status(&record.status, status, &now.rfc3339())
+                    let now_text = now.rfc3339();
+                    record.status = merge_status(&record.status, status, &now_text)
                         .map_err(|err| ApiError::invalid(err.to_string()))?;
+                    // An accepted update from the lease holder is the start, whatever it
+                    // carries; the answer is the runner's proof that it may act.
+                    transitions::start(&mut record.status, &now_text);
                     if record.phase().is_terminal() {
                         record.lease = None;
                     } else if let Some(lease) = record.lease.as_mut() {
