@@ -76,6 +76,10 @@ fn tool_calls(commands: &[&str]) -> Reply {
 
 /// One control plane (short leases), the scripted LLM, the runner-API proxy and, in cloud
 /// mode, Redis and the Daytona contract server.
+/// The blocking commands' sleeps, unique so that their processes can be found by command line.
+const GATE_SLEEP: &str = "sleep 31.7";
+const BUSY_SLEEP: &str = "sleep 32.9";
+
 struct World {
     mode: Mode,
     dir: TempDir,
@@ -253,20 +257,39 @@ impl World {
         }
     }
 
-    /// Kills the process groups of commands that outlived the killed runner (they were started
-    /// in their own group, which SIGKILL of the runner does not reach).
-    fn kill_orphans(&self) {
+    /// Local mode: commands are confined, and the sandbox helper ends every process of a
+    /// command when its runner dies (the helper's lifeline closes): asserted here, by command
+    /// line, since `$$` inside the command's PID namespace is not a host pid. Cloud mode: the
+    /// Daytona stand-in runs commands as plain processes in their own group (which SIGKILL of
+    /// the runner does not reach), killed here by the pids they wrote.
+    async fn kill_orphans(&self) {
+        if matches!(self.mode, Mode::Local) {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            for marker in [GATE_SLEEP, BUSY_SLEEP] {
+                while !testkit::process::pids_running(marker).is_empty() {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "'{marker}' outlived its killed runner"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            return;
+        }
         for name in ["gate.pid", "busy.pid"] {
             for path in self.files_named(name) {
                 let Ok(pid) = std::fs::read_to_string(&path)
                     .unwrap_or_default()
                     .trim()
-                    .parse()
+                    .parse::<i32>()
                 else {
                     continue;
                 };
                 // The shell that wrote its pid may not lead its group (Daytona's wraps it).
-                if let Ok(group) = getpgid(Some(Pid::from_raw(pid))) {
+                // Never group 0 or 1: killpg(0) would be this test's own group.
+                if let Ok(group) = getpgid(Some(Pid::from_raw(pid)))
+                    && group.as_raw() > 1
+                {
                     let _ = killpg(group, Signal::SIGKILL);
                 }
             }
@@ -499,7 +522,7 @@ async fn between_the_tool_call_and_its_execution(mode: Mode) {
 async fn between_local() {
     let w = World::new(Mode::Local, |n| {
         if n == 0 {
-            tool_calls(&["echo $$ > gate.pid; sleep 30", SIDE_EFFECT])
+            tool_calls(&[&format!("echo $$ > gate.pid; {GATE_SLEEP}"), SIDE_EFFECT])
         } else {
             tool_calls(&[SIDE_EFFECT])
         }
@@ -512,7 +535,7 @@ async fn between_local() {
 
     let survivor = w.start_survivor().await;
     let done = w.settle(&id, &survivor, 0, 1).await;
-    w.kill_orphans();
+    w.kill_orphans().await;
     assert_runner_lost(&done, &victim_log);
 }
 
@@ -538,7 +561,9 @@ async fn between_cloud() {
 async fn during_a_tool_call(mode: Mode) {
     let w = World::new(mode, |n| {
         if n == 0 {
-            tool_calls(&["echo x >> log.txt; echo $$ > busy.pid; sleep 30"])
+            tool_calls(&[&format!(
+                "echo x >> log.txt; echo $$ > busy.pid; {BUSY_SLEEP}"
+            )])
         } else {
             tool_calls(&[SIDE_EFFECT])
         }
@@ -551,7 +576,7 @@ async fn during_a_tool_call(mode: Mode) {
 
     let survivor = w.start_survivor().await;
     let done = w.settle(&id, &survivor, 1, 1).await;
-    w.kill_orphans();
+    w.kill_orphans().await;
     assert_runner_lost(&done, &victim_log);
 }
 
