@@ -1,6 +1,7 @@
 //! Per-command cost of confinement: `true` and `ls` through `run_command`, confined with every
-//! layer this machine grants vs `STIGMER_SANDBOX=off`, in one run (interleaved, so that machine
-//! noise hits both alike). Prints a table BENCHMARKS.md takes as is.
+//! layer this machine grants, the same without the cgroup layer, and `STIGMER_SANDBOX=off`, in
+//! one run (interleaved, so that machine noise hits all alike). Prints a table BENCHMARKS.md
+//! takes as is.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,10 +21,11 @@ fn main() {
     runtime.block_on(bench());
 }
 
-async fn sandbox(dir: &Path, mode: SandboxMode) -> (Sandbox, String) {
+async fn sandbox(dir: &Path, mode: SandboxMode, cgroup: bool) -> (Sandbox, String) {
     let mut root = SandboxRoot::new(dir).expect("root");
     let settings = SandboxSettings {
         mode,
+        cgroup_parent: (!cgroup).then_some(None),
         ..SandboxSettings::default()
     };
     let helper = Path::new(env!("CARGO_BIN_EXE_runner"));
@@ -68,36 +70,41 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn bench() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (confined, layers) = sandbox(&dir.path().join("confined"), SandboxMode::Auto).await;
-    let (off, _) = sandbox(&dir.path().join("off"), SandboxMode::Off).await;
-    println!(
-        "## Confinement overhead per command ({RUNS} runs each, interleaved; layers: {layers})"
-    );
+    let (off, _) = sandbox(&dir.path().join("off"), SandboxMode::Off, false).await;
+    let (all, all_layers) = sandbox(&dir.path().join("all"), SandboxMode::Auto, true).await;
+    let (no_cgroup, layers) = sandbox(&dir.path().join("nocg"), SandboxMode::Auto, false).await;
+    let variants = [
+        ("off", &off),
+        (all_layers.as_str(), &all),
+        (layers.as_str(), &no_cgroup),
+    ];
+    println!("## Confinement overhead per command ({RUNS} runs each, interleaved)");
     println!();
-    println!("| command | off p50 | off p99 | confined p50 | confined p99 | overhead p50 |");
-    println!("|---|---|---|---|---|---|");
+    println!("| command | sandbox | p50 | p99 | overhead p50 vs off |");
+    println!("|---|---|---|---|---|");
     for command in ["true", "ls"] {
         // Warm the page cache and the helper binary.
         for _ in 0..10 {
-            once(&confined, command).await;
-            once(&off, command).await;
+            for (_, sandbox) in &variants {
+                once(sandbox, command).await;
+            }
         }
-        let (mut a, mut b) = (Vec::with_capacity(RUNS), Vec::with_capacity(RUNS));
+        let mut samples = vec![Vec::with_capacity(RUNS); variants.len()];
         for _ in 0..RUNS {
-            a.push(once(&off, command).await.as_secs_f64() * 1e3);
-            b.push(once(&confined, command).await.as_secs_f64() * 1e3);
+            for (i, (_, sandbox)) in variants.iter().enumerate() {
+                samples[i].push(once(sandbox, command).await.as_secs_f64() * 1e3);
+            }
         }
-        a.sort_by(f64::total_cmp);
-        b.sort_by(f64::total_cmp);
-        let (a50, a99, b50, b99) = (
-            percentile(&a, 0.5),
-            percentile(&a, 0.99),
-            percentile(&b, 0.5),
-            percentile(&b, 0.99),
-        );
-        println!(
-            "| `{command}` | {a50:.2} ms | {a99:.2} ms | {b50:.2} ms | {b99:.2} ms | {:.2} ms |",
-            b50 - a50
-        );
+        for s in &mut samples {
+            s.sort_by(f64::total_cmp);
+        }
+        let off50 = percentile(&samples[0], 0.5);
+        for ((name, _), s) in variants.iter().zip(&samples) {
+            let (p50, p99) = (percentile(s, 0.5), percentile(s, 0.99));
+            println!(
+                "| `{command}` | {name} | {p50:.2} ms | {p99:.2} ms | {:.2} ms |",
+                p50 - off50
+            );
+        }
     }
 }

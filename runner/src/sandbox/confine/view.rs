@@ -91,6 +91,10 @@ pub fn build(plan: &CommandPlan) -> Result<bool, HelperError> {
 /// Opens every read path that exists; a symlink whose target lies inside another read path
 /// is recreated as a symlink, any other is bound by what it points to.
 fn open_entries(read_paths: &[PathBuf]) -> Result<Vec<Entry>, HelperError> {
+    let canonical: Vec<(&PathBuf, PathBuf)> = read_paths
+        .iter()
+        .filter_map(|p| Some((p, p.canonicalize().ok()?)))
+        .collect();
     let mut entries = Vec::new();
     for path in read_paths {
         let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -100,11 +104,9 @@ fn open_entries(read_paths: &[PathBuf]) -> Result<Vec<Entry>, HelperError> {
             let Ok(resolved) = path.canonicalize() else {
                 continue;
             };
-            let covered = read_paths
+            let covered = canonical
                 .iter()
-                .filter(|other| *other != path)
-                .filter_map(|other| other.canonicalize().ok())
-                .any(|other| resolved.starts_with(other));
+                .any(|(other, real)| *other != path && resolved.starts_with(real));
             if covered && is_top_level(path) {
                 let target = std::fs::read_link(path)
                     .map_err(|e| HelperError::path("reading symlink", path, e))?;
