@@ -36,6 +36,10 @@ pub struct SandboxStatus {
     /// Layers in force, e.g. `namespaces`, `landlock`, `seccomp`, `limits`.
     pub enforced: Vec<String>,
     pub missing: Vec<MissingLayer>,
+    /// The Landlock ABI in force (0: none or not said).
+    pub landlock_abi: i32,
+    /// Commands see a `/proc` with only their own processes.
+    pub private_proc: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +55,14 @@ impl SandboxStatus {
         let enforced = if self.enforced.is_empty() {
             "none".to_string()
         } else {
-            self.enforced.join(", ")
+            self.enforced
+                .iter()
+                .map(|layer| match (layer.as_str(), self.landlock_abi) {
+                    ("landlock", abi) if abi > 0 => format!("landlock (ABI {abi})"),
+                    _ => layer.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let mut line = format!(
             "{} — enforced: {enforced}",
