@@ -235,10 +235,12 @@ mod tests {
                 layer: "namespaces".into(),
                 reason: "unprivileged user namespaces are disabled".into(),
             }],
+            landlock_abi: 6,
+            private_proc: false,
         });
         assert_eq!(
             sandbox_line(Some(&status)),
-            "strict — enforced: landlock, seccomp; missing: namespaces \
+            "strict — enforced: landlock (ABI 6), seccomp; missing: namespaces \
              (unprivileged user namespaces are disabled)"
         );
     }
