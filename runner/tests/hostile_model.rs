@@ -258,6 +258,15 @@ async fn start(
     if !without_namespaces {
         return h.start_runner(env).await;
     }
+    let script = no_userns_script(h);
+    let mut runner = ChildProcess::spawn(&script, env, &h.dir.path().join("logs"), "runner");
+    runner.wait_ready(READY_TIMEOUT).await;
+    runner
+}
+
+/// A script that starts the runner inside a user namespace whose `user.max_user_namespaces`
+/// is 0 (util-linux `unshare`).
+fn no_userns_script(h: &Harness) -> PathBuf {
     let script = h.dir.path().join("runner-without-userns");
     std::fs::write(
         &script,
@@ -270,9 +279,7 @@ async fn start(
     .expect("script");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut runner = ChildProcess::spawn(&script, env, &h.dir.path().join("logs"), "runner");
-    runner.wait_ready(READY_TIMEOUT).await;
-    runner
+    script
 }
 
 async fn sandbox_status(env: &BTreeMap<String, String>) -> Value {
@@ -307,4 +314,39 @@ async fn a_hostile_model_cannot_leave_the_sandbox_or_learn_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_user_namespaces_the_file_and_key_boundaries_still_hold() {
     hostile_model(true).await;
+}
+
+/// `strict` where the kernel refuses user namespaces: the runner does not start, and says
+/// which layer is missing and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_refuses_to_start_without_every_layer() {
+    let llm = ScriptedLlm::start(Vec::new()).await;
+    let h = Harness::new(llm).await;
+    let mut env = h.runner_env(Wire::Anthropic);
+    env.insert("STIGMER_SANDBOX".into(), "strict".into());
+    let script = no_userns_script(&h);
+    let mut runner = ChildProcess::spawn(&script, &env, &h.dir.path().join("logs"), "strict");
+    let status = runner.wait_exit(READY_TIMEOUT).await;
+    assert_eq!(status.code(), Some(1), "{}", runner.output());
+    let output = runner.output();
+    assert!(
+        output.contains("STIGMER_SANDBOX=strict") && output.contains("namespaces ("),
+        "{output}"
+    );
+}
+
+/// `off` runs, and says on every start that commands are unconfined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_warns_at_every_start() {
+    let llm = ScriptedLlm::start(Vec::new()).await;
+    let h = Harness::new(llm).await;
+    let mut env = h.runner_env(Wire::Anthropic);
+    env.insert("STIGMER_SANDBOX".into(), "off".into());
+    let runner = h.start_runner(&env).await;
+    assert!(
+        runner.stdout().contains("WARNING: STIGMER_SANDBOX=off"),
+        "{}",
+        runner.output()
+    );
+    assert_eq!(sandbox_status(&env).await["mode"], json!("off"));
 }
