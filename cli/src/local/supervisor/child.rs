@@ -22,7 +22,7 @@ use super::super::secrets::Secret;
 use super::super::state::{ChildPhase, ComponentState};
 use super::super::{LocalError, Paths};
 use super::signals::{Events, Signals};
-use super::{describe, human, indent};
+use super::words::{describe, human, indent};
 use crate::args::Component;
 
 const SERVER_ANNOUNCE: &str = "stigmer-server listening on ";
