@@ -50,7 +50,7 @@ pub async fn run(paths: &Paths, output: Output) -> Result<u8, LocalError> {
         ),
         None => (false, None),
     };
-    let healthy = server == ServerHealth::Serving && ready && !state.runner.gave_up;
+    let healthy = server == ServerHealth::Serving && ready && !state.runner.gave_up();
     match output {
         Output::Text => print_text(&state, server, ready, runner.as_ref()),
         Output::Json => println!(
@@ -68,16 +68,16 @@ pub async fn run(paths: &Paths, output: Output) -> Result<u8, LocalError> {
                 "server": {
                     "pid": state.server.pid,
                     "health": server.as_str(),
-                    "state": state.server.state,
+                    "state": state.server.phase,
                     "restarts": state.server.restarts,
                     "last_exit": state.server.last_exit,
                 },
                 "runner": {
                     "pid": state.runner.pid,
-                    "state": state.runner.state,
+                    "state": state.runner.phase,
                     "ready": ready,
                     "restarts": state.runner.restarts,
-                    "gave_up": state.runner.gave_up,
+                    "gave_up": state.runner.gave_up(),
                     "last_exit": state.runner.last_exit,
                     "health_addr": state.runner.addr,
                     "in_flight": runner.as_ref().map(|r| r.in_flight),
@@ -107,7 +107,7 @@ fn print_text(state: &State, server: ServerHealth, ready: bool, runner: Option<&
         restarts(state.server.restarts)
     );
     let r = &state.runner;
-    let runner_line = if r.gave_up {
+    let runner_line = if r.gave_up() {
         format!(
             "gave up after {} restarts (last: {})",
             r.restarts,
@@ -116,7 +116,7 @@ fn print_text(state: &State, server: ServerHealth, ready: bool, runner: Option<&
     } else if r.pid.is_none() {
         format!(
             "{} (last exit: {}{})",
-            r.state,
+            r.phase,
             r.last_exit.as_deref().unwrap_or("?"),
             restarts(r.restarts)
         )
