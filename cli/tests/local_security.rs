@@ -303,6 +303,19 @@ async fn the_platform_processes_are_not_dumpable() {
         .spawn()
         .expect("sleep");
     let control_pid = control.id() as i32;
+    // Until setpriv has dropped its capabilities and become `sleep`, a reader without
+    // capabilities is refused for that reason alone.
+    let became_sleep = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{control_pid}/comm"))
+        .map(|c| c.trim() != "sleep")
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < became_sleep,
+            "the control never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let environ = unprivileged("cat", &[&format!("/proc/{control_pid}/environ")]);
     assert!(
         environ.status.success()
