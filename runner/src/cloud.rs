@@ -13,8 +13,8 @@ use stigmer_auth::tls::{TlsError, client_tls};
 use tonic::transport::ClientTlsConfig;
 
 use crate::client::BearerAuth;
-use crate::cloud_config::{CloudConfig, TokenOrigin};
 use crate::config::Config;
+use crate::config::cloud::{CloudConfig, TokenOrigin};
 use crate::redis::{Presence, Redis, RedisDispatch, RedisError, RedisSettings, connect};
 use crate::sandbox::daytona::{
     DaytonaClient, DaytonaError, DaytonaPoolSettings, DaytonaSandboxes, DaytonaSettings,
@@ -111,7 +111,7 @@ pub fn tls_for(config: &Config) -> Result<Option<ClientTlsConfig>, TlsError> {
     if !config.backend_endpoint.starts_with("https://") {
         return Ok(None);
     }
-    let ca = config.cloud.as_ref().and_then(|c| c.ca_file.as_deref());
+    let ca = config.cloud().and_then(|c| c.ca_file.as_deref());
     client_tls(ca, None).map(Some)
 }
 

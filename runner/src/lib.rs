@@ -9,7 +9,6 @@ pub mod agent;
 pub mod banner;
 pub mod client;
 pub mod cloud;
-pub mod cloud_config;
 pub mod config;
 pub mod conversation;
 pub mod execution;

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{BearerAuth, ClientError, Connection, ControlPlane};
 use crate::cloud::{self, CloudRuntime, CloudStartError};
-use crate::config::Config;
+use crate::config::{Config, LocalConfig, Mode};
 use crate::execution::{self, Ending};
 use crate::http::{self, BindError, Health};
 use crate::inflight::{ExecHandle, InFlight, Interrupt};
@@ -66,7 +66,7 @@ pub enum StartError {
 
 /// Local mode: the sandbox root, with commands confined as far as this machine allows (the
 /// probe runs the runner's own binary as the helper). Prints what is enforced.
-async fn open_local_sandboxes(config: &Config) -> Result<SandboxRoot, StartError> {
+async fn open_local_sandboxes(config: &LocalConfig) -> Result<SandboxRoot, StartError> {
     let sandbox_err = |source| StartError::Sandbox {
         path: config.sandbox_root_display(),
         source,
@@ -118,20 +118,20 @@ impl Worker {
             request_timeout: config.llm.request_timeout,
             max_attempts: config.llm.max_attempts,
         })?;
-        let (sandboxes, cloud) = match &config.cloud {
-            None => {
-                let root = open_local_sandboxes(&config).await?;
+        let (sandboxes, cloud, auth) = match &config.mode {
+            Mode::Local(local) => {
+                let root = open_local_sandboxes(local).await?;
                 let _ = health.sandbox.set(root.confinement().status());
-                (Some(root), None)
+                (Some(root), None, BearerAuth::new(&local.api_key)?)
             }
-            Some(cloud) => (None, Some(CloudRuntime::start(&config, cloud).await?)),
-        };
-        let auth = match &cloud {
-            Some(c) => c.bearer(),
-            None => BearerAuth::new(&config.api_key)?,
+            Mode::Cloud(cloud) => {
+                let runtime = CloudRuntime::start(&config, cloud).await?;
+                let auth = runtime.bearer();
+                (None, Some(runtime), auth)
+            }
         };
         let tls = cloud::tls_for(&config).map_err(CloudStartError::from)?;
-        let ca_file = config.cloud.as_ref().and_then(|c| c.ca_file.clone());
+        let ca_file = config.cloud().and_then(|c| c.ca_file.clone());
         let client = ControlPlane::connect(Connection {
             endpoint: &config.backend_endpoint,
             auth,
