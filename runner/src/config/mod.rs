@@ -183,7 +183,7 @@ impl Config {
                 sandbox_root,
                 sandbox,
             })),
-            Backend::Cloud(cloud) => cloud.map(Mode::Cloud),
+            Backend::Cloud(cloud) => cloud.map(|c| Mode::Cloud(*c)),
         };
         let runner_id = r
             .string("STIGMER_RUNNER_ID")
@@ -275,7 +275,7 @@ enum Backend {
         api_key_is_local_default: bool,
     },
     /// None when a cloud setting is missing (a problem says which).
-    Cloud(Option<CloudConfig>),
+    Cloud(Option<Box<CloudConfig>>),
 }
 
 /// The endpoint and the mode's credential settings.
@@ -304,7 +304,7 @@ fn read_backend(r: &mut Reader<'_>, mode: ModeKind) -> (String, Backend) {
     };
     if mode == ModeKind::Cloud {
         cloud::check_endpoint(r, &endpoint, raw.is_some());
-        return (endpoint, Backend::Cloud(cloud::read(r)));
+        return (endpoint, Backend::Cloud(cloud::read(r).map(Box::new)));
     }
     let backend = match r.string("STIGMER_API_KEY") {
         Some(api_key) => Backend::Local {
