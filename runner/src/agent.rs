@@ -11,9 +11,9 @@ use stigmer_proto::agentexecution::v1::{
 use tokio_util::sync::CancellationToken;
 
 use crate::conversation::{Block, Message, Role};
-use crate::execution::SessionSandbox;
 use crate::llm::{AssistantTurn, LlmClient, LlmRequest, StopReason, ToolSpec};
 use crate::metrics::{LlmLabels, Metrics, ToolLabels};
+use crate::sandboxes::SessionSandbox;
 use crate::status::{StatusReporter, now};
 use crate::tools::{self, TodoUpdate, ToolContext, ToolEffect, ToolError, ToolLimits, ToolOutcome};
 
