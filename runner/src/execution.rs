@@ -10,13 +10,17 @@ use stigmer_proto::agent::v1::Agent;
 use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage, MessageType, Session};
 use stigmer_proto::runner::v1::{ClaimedExecution, UpdateSessionRequest};
 
-use crate::agent::{AgentOutcome, AgentRun, ModelParams, trim_unanswered};
+use crate::agent::{
+    AgentOutcome, AgentRun, ModelParams, ToolExecutor, ToolFailure, trim_unanswered,
+};
 use crate::context::WorkerCtx;
 use crate::conversation::{self, Message};
 use crate::inflight::{ExecHandle, Interrupt};
+use crate::projection::StatusProjection;
+use crate::sandbox::Network;
 use crate::sandboxes::{Opener, SessionSandbox};
 use crate::status::{StartError, StatusReporter, now};
-use crate::tools;
+use crate::tools::{self, ToolContext, ToolLimits, ToolOutcome};
 
 const DEFAULT_INSTRUCTIONS: &str = "You are a helpful AI assistant.";
 
@@ -74,20 +78,23 @@ pub async fn run(
                     handle: &handle,
                     runner_id: &ctx.config.runner_id,
                 };
-                let sandbox = SessionSandbox::new(&ctx.sandboxes, opener, &session);
+                let tool_executor = SessionTools {
+                    sandbox: SessionSandbox::new(&ctx.sandboxes, opener, &session),
+                    env: prepared.env.clone(),
+                    network: Network::of_agent(&agent),
+                    limits: &ctx.tool_limits,
+                };
+                let events = StatusProjection::new(&reporter);
                 let run = AgentRun {
                     llm: &ctx.llm,
+                    tool_executor: &tool_executor,
+                    events: &events,
                     params: prepared.params.clone(),
                     system: prepared.system.clone(),
                     tools: prepared.tools.clone(),
-                    sandbox: &sandbox,
-                    env: prepared.env.clone(),
-                    network: crate::sandbox::Network::of_agent(&agent),
-                    limits: &ctx.tool_limits,
                     max_turns: ctx.config.max_turns,
                     max_repeated_tool_calls: ctx.config.max_repeated_tool_calls,
                     cancel: &handle.cancel,
-                    status: &reporter,
                     metrics: &ctx.health.metrics,
                 };
                 let outcome = run.run(&mut prepared.conversation).await;
@@ -161,6 +168,35 @@ async fn prepare(
         env,
         conversation,
     })
+}
+
+/// The agent's tools, run in the session's sandbox (opened on the first call).
+struct SessionTools<'a> {
+    sandbox: SessionSandbox<'a>,
+    env: BTreeMap<String, String>,
+    network: Network,
+    limits: &'a ToolLimits,
+}
+
+impl ToolExecutor for SessionTools<'_> {
+    async fn execute(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<ToolOutcome, ToolFailure> {
+        let sandbox = self.sandbox.get().await.map_err(ToolFailure::Unavailable)?;
+        let ctx = ToolContext {
+            sandbox,
+            env: &self.env,
+            cancel,
+            limits: self.limits,
+            network: self.network,
+        };
+        tools::execute(name, input, &ctx)
+            .await
+            .map_err(ToolFailure::Tool)
+    }
 }
 
 /// Execution config overrides the agent, which overrides the runner's defaults.

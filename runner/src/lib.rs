@@ -21,6 +21,7 @@ pub mod metrics;
 #[cfg(test)]
 mod numeric_config_tests;
 pub mod printable;
+pub mod projection;
 pub mod redis;
 pub mod sandbox;
 pub mod sandboxes;
