@@ -1,9 +1,11 @@
 //! The Stigmer agent runner: claims executions from the control plane, runs the agent loop
 //! with tools in a sandbox, and reports cumulative status until each execution ends.
 //!
-//! Data flow: `config` → `worker` (claims, heartbeats, shutdown) → `execution` (one claimed
-//! execution) → `agent` (the loop) → `llm` (model calls) and `tools` → `sandbox`; `status`
-//! reports every change, coalesced; `http` serves health and `metrics`.
+//! Data flow: `config` (the mode, chosen once) → `worker` (claims through `dispatch`,
+//! heartbeats, shutdown; builds the `context`) → `execution` (one claimed execution; its
+//! session's sandbox from `sandboxes`) → `agent` (the loop) → `llm` (model calls) and `tools` →
+//! `sandbox`; `projection` turns the loop's events into the status, which `status` reports,
+//! coalesced; `http` serves health and `metrics`.
 
 pub mod agent;
 pub mod banner;
