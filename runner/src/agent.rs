@@ -1,21 +1,19 @@
-//! The agent loop: call the model, run the tools it asks for in the sandbox, feed the results
-//! back, until the model ends its turn, a limit is hit, or the execution is interrupted.
-//! Every step is mirrored into the execution status through the reporter.
+//! The agent loop: call the model, run the tools it asks for, feed the results back, until the
+//! model ends its turn, a limit is hit, or the execution is interrupted.
+//!
+//! The loop knows neither the worker nor the sandbox nor the status proto: it talks to a
+//! [`Model`], runs tools through a [`ToolExecutor`] and reports every step as an [`Event`]
+//! (the status projection turns those into the execution status).
 
-use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Instant;
 
-use stigmer_proto::agentexecution::v1::{
-    AgentExecutionStatus, AgentMessage, MessageType, TodoItem, ToolCall, ToolCallStatus,
-};
 use tokio_util::sync::CancellationToken;
 
 use crate::conversation::{Block, Message, Role};
-use crate::execution::SessionSandbox;
-use crate::llm::{AssistantTurn, LlmClient, LlmRequest, StopReason, ToolSpec};
+use crate::llm::{AssistantTurn, LlmClient, LlmError, LlmRequest, StopReason, ToolSpec};
 use crate::metrics::{LlmLabels, Metrics, ToolLabels};
-use crate::status::{StatusReporter, now};
-use crate::tools::{self, TodoUpdate, ToolContext, ToolEffect, ToolError, ToolLimits, ToolOutcome};
+use crate::tools::{ToolEffect, ToolError, ToolOutcome};
 
 /// Model parameters after applying execution, agent and runner defaults.
 #[derive(Debug, Clone)]
@@ -25,21 +23,88 @@ pub struct ModelParams {
     pub temperature: Option<f32>,
 }
 
-pub struct AgentRun<'a> {
-    pub llm: &'a LlmClient,
+/// The model the loop talks to.
+pub trait Model: Sync {
+    /// The provider's name, for metrics.
+    fn provider_name(&self) -> &'static str;
+
+    /// One assistant turn; `on_text` gets each text delta as it arrives. Cancelled by dropping
+    /// the future.
+    fn stream_turn(
+        &self,
+        request: &LlmRequest<'_>,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> impl Future<Output = Result<AssistantTurn, LlmError>> + Send;
+}
+
+impl Model for LlmClient {
+    fn provider_name(&self) -> &'static str {
+        self.provider().as_str()
+    }
+
+    fn stream_turn(
+        &self,
+        request: &LlmRequest<'_>,
+        on_text: &mut (dyn FnMut(&str) + Send),
+    ) -> impl Future<Output = Result<AssistantTurn, LlmError>> + Send {
+        LlmClient::stream_turn(self, request, on_text)
+    }
+}
+
+/// Why an offered tool could not run.
+#[derive(Debug)]
+pub enum ToolFailure {
+    /// What tools run against is not there (the sandbox could not be opened): the execution
+    /// fails with this message.
+    Unavailable(String),
+    Tool(ToolError),
+}
+
+/// Runs the tools the agent was offered.
+pub trait ToolExecutor: Sync {
+    fn execute(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+        cancel: &CancellationToken,
+    ) -> impl Future<Output = Result<ToolOutcome, ToolFailure>> + Send;
+}
+
+/// What the loop reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'e> {
+    /// A model request is about to be sent.
+    TurnStarted,
+    /// Streamed text of the current turn.
+    TextDelta(&'e str),
+    /// The complete turn (the streamed text may have been partial).
+    Turn(&'e AssistantTurn),
+    ToolStarted {
+        id: &'e str,
+        name: &'e str,
+        input: &'e serde_json::Value,
+    },
+    ToolFinished {
+        id: &'e str,
+        outcome: &'e ToolOutcome,
+    },
+}
+
+pub trait Events: Sync {
+    fn record(&self, event: Event<'_>);
+}
+
+pub struct AgentRun<'a, M, T, E> {
+    pub llm: &'a M,
+    /// Called only for offered tools: an execution that calls no tool needs no sandbox.
+    pub tool_executor: &'a T,
+    pub events: &'a E,
     pub params: ModelParams,
     pub system: String,
     pub tools: Vec<ToolSpec>,
-    /// Opened on the first tool call: an execution that calls no tool needs no sandbox.
-    pub sandbox: &'a SessionSandbox<'a>,
-    pub env: BTreeMap<String, String>,
-    /// Whether the agent's commands may use the network.
-    pub network: crate::sandbox::Network,
-    pub limits: &'a ToolLimits,
     pub max_turns: u32,
     pub max_repeated_tool_calls: u32,
     pub cancel: &'a CancellationToken,
-    pub status: &'a StatusReporter,
     pub metrics: &'a Metrics,
 }
 
@@ -71,7 +136,7 @@ impl RepeatDetector {
     }
 }
 
-impl AgentRun<'_> {
+impl<M: Model, T: ToolExecutor, E: Events> AgentRun<'_, M, T, E> {
     /// Runs until done; `conversation` ends with the last complete exchange.
     pub async fn run(&self, conversation: &mut Vec<Message>) -> AgentOutcome {
         let mut repeats = RepeatDetector::default();
@@ -129,11 +194,9 @@ impl AgentRun<'_> {
             max_tokens: self.params.max_tokens,
             temperature: self.params.temperature,
         };
-        let mut ai_index: Option<usize> = None;
-        let status = self.status;
-        let mut on_text = |delta: &str| {
-            status.update(|s| append_ai_text(s, &mut ai_index, delta));
-        };
+        let events = self.events;
+        events.record(Event::TurnStarted);
+        let mut on_text = |delta: &str| events.record(Event::TextDelta(delta));
         let started = Instant::now();
         let result = tokio::select! {
             r = self.llm.stream_turn(&request, &mut on_text) => r,
@@ -143,13 +206,12 @@ impl AgentRun<'_> {
         self.metrics
             .llm_calls
             .get_or_create(&LlmLabels {
-                provider: self.llm.provider().as_str().to_string(),
+                provider: self.llm.provider_name().to_string(),
                 outcome: outcome.to_string(),
             })
             .observe(started.elapsed().as_secs_f64());
         let turn = result.map_err(|e| AgentOutcome::Failed(format!("LLM call failed: {e}")))?;
-        self.status
-            .update(|s| record_ai_message(s, &mut ai_index, &turn));
+        self.events.record(Event::Turn(&turn));
         Ok(turn)
     }
 
@@ -183,28 +245,16 @@ impl AgentRun<'_> {
         name: &str,
         input: &serde_json::Value,
     ) -> Result<Block, AgentOutcome> {
-        self.status.update(|s| {
-            let mut call = ToolCall {
-                id: id.to_string(),
-                name: name.to_string(),
-                args: Some(json_to_struct(input)),
-                status: ToolCallStatus::ToolCallRunning as i32,
-                started_at: now(),
-                ..Default::default()
-            };
-            upsert_tool_call(s, &mut call);
-        });
+        self.events.record(Event::ToolStarted { id, name, input });
         let started = Instant::now();
         let result = if self.tools.iter().any(|t| t.name == name) {
-            let sandbox = self.sandbox.get().await.map_err(AgentOutcome::Failed)?;
-            let ctx = ToolContext {
-                sandbox,
-                env: &self.env,
-                cancel: self.cancel,
-                limits: self.limits,
-                network: self.network,
-            };
-            tools::execute(name, input, &ctx).await
+            match self.tool_executor.execute(name, input, self.cancel).await {
+                Ok(outcome) => Ok(outcome),
+                Err(ToolFailure::Unavailable(message)) => {
+                    return Err(AgentOutcome::Failed(message));
+                }
+                Err(ToolFailure::Tool(e)) => Err(e),
+            }
         } else {
             // The model may name a tool it was not offered; it gets an answer it can act on.
             Ok(ToolOutcome {
@@ -240,8 +290,9 @@ impl AgentRun<'_> {
         if self.cancel.is_cancelled() {
             return Err(AgentOutcome::Interrupted);
         }
-        self.status.update(|s| {
-            record_tool_result(s, id, &outcome.output, outcome.is_error, &outcome.effect)
+        self.events.record(Event::ToolFinished {
+            id,
+            outcome: &outcome,
         });
         Ok(Block::ToolResult {
             tool_use_id: id.to_string(),
@@ -249,168 +300,6 @@ impl AgentRun<'_> {
             is_error: outcome.is_error,
         })
     }
-}
-
-fn append_ai_text(s: &mut AgentExecutionStatus, ai_index: &mut Option<usize>, delta: &str) {
-    let index = *ai_index.get_or_insert_with(|| {
-        s.messages.push(AgentMessage {
-            r#type: MessageType::MessageAi as i32,
-            timestamp: now(),
-            ..Default::default()
-        });
-        s.messages.len() - 1
-    });
-    if let Some(m) = s.messages.get_mut(index) {
-        m.content.push_str(delta);
-    }
-}
-
-/// Makes the AI message exact (the streamed text may have been partial) and lists the tool
-/// calls it asked for, each PENDING.
-fn record_ai_message(
-    s: &mut AgentExecutionStatus,
-    ai_index: &mut Option<usize>,
-    turn: &AssistantTurn,
-) {
-    let text: String = turn
-        .content
-        .iter()
-        .filter_map(|b| match b {
-            Block::Text(t) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
-    let calls: Vec<ToolCall> = turn
-        .content
-        .iter()
-        .filter_map(|b| match b {
-            Block::ToolUse { id, name, input } => Some(ToolCall {
-                id: id.clone(),
-                name: name.clone(),
-                args: Some(json_to_struct(input)),
-                status: ToolCallStatus::ToolCallPending as i32,
-                ..Default::default()
-            }),
-            _ => None,
-        })
-        .collect();
-    if text.is_empty() && calls.is_empty() && ai_index.is_none() {
-        return;
-    }
-    append_ai_text(s, ai_index, "");
-    if let Some(m) = ai_index.and_then(|i| s.messages.get_mut(i)) {
-        m.content = text;
-        m.tool_calls = calls.clone();
-    }
-    for mut call in calls {
-        upsert_tool_call(s, &mut call);
-    }
-}
-
-fn upsert_tool_call(s: &mut AgentExecutionStatus, call: &mut ToolCall) {
-    match s.tool_calls.iter_mut().find(|c| c.id == call.id) {
-        Some(existing) => {
-            existing.status = call.status;
-            if !call.started_at.is_empty() {
-                existing.started_at = std::mem::take(&mut call.started_at);
-            }
-        }
-        None => s.tool_calls.push(call.clone()),
-    }
-}
-
-fn record_tool_result(
-    s: &mut AgentExecutionStatus,
-    id: &str,
-    output: &str,
-    is_error: bool,
-    effect: &ToolEffect,
-) {
-    let finished = now();
-    let mut snapshot = None;
-    if let Some(call) = s.tool_calls.iter_mut().find(|c| c.id == id) {
-        call.status = if is_error {
-            ToolCallStatus::ToolCallFailed as i32
-        } else {
-            ToolCallStatus::ToolCallCompleted as i32
-        };
-        call.result = output.to_string();
-        if is_error {
-            call.error = first_line(output);
-        }
-        call.completed_at = finished.clone();
-        snapshot = Some(call.clone());
-    }
-    s.messages.push(AgentMessage {
-        r#type: MessageType::MessageTool as i32,
-        content: output.to_string(),
-        timestamp: finished.clone(),
-        tool_calls: snapshot.into_iter().collect(),
-        ..Default::default()
-    });
-    if let ToolEffect::Todos(todos) = effect {
-        apply_todos(s, todos, &finished);
-    }
-}
-
-/// `write_todos` replaces the list; items keep their creation time across updates.
-fn apply_todos(s: &mut AgentExecutionStatus, todos: &[TodoUpdate], at: &str) {
-    let mut next = std::collections::HashMap::new();
-    for t in todos {
-        let previous = s.todos.get(&t.id);
-        let unchanged =
-            previous.is_some_and(|p| p.content == t.content && p.status == t.status as i32);
-        next.insert(
-            t.id.clone(),
-            TodoItem {
-                id: t.id.clone(),
-                content: t.content.clone(),
-                status: t.status as i32,
-                created_at: previous.map_or_else(|| at.to_string(), |p| p.created_at.clone()),
-                updated_at: if unchanged {
-                    previous.map_or_else(|| at.to_string(), |p| p.updated_at.clone())
-                } else {
-                    at.to_string()
-                },
-            },
-        );
-    }
-    s.todos = next;
-}
-
-fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    line.chars().take(300).collect()
-}
-
-/// Tool arguments as a protobuf Struct; a non-object input is wrapped as `{"input": ...}`.
-pub fn json_to_struct(value: &serde_json::Value) -> prost_types::Struct {
-    match value {
-        serde_json::Value::Object(map) => prost_types::Struct {
-            fields: map
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_value(v)))
-                .collect(),
-        },
-        other => prost_types::Struct {
-            fields: [("input".to_string(), json_to_value(other))].into(),
-        },
-    }
-}
-
-fn json_to_value(value: &serde_json::Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        serde_json::Value::Null => Kind::NullValue(0),
-        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
-        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
-        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(json_to_value).collect(),
-        }),
-        serde_json::Value::Object(_) => Kind::StructValue(json_to_struct(value)),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 /// Drops a trailing assistant message whose tool calls never got results (an interrupted
@@ -427,7 +316,417 @@ pub fn trim_unanswered(conversation: &mut Vec<Message>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stigmer_proto::agentexecution::v1::TodoStatus;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// Answers each request with the next scripted turn; a request past the script waits
+    /// forever (only cancellation ends it).
+    struct FakeModel {
+        script: Mutex<VecDeque<Result<AssistantTurn, LlmError>>>,
+        requests: Mutex<usize>,
+    }
+
+    impl FakeModel {
+        fn new(turns: impl IntoIterator<Item = Result<AssistantTurn, LlmError>>) -> Self {
+            Self {
+                script: Mutex::new(turns.into_iter().collect()),
+                requests: Mutex::new(0),
+            }
+        }
+
+        fn requests(&self) -> usize {
+            *self.requests.lock().expect("lock")
+        }
+    }
+
+    impl Model for FakeModel {
+        fn provider_name(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn stream_turn(
+            &self,
+            _request: &LlmRequest<'_>,
+            on_text: &mut (dyn FnMut(&str) + Send),
+        ) -> Result<AssistantTurn, LlmError> {
+            *self.requests.lock().expect("lock") += 1;
+            let next = self.script.lock().expect("lock").pop_front();
+            match next {
+                Some(turn) => {
+                    if let Ok(t) = &turn {
+                        for block in &t.content {
+                            if let Block::Text(text) = block {
+                                on_text(text);
+                            }
+                        }
+                    }
+                    turn
+                }
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Records the tools called and answers each with `answer`.
+    struct FakeTools {
+        calls: Mutex<Vec<String>>,
+        answer: fn() -> Result<ToolOutcome, ToolFailure>,
+    }
+
+    impl FakeTools {
+        fn answering(answer: fn() -> Result<ToolOutcome, ToolFailure>) -> Self {
+            Self {
+                calls: Mutex::new(Vec::new()),
+                answer,
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().expect("lock").clone()
+        }
+    }
+
+    fn done() -> Result<ToolOutcome, ToolFailure> {
+        Ok(ToolOutcome {
+            output: "done".into(),
+            is_error: false,
+            effect: ToolEffect::None,
+        })
+    }
+
+    impl ToolExecutor for FakeTools {
+        async fn execute(
+            &self,
+            name: &str,
+            input: &serde_json::Value,
+            _cancel: &CancellationToken,
+        ) -> Result<ToolOutcome, ToolFailure> {
+            self.calls
+                .lock()
+                .expect("lock")
+                .push(format!("{name} {input}"));
+            (self.answer)()
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<String>>);
+
+    impl Events for Recorded {
+        fn record(&self, event: Event<'_>) {
+            let line = match event {
+                Event::TurnStarted => "turn".to_string(),
+                Event::TextDelta(t) => format!("text {t}"),
+                Event::Turn(t) => format!("turn done {:?}", t.stop_reason),
+                Event::ToolStarted { name, .. } => format!("tool {name}"),
+                Event::ToolFinished { outcome, .. } => format!("result {}", outcome.output),
+            };
+            self.0.lock().expect("lock").push(line);
+        }
+    }
+
+    fn text(t: &str, stop: StopReason) -> Result<AssistantTurn, LlmError> {
+        Ok(AssistantTurn {
+            content: vec![Block::Text(t.into())],
+            stop_reason: stop,
+            usage: Default::default(),
+        })
+    }
+
+    fn call(
+        id: &str,
+        name: &str,
+        input: serde_json::Value,
+        stop: StopReason,
+    ) -> Result<AssistantTurn, LlmError> {
+        Ok(AssistantTurn {
+            content: vec![Block::ToolUse {
+                id: id.into(),
+                name: name.into(),
+                input,
+            }],
+            stop_reason: stop,
+            usage: Default::default(),
+        })
+    }
+
+    struct Outcome {
+        outcome: AgentOutcome,
+        conversation: Vec<Message>,
+        requests: usize,
+        tool_calls: Vec<String>,
+        events: Vec<String>,
+    }
+
+    async fn run_with(
+        model: FakeModel,
+        tools: FakeTools,
+        max_turns: u32,
+        cancel: CancellationToken,
+    ) -> Outcome {
+        let events = Recorded::default();
+        let metrics = Metrics::new();
+        let run = AgentRun {
+            llm: &model,
+            tool_executor: &tools,
+            events: &events,
+            params: ModelParams {
+                model: "m".into(),
+                max_tokens: 100,
+                temperature: None,
+            },
+            system: "sys".into(),
+            tools: crate::tools::specs(&[]).expect("specs"),
+            max_turns,
+            max_repeated_tool_calls: 3,
+            cancel: &cancel,
+            metrics: &metrics,
+        };
+        let mut conversation = vec![Message::user_text("go")];
+        let outcome = run.run(&mut conversation).await;
+        let events = events.0.lock().expect("lock").clone();
+        Outcome {
+            outcome,
+            conversation,
+            requests: model.requests(),
+            tool_calls: tools.calls(),
+            events,
+        }
+    }
+
+    async fn run_script(turns: Vec<Result<AssistantTurn, LlmError>>) -> Outcome {
+        run_with(
+            FakeModel::new(turns),
+            FakeTools::answering(done),
+            50,
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    fn failure(outcome: &AgentOutcome) -> &str {
+        match outcome {
+            AgentOutcome::Failed(m) => m,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn end_turn_completes_and_streams_the_text() {
+        let r = run_script(vec![text("hello", StopReason::EndTurn)]).await;
+        assert_eq!(r.outcome, AgentOutcome::Completed);
+        assert_eq!(r.requests, 1);
+        assert_eq!(r.conversation.len(), 2);
+        assert_eq!(r.events, ["turn", "text hello", "turn done EndTurn"]);
+    }
+
+    #[tokio::test]
+    async fn tool_results_go_back_to_the_model_until_it_ends_its_turn() {
+        let r = run_script(vec![
+            call(
+                "t1",
+                "read_file",
+                serde_json::json!({"path": "a"}),
+                StopReason::ToolUse,
+            ),
+            text("read it", StopReason::EndTurn),
+        ])
+        .await;
+        assert_eq!(r.outcome, AgentOutcome::Completed);
+        assert_eq!(r.tool_calls, [r#"read_file {"path":"a"}"#]);
+        // user, assistant (call), user (result), assistant (answer)
+        assert_eq!(r.conversation.len(), 4);
+        assert!(matches!(
+            &r.conversation[2].content[0],
+            Block::ToolResult { tool_use_id, content, is_error: false } if tool_use_id == "t1" && content == "done"
+        ));
+        assert!(r.events.contains(&"tool read_file".to_string()));
+        assert!(r.events.contains(&"result done".to_string()));
+    }
+
+    #[tokio::test]
+    async fn other_stop_reasons_without_tool_calls_complete() {
+        for stop in [
+            StopReason::MaxTokens,
+            StopReason::StopSequence,
+            StopReason::Other("x".into()),
+        ] {
+            let r = run_script(vec![text("partial", stop.clone())]).await;
+            assert_eq!(r.outcome, AgentOutcome::Completed, "{stop:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn pause_turn_asks_the_model_again() {
+        let r = run_script(vec![
+            text("thinking", StopReason::PauseTurn),
+            text("done", StopReason::EndTurn),
+        ])
+        .await;
+        assert_eq!(r.outcome, AgentOutcome::Completed);
+        assert_eq!(r.requests, 2);
+    }
+
+    #[tokio::test]
+    async fn max_tokens_in_the_middle_of_a_tool_call_fails_without_running_it() {
+        let r = run_script(vec![call(
+            "t1",
+            "write_file",
+            serde_json::json!({"path": "a"}),
+            StopReason::MaxTokens,
+        )])
+        .await;
+        assert!(
+            failure(&r.outcome).contains("max_tokens (100)"),
+            "{:?}",
+            r.outcome
+        );
+        assert!(r.tool_calls.is_empty());
+    }
+
+    #[tokio::test]
+    async fn refusal_and_context_overflow_fail() {
+        let r = run_script(vec![text("no", StopReason::Refusal)]).await;
+        assert_eq!(failure(&r.outcome), "the model refused to continue");
+        let r = run_script(vec![text("", StopReason::ContextWindowExceeded)]).await;
+        assert!(failure(&r.outcome).contains("context window"));
+    }
+
+    #[tokio::test]
+    async fn the_turn_limit_stops_a_model_that_never_finishes() {
+        let turns: Vec<_> = (0..5)
+            .map(|i| {
+                call(
+                    &format!("t{i}"),
+                    "read_file",
+                    serde_json::json!({"path": i}),
+                    StopReason::ToolUse,
+                )
+            })
+            .collect();
+        let r = run_with(
+            FakeModel::new(turns),
+            FakeTools::answering(done),
+            3,
+            CancellationToken::new(),
+        )
+        .await;
+        assert!(
+            failure(&r.outcome).contains("turn limit of 3"),
+            "{:?}",
+            r.outcome
+        );
+        assert_eq!(r.requests, 3);
+        assert_eq!(r.tool_calls.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn repeated_identical_calls_stop_the_loop() {
+        let same = || {
+            call(
+                "t",
+                "read_file",
+                serde_json::json!({"path": "a"}),
+                StopReason::ToolUse,
+            )
+        };
+        let r = run_script(vec![same(), same(), same(), same()]).await;
+        assert!(
+            failure(&r.outcome).contains("same tool call 3 times in a row"),
+            "{:?}",
+            r.outcome
+        );
+        // The third identical call is refused, not run.
+        assert_eq!(r.tool_calls.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_tool_gets_an_error_result_the_model_can_act_on() {
+        let r = run_script(vec![
+            call(
+                "t1",
+                "launch_rockets",
+                serde_json::json!({}),
+                StopReason::ToolUse,
+            ),
+            text("sorry", StopReason::EndTurn),
+        ])
+        .await;
+        assert_eq!(r.outcome, AgentOutcome::Completed);
+        assert!(r.tool_calls.is_empty(), "an unknown tool is never executed");
+        let Block::ToolResult {
+            content, is_error, ..
+        } = &r.conversation[2].content[0]
+        else {
+            panic!("no tool result: {:?}", r.conversation);
+        };
+        assert!(*is_error);
+        assert!(
+            content.contains("'launch_rockets' is not available"),
+            "{content}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_llm_error_fails_the_execution() {
+        let r = run_script(vec![Err(LlmError::Decode("garbage".into()))]).await;
+        assert!(
+            failure(&r.outcome).starts_with("LLM call failed:"),
+            "{:?}",
+            r.outcome
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_sandbox_fails_the_execution() {
+        let r = run_with(
+            FakeModel::new(vec![call(
+                "t1",
+                "read_file",
+                serde_json::json!({}),
+                StopReason::ToolUse,
+            )]),
+            FakeTools::answering(|| Err(ToolFailure::Unavailable("no sandbox".into()))),
+            50,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(failure(&r.outcome), "no sandbox");
+    }
+
+    #[tokio::test]
+    async fn cancellation_interrupts_a_model_request() {
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        // The script is empty: the request would wait forever.
+        let r = run_with(
+            FakeModel::new(vec![]),
+            FakeTools::answering(done),
+            50,
+            cancel,
+        )
+        .await;
+        assert_eq!(r.outcome, AgentOutcome::Interrupted);
+    }
+
+    #[tokio::test]
+    async fn cancellation_interrupts_a_tool_call() {
+        let r = run_with(
+            FakeModel::new(vec![call(
+                "t1",
+                "run_command",
+                serde_json::json!({}),
+                StopReason::ToolUse,
+            )]),
+            FakeTools::answering(|| Err(ToolFailure::Tool(ToolError::Cancelled))),
+            50,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(r.outcome, AgentOutcome::Interrupted);
+        // The unanswered call stays last, for trim_unanswered to drop before saving.
+        assert_eq!(r.conversation.len(), 2);
+    }
 
     #[test]
     fn repeat_detector_counts_consecutive_identical_calls_only() {
@@ -439,94 +738,6 @@ mod tests {
         assert_eq!(d.observe("read_file", &b), 1);
         assert_eq!(d.observe("read_file", &a), 1);
         assert_eq!(d.observe("list_directory", &a), 1);
-    }
-
-    #[test]
-    fn streamed_text_is_appended_to_one_ai_message() {
-        let mut s = AgentExecutionStatus::default();
-        let mut idx = None;
-        append_ai_text(&mut s, &mut idx, "Hel");
-        append_ai_text(&mut s, &mut idx, "lo");
-        assert_eq!(s.messages.len(), 1);
-        assert_eq!(s.messages[0].content, "Hello");
-        assert_eq!(s.messages[0].r#type, MessageType::MessageAi as i32);
-    }
-
-    #[test]
-    fn tool_call_moves_from_pending_to_completed_with_result() {
-        let mut s = AgentExecutionStatus::default();
-        let mut idx = None;
-        let turn = AssistantTurn {
-            content: vec![
-                Block::Text("writing".into()),
-                Block::ToolUse {
-                    id: "t1".into(),
-                    name: "write_file".into(),
-                    input: serde_json::json!({"path": "a", "content": "x"}),
-                },
-            ],
-            stop_reason: StopReason::ToolUse,
-            usage: Default::default(),
-        };
-        record_ai_message(&mut s, &mut idx, &turn);
-        assert_eq!(
-            s.tool_calls[0].status,
-            ToolCallStatus::ToolCallPending as i32
-        );
-        assert_eq!(s.messages[0].tool_calls.len(), 1);
-        let mut running = ToolCall {
-            id: "t1".into(),
-            status: ToolCallStatus::ToolCallRunning as i32,
-            started_at: "t".into(),
-            ..Default::default()
-        };
-        upsert_tool_call(&mut s, &mut running);
-        assert_eq!(s.tool_calls.len(), 1);
-        assert_eq!(
-            s.tool_calls[0].status,
-            ToolCallStatus::ToolCallRunning as i32
-        );
-        record_tool_result(&mut s, "t1", "wrote 1 bytes", false, &ToolEffect::None);
-        let call = &s.tool_calls[0];
-        assert_eq!(call.status, ToolCallStatus::ToolCallCompleted as i32);
-        assert_eq!(call.result, "wrote 1 bytes");
-        assert!(!call.completed_at.is_empty());
-        assert_eq!(s.messages[1].r#type, MessageType::MessageTool as i32);
-        record_tool_result(&mut s, "t1", "boom\nmore", true, &ToolEffect::None);
-        assert_eq!(
-            s.tool_calls[0].status,
-            ToolCallStatus::ToolCallFailed as i32
-        );
-        assert_eq!(s.tool_calls[0].error, "boom");
-    }
-
-    #[test]
-    fn todos_replace_the_list_and_keep_creation_time() {
-        let mut s = AgentExecutionStatus::default();
-        let first = vec![TodoUpdate {
-            id: "todo-1".into(),
-            content: "plan".into(),
-            status: TodoStatus::TodoPending,
-        }];
-        apply_todos(&mut s, &first, "t1");
-        let second = vec![
-            TodoUpdate {
-                id: "todo-1".into(),
-                content: "plan".into(),
-                status: TodoStatus::TodoCompleted,
-            },
-            TodoUpdate {
-                id: "todo-2".into(),
-                content: "build".into(),
-                status: TodoStatus::TodoInProgress,
-            },
-        ];
-        apply_todos(&mut s, &second, "t2");
-        let t1 = &s.todos["todo-1"];
-        assert_eq!(t1.created_at, "t1");
-        assert_eq!(t1.updated_at, "t2");
-        assert_eq!(t1.status, TodoStatus::TodoCompleted as i32);
-        assert_eq!(s.todos["todo-2"].created_at, "t2");
     }
 
     #[test]
@@ -546,13 +757,5 @@ mod tests {
         assert_eq!(c.len(), 1);
         trim_unanswered(&mut c);
         assert_eq!(c.len(), 1);
-    }
-
-    #[test]
-    fn json_becomes_struct() {
-        let s = json_to_struct(&serde_json::json!({"a": [1, "x", null], "b": {"c": true}}));
-        assert_eq!(s.fields.len(), 2);
-        let wrapped = json_to_struct(&serde_json::json!("raw"));
-        assert!(wrapped.fields.contains_key("input"));
     }
 }

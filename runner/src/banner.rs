@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::cloud_config::{CloudConfig, TokenOrigin};
+use crate::config::cloud::{CloudConfig, TokenOrigin};
 use crate::config::{Config, ConfigError, DOTENV_SWITCH, DotEnvState, KeySource, Mode};
 use crate::llm::Provider;
 use crate::sandbox::confine::{Layer, SandboxMode, SandboxStatus};
@@ -54,11 +54,11 @@ pub fn startup(config: &Config) -> String {
         format!("{} ({transport})", config.backend_endpoint),
         &["STIGMER_BACKEND_ENDPOINT"],
     );
-    match &config.cloud {
-        None => {
+    match &config.mode {
+        Mode::Local(local) => {
             row(
                 "api key",
-                if config.api_key_is_local_default {
+                if local.api_key_is_local_default {
                     "local default".to_string()
                 } else {
                     "set".to_string()
@@ -67,11 +67,11 @@ pub fn startup(config: &Config) -> String {
             );
             row(
                 "sandbox",
-                format!("filesystem under {}", config.sandbox_root_display()),
+                format!("filesystem under {}", local.sandbox_root_display()),
                 &["SANDBOX_ROOT_DIR"],
             );
         }
-        Some(cloud) => cloud_rows(&mut row, cloud),
+        Mode::Cloud(cloud) => cloud_rows(&mut row, cloud),
     }
     row(
         "concurrency",
@@ -118,8 +118,8 @@ pub fn startup(config: &Config) -> String {
             &[],
         ),
     }
-    match (&config.mode, &config.cloud) {
-        (Mode::Cloud, Some(cloud)) => row(
+    match &config.mode {
+        Mode::Cloud(cloud) => row(
             "redis",
             format!(
                 "{} ({})",
@@ -128,7 +128,7 @@ pub fn startup(config: &Config) -> String {
             ),
             &["REDIS_URL", "REDIS_HOST"],
         ),
-        _ => row("redis", "not used in local mode".to_string(), &[]),
+        Mode::Local(_) => row("redis", "not used in local mode".to_string(), &[]),
     }
     row(
         "http",

@@ -2,9 +2,8 @@
 //! file changes), TLS to the control plane, Redis (dispatch, cancellation, presence) and the
 //! Daytona sandbox pool. Each fails fast at start-up with a message naming what to fix.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use stigmer_auth::jwt::{JwtError, KeySource, Verifier, VerifierConfig};
@@ -13,12 +12,14 @@ use stigmer_auth::tls::{TlsError, client_tls};
 use tonic::transport::ClientTlsConfig;
 
 use crate::client::BearerAuth;
-use crate::cloud_config::{CloudConfig, TokenOrigin};
 use crate::config::Config;
-use crate::redis::{Presence, Redis, RedisDispatch, RedisError, RedisSettings, connect};
+use crate::config::cloud::{CloudConfig, TokenOrigin};
+use crate::dispatch::QueueDispatch;
+use crate::redis::{Presence, RedisDispatch, RedisError, RedisSettings, connect};
 use crate::sandbox::daytona::{
     DaytonaClient, DaytonaError, DaytonaPoolSettings, DaytonaSandboxes, DaytonaSettings,
 };
+use crate::sandboxes::DaytonaPool;
 
 /// How often a token file is re-read.
 const TOKEN_FILE_POLL: Duration = Duration::from_secs(30);
@@ -44,75 +45,52 @@ pub enum CloudStartError {
     Daytona(#[from] DaytonaError),
 }
 
-/// The cloud-only parts the worker uses.
-pub struct CloudRuntime {
-    pub token: TokenSource,
-    pub redis: Redis,
-    pub dispatch: RedisDispatch,
-    pub presence: Presence,
-    pub sandboxes: DaytonaSandboxes,
-    /// Sessions whose sandbox id is stored on the control plane: their sandboxes outlive this
-    /// runner; any other sandbox it created is deleted at shutdown.
-    kept_sessions: Mutex<HashSet<String>>,
+/// Cloud mode's dispatch (JWT, Redis queue, presence) and sandboxes (the Daytona pool).
+pub async fn start(
+    config: &Config,
+    cloud: &CloudConfig,
+) -> Result<(QueueDispatch, DaytonaPool), CloudStartError> {
+    let token = token_source(cloud).await?;
+    // The watcher ends by itself when the last clone of the source is dropped.
+    drop(token.watch(TOKEN_FILE_POLL));
+    let redis = connect(
+        RedisSettings::new(cloud.redis.clone(), config.runner_id.clone())
+            .with_heartbeat(config.heartbeat_interval),
+    )
+    .await?;
+    let queue = RedisDispatch::new(&redis, config.runner_id.clone()).await?;
+    let presence = Presence::new(&redis, config.heartbeat_interval * 3);
+    let mut settings = DaytonaSettings::new(cloud.daytona.api_key.clone());
+    settings.api_url = cloud.daytona.api_url.clone();
+    let client = DaytonaClient::new(settings)?;
+    let sandboxes = DaytonaSandboxes::new(
+        client,
+        DaytonaPoolSettings::new(Some(cloud.daytona.snapshot.clone())),
+    );
+    let dispatch = QueueDispatch {
+        token,
+        redis,
+        queue,
+        presence,
+    };
+    Ok((dispatch, DaytonaPool::new(sandboxes)))
 }
 
-impl CloudRuntime {
-    pub async fn start(config: &Config, cloud: &CloudConfig) -> Result<Self, CloudStartError> {
-        let token = token_source(cloud).await?;
-        // The watcher ends by itself when the last clone of the source is dropped.
-        drop(token.watch(TOKEN_FILE_POLL));
-        let redis = connect(
-            RedisSettings::new(cloud.redis.clone(), config.runner_id.clone())
-                .with_heartbeat(config.heartbeat_interval),
-        )
-        .await?;
-        let dispatch = RedisDispatch::new(&redis, config.runner_id.clone()).await?;
-        let presence = Presence::new(&redis, config.heartbeat_interval * 3);
-        let mut settings = DaytonaSettings::new(cloud.daytona.api_key.clone());
-        settings.api_url = cloud.daytona.api_url.clone();
-        let client = DaytonaClient::new(settings)?;
-        let sandboxes = DaytonaSandboxes::new(
-            client,
-            DaytonaPoolSettings::new(Some(cloud.daytona.snapshot.clone())),
-        );
-        Ok(Self {
-            token,
-            redis,
-            dispatch,
-            presence,
-            sandboxes,
-            kept_sessions: Mutex::new(HashSet::new()),
-        })
-    }
-
-    pub fn bearer(&self) -> BearerAuth {
-        BearerAuth::Rotating(self.token.clone())
-    }
-
-    pub fn keep_session(&self, session_id: &str) {
-        self.kept_sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(session_id.to_string());
-    }
-
-    pub fn kept_sessions(&self) -> Vec<String> {
-        self.kept_sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
-    }
+/// The control plane's credential in cloud mode: the JWT, re-read when its file changes.
+pub fn bearer(dispatch: &QueueDispatch) -> BearerAuth {
+    BearerAuth::Rotating(dispatch.token.clone())
 }
 
-/// TLS settings for an `https://` endpoint.
-pub fn tls_for(config: &Config) -> Result<Option<ClientTlsConfig>, TlsError> {
+/// TLS settings for an `https://` endpoint, with the CA file they trust (cloud mode's
+/// `STIGMER_BACKEND_CA_FILE`, else the system roots).
+pub fn tls_for(
+    config: &Config,
+) -> Result<Option<(ClientTlsConfig, Option<&std::path::Path>)>, TlsError> {
     if !config.backend_endpoint.starts_with("https://") {
         return Ok(None);
     }
-    let ca = config.cloud.as_ref().and_then(|c| c.ca_file.as_deref());
-    client_tls(ca, None).map(Some)
+    let ca = config.cloud().and_then(|c| c.ca_file.as_deref());
+    client_tls(ca, None).map(|tls| Some((tls, ca)))
 }
 
 async fn token_source(cloud: &CloudConfig) -> Result<TokenSource, CloudStartError> {

@@ -10,36 +10,21 @@ use stigmer_proto::agent::v1::Agent;
 use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage, MessageType, Session};
 use stigmer_proto::runner::v1::{ClaimedExecution, UpdateSessionRequest};
 
-use crate::agent::{AgentOutcome, AgentRun, ModelParams, trim_unanswered};
+use crate::agent::{
+    AgentOutcome, AgentRun, ModelParams, ToolExecutor, ToolFailure, trim_unanswered,
+};
+use crate::context::WorkerCtx;
 use crate::conversation::{self, Message};
 use crate::inflight::{ExecHandle, Interrupt};
-use crate::sandbox::Sandbox;
+use crate::projection::StatusProjection;
+use crate::sandbox::Network;
+use crate::sandboxes::{Opener, SessionSandbox};
 use crate::status::{StartError, StatusReporter, now};
-use crate::tools;
-use crate::worker::WorkerCtx;
+use crate::tools::{self, ToolContext, ToolLimits, ToolOutcome};
 
 const DEFAULT_INSTRUCTIONS: &str = "You are a helpful AI assistant.";
 
-/// What the execution ended as, from the runner's point of view.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Ending {
-    Completed,
-    Failed(String),
-    Cancelled(String),
-    /// The lease was lost: nothing is reported.
-    Lost(String),
-}
-
-impl Ending {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Ending::Completed => "completed",
-            Ending::Failed(_) => "failed",
-            Ending::Cancelled(_) => "cancelled",
-            Ending::Lost(_) => "lost",
-        }
-    }
-}
+pub use crate::inflight::Ending;
 
 /// Everything resolved before the loop can start.
 struct Prepared {
@@ -88,20 +73,28 @@ pub async fn run(
                     session_id = %session.id,
                     "execution started"
                 );
-                let sandbox = SessionSandbox::new(&ctx, &handle, &session);
+                let opener = Opener {
+                    client: &ctx.client,
+                    handle: &handle,
+                    runner_id: &ctx.config.runner_id,
+                };
+                let tool_executor = SessionTools {
+                    sandbox: SessionSandbox::new(&ctx.sandboxes, opener, &session),
+                    env: prepared.env.clone(),
+                    network: Network::of_agent(&agent),
+                    limits: &ctx.tool_limits,
+                };
+                let events = StatusProjection::new(&reporter);
                 let run = AgentRun {
                     llm: &ctx.llm,
+                    tool_executor: &tool_executor,
+                    events: &events,
                     params: prepared.params.clone(),
                     system: prepared.system.clone(),
                     tools: prepared.tools.clone(),
-                    sandbox: &sandbox,
-                    env: prepared.env.clone(),
-                    network: crate::sandbox::Network::of_agent(&agent),
-                    limits: &ctx.tool_limits,
                     max_turns: ctx.config.max_turns,
                     max_repeated_tool_calls: ctx.config.max_repeated_tool_calls,
                     cancel: &handle.cancel,
-                    status: &reporter,
                     metrics: &ctx.health.metrics,
                 };
                 let outcome = run.run(&mut prepared.conversation).await;
@@ -177,83 +170,33 @@ async fn prepare(
     })
 }
 
-/// The session's sandbox, opened on first use.
-pub struct SessionSandbox<'a> {
-    ctx: &'a WorkerCtx,
-    handle: &'a ExecHandle,
-    session: &'a Session,
-    cell: tokio::sync::OnceCell<Sandbox>,
+/// The agent's tools, run in the session's sandbox (opened on the first call).
+struct SessionTools<'a> {
+    sandbox: SessionSandbox<'a>,
+    env: BTreeMap<String, String>,
+    network: Network,
+    limits: &'a ToolLimits,
 }
 
-impl<'a> SessionSandbox<'a> {
-    pub fn new(ctx: &'a WorkerCtx, handle: &'a ExecHandle, session: &'a Session) -> Self {
-        Self {
-            ctx,
-            handle,
-            session,
-            cell: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    pub async fn get(&self) -> Result<&Sandbox, String> {
-        self.cell
-            .get_or_try_init(|| open_sandbox(self.ctx, self.handle, self.session))
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot prepare the sandbox for session {}: {e}",
-                    self.session.id
-                )
-            })
-    }
-}
-
-/// Local: the session's directory. Cloud: the session's Daytona sandbox, reused while alive;
-/// a new one's id is stored on the session so the next execution finds it.
-async fn open_sandbox(
-    ctx: &WorkerCtx,
-    handle: &ExecHandle,
-    session: &Session,
-) -> Result<Sandbox, String> {
-    if let Some(root) = &ctx.sandboxes {
-        let id = if session.sandbox_id.is_empty() {
-            &session.id
-        } else {
-            &session.sandbox_id
+impl ToolExecutor for SessionTools<'_> {
+    async fn execute(
+        &self,
+        name: &str,
+        input: &serde_json::Value,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<ToolOutcome, ToolFailure> {
+        let sandbox = self.sandbox.get().await.map_err(ToolFailure::Unavailable)?;
+        let ctx = ToolContext {
+            sandbox,
+            env: &self.env,
+            cancel,
+            limits: self.limits,
+            network: self.network,
         };
-        return root.open(id).map_err(|e| e.to_string());
+        tools::execute(name, input, &ctx)
+            .await
+            .map_err(ToolFailure::Tool)
     }
-    let Some(cloud) = &ctx.cloud else {
-        return Err("no sandbox is configured".into());
-    };
-    let known = Some(session.sandbox_id.as_str()).filter(|id| !id.is_empty());
-    let (sandbox, created) = cloud
-        .sandboxes
-        .open(&session.id, known, &ctx.config.runner_id)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !created {
-        return Ok(sandbox);
-    }
-    let stored = ctx
-        .client
-        .update_session(UpdateSessionRequest {
-            execution_id: handle.execution_id.clone(),
-            lease_id: handle.lease_id.clone(),
-            session_id: session.id.clone(),
-            sandbox_id: sandbox.id().to_string(),
-            history: Vec::new(),
-            replace_history: false,
-        })
-        .await;
-    match stored {
-        Ok(_) => cloud.keep_session(&session.id),
-        // Not kept: deleted at shutdown, and the next execution creates another.
-        Err(e) => {
-            tracing::warn!(session_id = %session.id, error = %e, "could not store the sandbox id on the session")
-        }
-    }
-    Ok(sandbox)
 }
 
 /// Execution config overrides the agent, which overrides the runner's defaults.

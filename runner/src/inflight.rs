@@ -25,6 +25,36 @@ impl Interrupt {
     }
 }
 
+/// What a held execution ended as, from the runner's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Completed,
+    Failed(String),
+    Cancelled(String),
+    /// The lease was lost: nothing is reported.
+    Lost(String),
+}
+
+impl Ending {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Ending::Completed => "completed",
+            Ending::Failed(_) => "failed",
+            Ending::Cancelled(_) => "cancelled",
+            Ending::Lost(_) => "lost",
+        }
+    }
+}
+
+/// The reason a cancellation is reported with when the request gave none.
+pub fn cancel_reason(reason: &str) -> String {
+    if reason.trim().is_empty() {
+        "cancelled by user".to_string()
+    } else {
+        reason.to_string()
+    }
+}
+
 /// One held execution.
 pub struct ExecHandle {
     pub execution_id: String,

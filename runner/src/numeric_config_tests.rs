@@ -63,7 +63,7 @@ fn variables() -> Vec<Variable> {
             u64::from(c.llm.max_attempts)
         }),
         v("REDIS_PORT", 1..=65_535, |c| {
-            match c.cloud.as_ref().map(|cloud| &cloud.redis) {
+            match c.cloud().map(|cloud| &cloud.redis) {
                 Some(RedisTarget::HostPort { port, .. }) => u64::from(*port),
                 other => panic!("no Redis host and port: {other:?}"),
             }

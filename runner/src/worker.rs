@@ -5,22 +5,24 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stigmer_proto::runner::v1::{ClaimRequest, ClaimedExecution, HeartbeatRequest};
+use stigmer_proto::runner::v1::{ClaimedExecution, HeartbeatRequest};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{BearerAuth, ClientError, Connection, ControlPlane};
-use crate::cloud::{self, CloudRuntime, CloudStartError};
-use crate::config::Config;
-use crate::execution::{self, Ending};
+use crate::cloud::{self, CloudStartError};
+use crate::config::{Config, LocalConfig, Mode};
+use crate::context::WorkerCtx;
+use crate::dispatch::{Claimed, Dispatch};
+use crate::execution;
 use crate::http::{self, BindError, Health};
-use crate::inflight::{ExecHandle, InFlight, Interrupt};
+use crate::inflight::{ExecHandle, InFlight, Interrupt, cancel_reason};
 use crate::llm::{LlmClient, LlmError, LlmSettings};
-use crate::redis::{CancelListener, PresenceRecord};
 use crate::sandbox::confine::ConfineError;
 use crate::sandbox::{Confinement, SandboxError, SandboxRoot};
+use crate::sandboxes::Sandboxes;
 use crate::tools::ToolLimits;
 
 /// Most executions taken in one claim call.
@@ -28,19 +30,6 @@ const MAX_CLAIM_BATCH: usize = 32;
 /// How long cancelled executions get to report CANCELLED after the drain timeout.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What every execution task shares.
-pub struct WorkerCtx {
-    pub config: Config,
-    pub client: ControlPlane,
-    pub llm: LlmClient,
-    /// Local mode's filesystem sandboxes.
-    pub sandboxes: Option<SandboxRoot>,
-    /// Cloud mode's Redis, token and Daytona sandboxes.
-    pub cloud: Option<CloudRuntime>,
-    pub tool_limits: ToolLimits,
-    pub health: Arc<Health>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -66,7 +55,7 @@ pub enum StartError {
 
 /// Local mode: the sandbox root, with commands confined as far as this machine allows (the
 /// probe runs the runner's own binary as the helper). Prints what is enforced.
-async fn open_local_sandboxes(config: &Config) -> Result<SandboxRoot, StartError> {
+async fn open_local_sandboxes(config: &LocalConfig) -> Result<SandboxRoot, StartError> {
     let sandbox_err = |source| StartError::Sandbox {
         path: config.sandbox_root_display(),
         source,
@@ -79,10 +68,6 @@ async fn open_local_sandboxes(config: &Config) -> Result<SandboxRoot, StartError
     root.set_confinement(confinement);
     Ok(root)
 }
-
-/// A claimed execution and, in cloud mode, its queue entry (acknowledged once the terminal
-/// status is stored).
-type Claimed = (ClaimedExecution, Option<String>);
 
 /// How the drain went, for the exit code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,24 +103,29 @@ impl Worker {
             request_timeout: config.llm.request_timeout,
             max_attempts: config.llm.max_attempts,
         })?;
-        let (sandboxes, cloud) = match &config.cloud {
-            None => {
-                let root = open_local_sandboxes(&config).await?;
+        // The one place the mode is decided: every later step goes through these two seams.
+        let (dispatch, sandboxes, auth) = match &config.mode {
+            Mode::Local(local) => {
+                let root = open_local_sandboxes(local).await?;
                 let _ = health.sandbox.set(root.confinement().status());
-                (Some(root), None)
+                let auth = BearerAuth::new(&local.api_key)?;
+                (Dispatch::LongPoll, Sandboxes::Filesystem(root), auth)
             }
-            Some(cloud) => (None, Some(CloudRuntime::start(&config, cloud).await?)),
-        };
-        let auth = match &cloud {
-            Some(c) => c.bearer(),
-            None => BearerAuth::new(&config.api_key)?,
+            Mode::Cloud(settings) => {
+                let (queue, pool) = cloud::start(&config, settings).await?;
+                let auth = cloud::bearer(&queue);
+                (
+                    Dispatch::Queue(Box::new(queue)),
+                    Sandboxes::Daytona(Box::new(pool)),
+                    auth,
+                )
+            }
         };
         let tls = cloud::tls_for(&config).map_err(CloudStartError::from)?;
-        let ca_file = config.cloud.as_ref().and_then(|c| c.ca_file.clone());
         let client = ControlPlane::connect(Connection {
             endpoint: &config.backend_endpoint,
             auth,
-            tls: tls.map(|t| (t, ca_file.as_deref())),
+            tls,
             runner_id: &config.runner_id,
             timeout: CONNECT_TIMEOUT,
         })
@@ -157,8 +147,8 @@ impl Worker {
             config,
             client,
             llm,
+            dispatch,
             sandboxes,
-            cloud,
             tool_limits,
             health,
         });
@@ -169,10 +159,10 @@ impl Worker {
             stop_background.clone(),
         ));
         let mut background = vec![http_task, heartbeat_task];
-        if let Some(cloud) = &ctx.cloud {
-            let listener = CancelListener::spawn(&cloud.redis, stop_background.clone());
-            background.push(tokio::spawn(cancel_loop(listener, inflight.clone())));
-        }
+        background.extend(
+            ctx.dispatch
+                .spawn_listeners(inflight.clone(), stop_background.clone()),
+        );
         Ok(Self {
             ctx,
             inflight,
@@ -247,38 +237,17 @@ impl Worker {
 
     async fn claim(&self, free: usize) -> Result<Vec<Claimed>, String> {
         let started = Instant::now();
-        let claimed = match &self.ctx.cloud {
-            None => self.claim_local(free).await.map_err(|s| s.to_string())?,
-            Some(cloud) => {
-                let round = cloud
-                    .dispatch
-                    .round(&self.ctx.client, free, self.ctx.config.claim_wait)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                round
-                    .claimed
-                    .into_iter()
-                    .map(|c| (c.execution, Some(c.entry_id)))
-                    .collect()
-            }
-        };
+        let claimed = self
+            .ctx
+            .dispatch
+            .claim(&self.ctx.client, &self.ctx.config, free)
+            .await?;
         self.ctx
             .health
             .metrics
             .claim_wait
             .observe(started.elapsed().as_secs_f64());
         Ok(claimed)
-    }
-
-    async fn claim_local(&self, free: usize) -> Result<Vec<Claimed>, tonic::Status> {
-        let request = ClaimRequest {
-            runner_id: self.ctx.config.runner_id.clone(),
-            max_executions: free as u32,
-            wait_ms: self.ctx.config.claim_wait.as_millis() as u32,
-            execution_ids: Vec::new(),
-        };
-        let response = self.ctx.client.claim(request).await?;
-        Ok(response.executions.into_iter().map(|e| (e, None)).collect())
     }
 
     fn spawn_execution(
@@ -307,7 +276,7 @@ impl Worker {
         health.metrics.in_flight.inc();
         self.tasks.spawn(async move {
             let ending = execution::run(ctx.clone(), claimed, handle.clone()).await;
-            acknowledge(&ctx, &handle, &ending).await;
+            ctx.dispatch.settle(&handle, &ending).await;
             inflight.remove(&handle.execution_id);
             health.in_flight.fetch_sub(1, Ordering::Relaxed);
             health.metrics.in_flight.dec();
@@ -318,7 +287,8 @@ impl Worker {
 
     /// All cleanup, in order: stop claiming, let in-flight executions finish up to the drain
     /// timeout, cancel the rest and let them report CANCELLED, then stop heartbeats and the
-    /// HTTP server. Sandboxes of sessions stay (the next execution of the session uses them).
+    /// HTTP server. Sandboxes of stored sessions stay (the next execution of the session uses
+    /// them).
     pub async fn shutdown(&mut self) -> DrainReport {
         self.stop_claiming.cancel();
         self.ctx.health.draining.store(true, Ordering::Relaxed);
@@ -348,9 +318,8 @@ impl Worker {
                 tracing::error!("executions did not stop within the grace period");
             }
         }
-        if let Some(cloud) = &self.ctx.cloud {
-            cloud_cleanup(cloud, &self.ctx.config.runner_id).await;
-        }
+        self.ctx.dispatch.shutdown(&self.ctx.config.runner_id).await;
+        self.ctx.sandboxes.cleanup().await;
         self.stop_background.cancel();
         for task in self.background.drain(..) {
             let _ = task.await;
@@ -370,9 +339,9 @@ async fn heartbeat_loop(ctx: Arc<WorkerCtx>, inflight: Arc<InFlight>, stop: Canc
             _ = ticker.tick() => {}
             _ = stop.cancelled() => return,
         }
-        if let Some(cloud) = &ctx.cloud {
-            cloud_heartbeat(&ctx, cloud, &inflight).await;
-        }
+        ctx.dispatch
+            .on_heartbeat(&ctx.config, &ctx.health, &inflight)
+            .await;
         let request = HeartbeatRequest {
             runner_id: ctx.config.runner_id.clone(),
             held: inflight.held(),
@@ -396,78 +365,6 @@ async fn heartbeat_loop(ctx: Arc<WorkerCtx>, inflight: Arc<InFlight>, stop: Canc
                 tracing::warn!(error = %e, "heartbeat failed");
             }
         }
-    }
-}
-
-/// Cloud: keeps the queue entries of held executions from being reclaimed, and refreshes this
-/// runner's presence record.
-async fn cloud_heartbeat(ctx: &WorkerCtx, cloud: &CloudRuntime, inflight: &InFlight) {
-    let entries = inflight.entry_ids();
-    if !entries.is_empty()
-        && let Err(e) = cloud.dispatch.keep_fresh(&entries).await
-    {
-        tracing::warn!(error = %e, "could not refresh the queue entries of held executions");
-    }
-    let record = PresenceRecord {
-        id: ctx.config.runner_id.clone(),
-        pod: std::env::var("POD_NAME").unwrap_or_default(),
-        capacity: ctx.config.max_concurrency as u32,
-        in_flight: inflight.len() as u32,
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        draining: ctx.health.draining.load(Ordering::Relaxed),
-        updated_at: crate::status::now(),
-    };
-    if let Err(e) = cloud.presence.publish(&record).await {
-        tracing::warn!(error = %e, "could not publish presence");
-    }
-}
-
-/// Cloud: a cancellation published on Redis reaches the runner that holds the execution at
-/// once (heartbeats carry it too, later).
-async fn cancel_loop(mut listener: CancelListener, inflight: Arc<InFlight>) {
-    while let Some(notice) = listener.recv().await {
-        if inflight.interrupt(
-            &notice.execution_id,
-            Interrupt::Cancelled(cancel_reason(&notice.reason)),
-        ) {
-            tracing::info!(execution_id = %notice.execution_id, "cancellation received through Redis");
-        }
-    }
-}
-
-/// Cloud: the queue entry is acknowledged once the terminal status is stored. A lost lease is
-/// not acknowledged: the control plane settles it when the entry is reclaimed.
-async fn acknowledge(ctx: &WorkerCtx, handle: &ExecHandle, ending: &Ending) {
-    let (Some(cloud), Some(entry)) = (&ctx.cloud, handle.entry_id.as_deref()) else {
-        return;
-    };
-    if matches!(ending, Ending::Lost(_)) {
-        return;
-    }
-    if let Err(e) = cloud.dispatch.ack(entry).await {
-        tracing::warn!(execution_id = %handle.execution_id, error = %e, "could not acknowledge the queue entry; it will be settled when reclaimed");
-    }
-}
-
-/// Cloud: leave the presence set and delete sandboxes this runner created for no stored session.
-async fn cloud_cleanup(cloud: &CloudRuntime, runner_id: &str) {
-    if let Err(e) = cloud.presence.remove(runner_id).await {
-        tracing::warn!(error = %e, "could not remove the presence record");
-    }
-    let cleanup = cloud
-        .sandboxes
-        .cleanup_unowned(&cloud.kept_sessions())
-        .await;
-    if !cleanup.deleted.is_empty() || !cleanup.failed.is_empty() {
-        tracing::info!(deleted = ?cleanup.deleted, failed = ?cleanup.failed, "sandbox cleanup");
-    }
-}
-
-fn cancel_reason(reason: &str) -> String {
-    if reason.trim().is_empty() {
-        "cancelled by user".to_string()
-    } else {
-        reason.to_string()
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::policy::Limits;
-use crate::config::Reader;
+use crate::config::env::Reader;
 
 /// `STIGMER_SANDBOX`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use stigmer_auth::jwt::TokenInspection;
 
-use crate::config::Reader;
+use super::env::Reader;
 pub use crate::redis::RedisTarget;
 
 /// Leeway for `exp`/`nbf` at start-up, for clock skew between machines.
@@ -90,8 +90,8 @@ impl CloudConfig {
     }
 }
 
-/// The cloud settings and the token read at start-up.
-pub(crate) fn read(r: &mut Reader<'_>) -> Option<(CloudConfig, String)> {
+/// The cloud settings (None when one is missing: a problem says which).
+pub(crate) fn read(r: &mut Reader<'_>) -> Option<CloudConfig> {
     let token = read_token(r);
     let jwt = JwtChecks {
         issuer: r.string("STIGMER_JWT_ISSUER"),
@@ -124,7 +124,7 @@ pub(crate) fn read(r: &mut Reader<'_>) -> Option<(CloudConfig, String)> {
     }
     let redis = read_redis(r);
     let daytona = read_daytona(r);
-    let (token, value, expires) = token?;
+    let (token, _value, expires) = token?;
     let config = CloudConfig {
         token,
         token_expires_at: expires,
@@ -133,7 +133,7 @@ pub(crate) fn read(r: &mut Reader<'_>) -> Option<(CloudConfig, String)> {
         redis: redis?,
         daytona: daytona?,
     };
-    Some((config, value))
+    Some(config)
 }
 
 /// The backend endpoint in cloud mode: TLS unless plaintext is explicitly allowed.

@@ -4,261 +4,85 @@
 //! `.env` file) so that every rule is unit-tested without touching the process environment.
 //! Validation collects every problem before failing, so a user fixes them in one go.
 
-use std::collections::HashMap;
+//!
+//! `env` holds where values come from and the problem-collecting reader; `cloud` reads the
+//! cloud-only settings. Both are leaves: this module depends on them, never the reverse.
+
+pub mod cloud;
+pub(crate) mod env;
+
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cloud_config::{self, CloudConfig};
 use crate::llm::Provider;
+use crate::sandbox::confine::SandboxSettings;
+pub use cloud::CloudConfig;
+use env::DEFAULT_SANDBOX_ROOT;
+pub(crate) use env::Reader;
+pub use env::{ConfigError, DOTENV_SWITCH, DotEnvState, Env, Origin, Problem, Sources};
 
-/// Where configuration values come from: the process environment first, then `.env`.
-#[derive(Debug, Clone, Default)]
-pub struct Env {
-    process: HashMap<String, String>,
-    dotenv: HashMap<String, String>,
-    dotenv_state: DotEnvState,
-}
-
-/// The variable that turns the `.env` lookup off (`off`) or on (`on`, the default). Read from
-/// the process environment only: a `.env` file cannot switch itself on.
-pub const DOTENV_SWITCH: &str = "STIGMER_DOTENV";
-const DEFAULT_SANDBOX_ROOT: &str = "./workspace";
-
-/// What became of the `.env` lookup, for the banner.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum DotEnvState {
-    /// `STIGMER_DOTENV=off` (as `stigmer local start` runs the runner).
-    #[default]
-    Disabled,
-    /// No `.env` at this path.
-    Absent(PathBuf),
-    /// Read from this (canonical) path.
-    Loaded(PathBuf),
-}
-
-/// Where one setting's value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Origin {
-    Environment,
-    DotEnv(PathBuf),
-    Default,
-}
-
-impl Env {
-    /// The real process environment plus `./.env` when present and allowed (never written
-    /// back into the process environment, so tool commands cannot inherit it).
-    ///
-    /// The runner must never take configuration from a file a tool command could have
-    /// written: a `.env` redirecting `STIGMER_LLM_BASE_URL` would send the LLM key to an
-    /// attacker at the next start. So a `.env` inside the sandbox root (where commands
-    /// write), or in a working directory inside it, is refused with an error rather than
-    /// read, and `STIGMER_DOTENV=off` turns the lookup off altogether.
-    pub fn load() -> Result<Self, ConfigError> {
-        let cwd = std::env::current_dir().map_err(|e| {
-            ConfigError::single(
-                "(.env)",
-                format!("cannot tell the working directory to look for .env in: {e}"),
-            )
-        })?;
-        Self::load_from(std::env::vars().collect(), &cwd)
-    }
-
-    /// [`Env::load`] with the process environment `process`, looking for `.env` in `dir`
-    /// (relative settings such as `SANDBOX_ROOT_DIR` are taken relative to `dir`, the
-    /// runner's working directory).
-    pub fn load_from(process: HashMap<String, String>, dir: &Path) -> Result<Self, ConfigError> {
-        let mut env = Self {
-            process,
-            dotenv: HashMap::new(),
-            dotenv_state: DotEnvState::Disabled,
-        };
-        let switch = env
-            .process
-            .get(DOTENV_SWITCH)
-            .map(|v| v.trim().to_ascii_lowercase());
-        match switch.as_deref() {
-            None | Some("" | "on" | "true" | "1") => {}
-            Some("off" | "false" | "0") => return Ok(env),
-            Some(_) => {
-                return Err(ConfigError::single(
-                    DOTENV_SWITCH,
-                    format!(
-                        "'{}' is not a switch; use on (read ./.env, the default) or off",
-                        env.process.get(DOTENV_SWITCH).map_or("", |v| v.trim())
-                    ),
-                ));
-            }
-        }
-        let path = dir.join(".env");
-        if matches!(std::fs::symlink_metadata(&path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-        {
-            env.dotenv_state = DotEnvState::Absent(path);
-            return Ok(env);
-        }
-        let unreadable = |e: &dyn fmt::Display| {
-            ConfigError::single("(.env)", format!("cannot read {}: {e}", path.display()))
-        };
-        // Canonical: a symlink is judged (and read) by what it points to.
-        let file = std::fs::canonicalize(&path).map_err(|e| unreadable(&e))?;
-        let dotenv = dotenvy::from_path_iter(&file)
-            .map_err(|e| unreadable(&e))?
-            .collect::<Result<HashMap<_, _>, _>>()
-            .map_err(|e| {
-                ConfigError::single("(.env)", format!("cannot parse {}: {e}", file.display()))
-            })?;
-        // The file must not move the sandbox root away from itself: it is checked against the
-        // root the environment (or the default) names and against the one it names.
-        let blank = |v: &&String| !v.trim().is_empty();
-        let roots = [
-            Some(
-                env.process
-                    .get("SANDBOX_ROOT_DIR")
-                    .filter(blank)
-                    .map_or(DEFAULT_SANDBOX_ROOT, |v| v.trim()),
-            ),
-            dotenv
-                .get("SANDBOX_ROOT_DIR")
-                .filter(blank)
-                .map(|v| v.trim()),
-        ];
-        let folder = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-        // A root that does not exist yet holds no file, so nothing there can be refused.
-        for root in roots
-            .into_iter()
-            .flatten()
-            .filter_map(|root| std::fs::canonicalize(dir.join(root)).ok())
-        {
-            if file.starts_with(&root) || folder.starts_with(&root) {
-                return Err(ConfigError::single(
-                    "(.env)",
-                    format!(
-                        "refusing to read {}: it lies inside the sandbox root {} \
-                         (SANDBOX_ROOT_DIR), where tool commands write files; move it out of \
-                         there, or set {DOTENV_SWITCH}=off and pass settings in the environment",
-                        path.display(),
-                        root.display()
-                    ),
-                ));
-            }
-        }
-        env.dotenv = dotenv;
-        env.dotenv_state = DotEnvState::Loaded(file);
-        Ok(env)
-    }
-
-    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self {
-            process: pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            dotenv: HashMap::new(),
-            dotenv_state: DotEnvState::Disabled,
-        }
-    }
-
-    pub fn with_dotenv<'a>(mut self, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        self.dotenv = pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.dotenv_state = DotEnvState::Loaded(PathBuf::from(".env"));
-        self
-    }
-
-    /// A set, non-blank value.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.raw(key).map(|(value, _)| value)
-    }
-
-    /// Where [`Env::get`]'s value for `key` comes from; `Default` when it is unset.
-    pub fn origin(&self, key: &str) -> Origin {
-        match self.raw(key) {
-            None => Origin::Default,
-            Some((_, false)) => Origin::Environment,
-            Some((_, true)) => match &self.dotenv_state {
-                DotEnvState::Loaded(path) => Origin::DotEnv(path.clone()),
-                _ => Origin::DotEnv(PathBuf::from(".env")),
-            },
-        }
-    }
-
-    /// The value and whether it came from `.env`. A variable set in the process environment
-    /// wins even when blank (which then means unset).
-    fn raw(&self, key: &str) -> Option<(&str, bool)> {
-        let (value, from_file) = match self.process.get(key) {
-            Some(v) => (v, false),
-            None => (self.dotenv.get(key)?, true),
-        };
-        let value = value.trim();
-        (!value.is_empty()).then_some((value, from_file))
-    }
-
-    pub fn dotenv_state(&self) -> &DotEnvState {
-        &self.dotenv_state
-    }
-}
-
-/// Where each setting came from (names only, never values), kept in [`Config`] for the
-/// banner.
-#[derive(Debug, Clone, Default)]
-pub struct Sources {
-    dotenv: DotEnvState,
-    origins: HashMap<String, Origin>,
-}
-
-impl Sources {
-    fn of(env: &Env) -> Self {
-        let origins = env
-            .process
-            .keys()
-            .chain(env.dotenv.keys())
-            .filter_map(|key| match env.origin(key) {
-                Origin::Default => None,
-                origin => Some((key.clone(), origin)),
-            })
-            .collect();
-        Self {
-            dotenv: env.dotenv_state.clone(),
-            origins,
-        }
-    }
-
-    pub fn dotenv(&self) -> &DotEnvState {
-        &self.dotenv
-    }
-
-    pub fn origin(&self, key: &str) -> Origin {
-        self.origins.get(key).cloned().unwrap_or(Origin::Default)
-    }
-
-    /// Where the first set variable of `keys` (in the order the setting reads them) came
-    /// from: `environment: KEY`, `.env /path/.env: KEY`, or `default`.
-    pub fn describe(&self, keys: &[&str]) -> String {
-        keys.iter()
-            .find_map(|key| match self.origin(key) {
-                Origin::Default => None,
-                Origin::Environment => Some(format!("environment: {key}")),
-                Origin::DotEnv(path) => Some(format!(".env {}: {key}", path.display())),
-            })
-            .unwrap_or_else(|| "default".to_string())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which mode the runner runs in, chosen once from `MODE`; everything that differs between
+/// the modes hangs off this (the worker picks its dispatch and sandboxes from it at start).
+#[derive(Debug, Clone)]
 pub enum Mode {
+    Local(LocalConfig),
+    Cloud(CloudConfig),
+}
+
+impl Mode {
+    pub fn label(&self) -> &'static str {
+        self.kind().label()
+    }
+
+    pub(crate) fn kind(&self) -> ModeKind {
+        match self {
+            Mode::Local(_) => ModeKind::Local,
+            Mode::Cloud(_) => ModeKind::Cloud,
+        }
+    }
+}
+
+/// The mode as named by `MODE`, before its settings are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ModeKind {
     Local,
     Cloud,
 }
 
-impl Mode {
-    pub fn label(self) -> &'static str {
+impl ModeKind {
+    fn label(self) -> &'static str {
         match self {
-            Mode::Local => "LOCAL",
-            Mode::Cloud => "CLOUD",
+            ModeKind::Local => "LOCAL",
+            ModeKind::Cloud => "CLOUD",
         }
+    }
+}
+
+/// Local mode's settings: the shared API key and the filesystem sandboxes.
+#[derive(Clone)]
+pub struct LocalConfig {
+    pub api_key: String,
+    /// True when `STIGMER_API_KEY` was not set and the local default is used.
+    pub api_key_is_local_default: bool,
+    pub sandbox_root: PathBuf,
+    /// How commands are confined (`STIGMER_SANDBOX*`).
+    pub sandbox: SandboxSettings,
+}
+
+impl LocalConfig {
+    pub fn sandbox_root_display(&self) -> String {
+        absolute(&self.sandbox_root).display().to_string()
+    }
+}
+
+impl fmt::Debug for LocalConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalConfig")
+            .field("api_key", &"<redacted>")
+            .field("sandbox_root", &self.sandbox_root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -301,13 +125,7 @@ pub struct Config {
     pub mode: Mode,
     /// `http://host:port`: the control plane.
     pub backend_endpoint: String,
-    pub api_key: String,
-    /// True when `STIGMER_API_KEY` was not set and the local default is used.
-    pub api_key_is_local_default: bool,
     pub runner_id: String,
-    pub sandbox_root: PathBuf,
-    /// How local-mode commands are confined (`STIGMER_SANDBOX*`).
-    pub sandbox: crate::sandbox::confine::SandboxSettings,
     pub max_concurrency: usize,
     pub drain_timeout: Duration,
     pub heartbeat_interval: Duration,
@@ -321,8 +139,6 @@ pub struct Config {
     pub log_level: String,
     pub log_json: bool,
     pub llm: LlmConfig,
-    /// Set in cloud mode only.
-    pub cloud: Option<CloudConfig>,
     /// Where each setting came from, for the banner.
     pub sources: Sources,
 }
@@ -332,46 +148,10 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("mode", &self.mode)
             .field("backend_endpoint", &self.backend_endpoint)
-            .field("api_key", &"<redacted>")
             .field("runner_id", &self.runner_id)
-            .field("sandbox_root", &self.sandbox_root)
             .field("max_concurrency", &self.max_concurrency)
             .field("llm", &self.llm)
             .finish_non_exhaustive()
-    }
-}
-
-/// One configuration problem, naming the variable.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub variable: String,
-    pub message: String,
-}
-
-/// Every problem found, reported together.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigError {
-    pub problems: Vec<Problem>,
-}
-
-impl ConfigError {
-    fn single(variable: &str, message: String) -> Self {
-        Self {
-            problems: vec![Problem {
-                variable: variable.to_string(),
-                message,
-            }],
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} configuration problem(s)", self.problems.len())?;
-        for p in &self.problems {
-            write!(f, "\n  - {}: {}", p.variable, p.message)?;
-        }
-        Ok(())
     }
 }
 
@@ -381,167 +161,134 @@ const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_LOCAL_MODEL: &str = "qwen2.5-coder:7b";
 const DEFAULT_CLOUD_MODEL: &str = "claude-sonnet-4-5";
-
-/// Collects problems while reading values, so that all of them are reported at once.
-pub(crate) struct Reader<'a> {
-    env: &'a Env,
-    problems: Vec<Problem>,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn problem(&mut self, variable: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            variable: variable.to_string(),
-            message: message.into(),
-        });
-    }
-
-    pub(crate) fn string(&self, key: &str) -> Option<String> {
-        self.env.get(key).map(str::to_string)
-    }
-
-    /// A number within bounds; `default` when unset.
-    pub(crate) fn number<T>(&mut self, keys: &[&str], default: T, min: T, max: T) -> T
-    where
-        T: std::str::FromStr + PartialOrd + Copy + fmt::Display,
-    {
-        let Some((key, raw)) = keys
-            .iter()
-            .find_map(|k| self.env.get(k).map(|v| (*k, v.to_string())))
-        else {
-            return default;
-        };
-        match raw.parse::<T>() {
-            Ok(v) if v >= min && v <= max => v,
-            Ok(_) => {
-                self.problem(
-                    key,
-                    format!("'{raw}' is out of range; use a value from {min} to {max}"),
-                );
-                default
-            }
-            // An integer too large (or negative) for the type is out of range, not "not a
-            // number".
-            Err(_) if is_integer(&raw) => {
-                self.problem(
-                    key,
-                    format!("'{raw}' is out of range; use a value from {min} to {max}"),
-                );
-                default
-            }
-            Err(_) => {
-                self.problem(
-                    key,
-                    format!("'{raw}' is not a number; use a value from {min} to {max}"),
-                );
-                default
-            }
-        }
-    }
-
-    fn millis(&mut self, key: &str, default_ms: u64, min: u64, max: u64) -> Duration {
-        Duration::from_millis(self.number(&[key], default_ms, min, max))
-    }
-
-    fn secs(&mut self, key: &str, default_s: u64, min: u64, max: u64) -> Duration {
-        Duration::from_secs(self.number(&[key], default_s, min, max))
-    }
-}
-
 impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
-        let mut r = Reader {
-            env,
-            problems: Vec::new(),
+        let mut r = Reader::new(env);
+        let kind = read_mode(&mut r);
+        let (backend_endpoint, backend) = read_backend(&mut r, kind);
+        let llm = read_llm(&mut r, kind);
+        // Read in both modes, so that a bad value is reported whatever the mode.
+        let sandbox_root = PathBuf::from(
+            r.string("SANDBOX_ROOT_DIR")
+                .unwrap_or_else(|| DEFAULT_SANDBOX_ROOT.into()),
+        );
+        let sandbox = crate::sandbox::confine::read_settings(&mut r);
+        let mode = match backend {
+            Backend::Local {
+                api_key,
+                api_key_is_local_default,
+            } => Some(Mode::Local(LocalConfig {
+                api_key,
+                api_key_is_local_default,
+                sandbox_root,
+                sandbox,
+            })),
+            Backend::Cloud(cloud) => cloud.map(|c| Mode::Cloud(*c)),
         };
-        let mode = read_mode(&mut r);
-        let (backend_endpoint, api_key, api_key_is_local_default, cloud) =
-            read_backend(&mut r, mode);
-        let llm = read_llm(&mut r, mode);
-        let config = Config {
+        let runner_id = r
+            .string("STIGMER_RUNNER_ID")
+            .or_else(|| r.string("POD_NAME"))
+            .unwrap_or_else(default_runner_id);
+        let max_concurrency = r.number(
+            &["STIGMER_MAX_CONCURRENCY", "TEMPORAL_MAX_CONCURRENCY"],
+            10,
+            1,
+            1024,
+        );
+        let drain_timeout = r.secs("STIGMER_DRAIN_TIMEOUT_SECS", 30, 0, 86_400);
+        let heartbeat_interval = r.millis("STIGMER_HEARTBEAT_INTERVAL_MS", 3_000, 50, 60_000);
+        let claim_wait = r.millis("STIGMER_CLAIM_WAIT_MS", 20_000, 0, 60_000);
+        let status_flush_interval = r.millis("STIGMER_STATUS_FLUSH_MS", 250, 0, 10_000);
+        let max_turns = r.number(&["STIGMER_MAX_TURNS"], 50, 1, 10_000);
+        let max_repeated_tool_calls = r.number(&["STIGMER_MAX_REPEATED_TOOL_CALLS"], 3, 2, 100);
+        let tool_timeout = r.secs("STIGMER_TOOL_TIMEOUT_SECS", 120, 1, 86_400);
+        let tool_output_limit = r.number(
+            &["STIGMER_TOOL_OUTPUT_LIMIT"],
+            32 * 1024,
+            256,
+            16 * 1024 * 1024,
+        );
+        let http_addr = read_http_addr(&mut r);
+        let log_level = read_log_level(&mut r);
+        let log_json = matches!(r.string("LOG_FORMAT").as_deref(), Some("json"));
+        r.finish()?;
+        // Cloud settings are missing only when a problem about them was recorded above.
+        let mode = mode.ok_or_else(|| {
+            ConfigError::single("MODE", "cloud mode settings are incomplete".to_string())
+        })?;
+        Ok(Config {
             mode,
             backend_endpoint,
-            api_key,
-            api_key_is_local_default,
-            runner_id: r
-                .string("STIGMER_RUNNER_ID")
-                .or_else(|| r.string("POD_NAME"))
-                .unwrap_or_else(default_runner_id),
-            sandbox_root: PathBuf::from(
-                r.string("SANDBOX_ROOT_DIR")
-                    .unwrap_or_else(|| DEFAULT_SANDBOX_ROOT.into()),
-            ),
-            sandbox: crate::sandbox::confine::read_settings(&mut r),
-            max_concurrency: r.number(
-                &["STIGMER_MAX_CONCURRENCY", "TEMPORAL_MAX_CONCURRENCY"],
-                10,
-                1,
-                1024,
-            ),
-            drain_timeout: r.secs("STIGMER_DRAIN_TIMEOUT_SECS", 30, 0, 86_400),
-            heartbeat_interval: r.millis("STIGMER_HEARTBEAT_INTERVAL_MS", 3_000, 50, 60_000),
-            claim_wait: r.millis("STIGMER_CLAIM_WAIT_MS", 20_000, 0, 60_000),
-            status_flush_interval: r.millis("STIGMER_STATUS_FLUSH_MS", 250, 0, 10_000),
-            max_turns: r.number(&["STIGMER_MAX_TURNS"], 50, 1, 10_000),
-            max_repeated_tool_calls: r.number(&["STIGMER_MAX_REPEATED_TOOL_CALLS"], 3, 2, 100),
-            tool_timeout: r.secs("STIGMER_TOOL_TIMEOUT_SECS", 120, 1, 86_400),
-            tool_output_limit: r.number(
-                &["STIGMER_TOOL_OUTPUT_LIMIT"],
-                32 * 1024,
-                256,
-                16 * 1024 * 1024,
-            ),
-            http_addr: read_http_addr(&mut r),
-            log_level: read_log_level(&mut r),
-            log_json: matches!(r.string("LOG_FORMAT").as_deref(), Some("json")),
+            runner_id,
+            max_concurrency,
+            drain_timeout,
+            heartbeat_interval,
+            claim_wait,
+            status_flush_interval,
+            max_turns,
+            max_repeated_tool_calls,
+            tool_timeout,
+            tool_output_limit,
+            http_addr,
+            log_level,
+            log_json,
             llm,
-            cloud,
             sources: Sources::of(env),
-        };
-        if r.problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError {
-                problems: r.problems,
-            })
+        })
+    }
+
+    /// Local mode's settings; None in cloud mode.
+    pub fn local(&self) -> Option<&LocalConfig> {
+        match &self.mode {
+            Mode::Local(local) => Some(local),
+            Mode::Cloud(_) => None,
         }
     }
 
-    pub fn sandbox_root_display(&self) -> String {
-        absolute(&self.sandbox_root).display().to_string()
+    /// Cloud mode's settings; None in local mode.
+    pub fn cloud(&self) -> Option<&CloudConfig> {
+        match &self.mode {
+            Mode::Cloud(cloud) => Some(cloud),
+            Mode::Local(_) => None,
+        }
     }
 }
 
-fn is_integer(raw: &str) -> bool {
-    let digits = raw.strip_prefix(['+', '-']).unwrap_or(raw);
-    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
-}
-
-fn read_mode(r: &mut Reader<'_>) -> Mode {
+fn read_mode(r: &mut Reader<'_>) -> ModeKind {
     match r.string("MODE").map(|m| m.to_ascii_lowercase()).as_deref() {
-        None | Some("local") => Mode::Local,
-        Some("cloud") => Mode::Cloud,
+        None | Some("local") => ModeKind::Local,
+        Some("cloud") => ModeKind::Cloud,
         Some(other) => {
             r.problem(
                 "MODE",
                 format!("unknown mode '{other}'; allowed values: local, cloud"),
             );
-            Mode::Local
+            ModeKind::Local
         }
     }
 }
 
-/// Endpoint, API key, whether the key is the local default, and the cloud settings.
-fn read_backend(r: &mut Reader<'_>, mode: Mode) -> (String, String, bool, Option<CloudConfig>) {
+/// How the runner reaches the control plane, per mode.
+enum Backend {
+    Local {
+        api_key: String,
+        api_key_is_local_default: bool,
+    },
+    /// None when a cloud setting is missing (a problem says which).
+    Cloud(Option<Box<CloudConfig>>),
+}
+
+/// The endpoint and the mode's credential settings.
+fn read_backend(r: &mut Reader<'_>, mode: ModeKind) -> (String, Backend) {
     let default_scheme = match mode {
-        Mode::Local => "http",
-        Mode::Cloud => "https",
+        ModeKind::Local => "http",
+        ModeKind::Cloud => "https",
     };
     let raw = r.string("STIGMER_BACKEND_ENDPOINT");
     let endpoint = match &raw {
         None => DEFAULT_LOCAL_ENDPOINT.to_string(),
         Some(raw) => match normalize_endpoint(raw, default_scheme) {
-            Ok(e) if mode == Mode::Local && e.starts_with("https://") => {
+            Ok(e) if mode == ModeKind::Local && e.starts_with("https://") => {
                 r.problem(
                     "STIGMER_BACKEND_ENDPOINT",
                     format!("'{raw}': local mode talks plaintext gRPC; use http://host:port"),
@@ -555,22 +302,21 @@ fn read_backend(r: &mut Reader<'_>, mode: Mode) -> (String, String, bool, Option
             }
         },
     };
-    if mode == Mode::Cloud {
-        cloud_config::check_endpoint(r, &endpoint, raw.is_some());
-        return match cloud_config::read(r) {
-            Some((cloud, token)) => (endpoint, token, false, Some(cloud)),
-            None => (endpoint, String::new(), false, None),
-        };
+    if mode == ModeKind::Cloud {
+        cloud::check_endpoint(r, &endpoint, raw.is_some());
+        return (endpoint, Backend::Cloud(cloud::read(r).map(Box::new)));
     }
-    match r.string("STIGMER_API_KEY") {
-        Some(key) => (endpoint, key, false, None),
-        None => (
-            endpoint,
-            stigmer_proto::LOCAL_API_KEY.to_string(),
-            true,
-            None,
-        ),
-    }
+    let backend = match r.string("STIGMER_API_KEY") {
+        Some(api_key) => Backend::Local {
+            api_key,
+            api_key_is_local_default: false,
+        },
+        None => Backend::Local {
+            api_key: stigmer_proto::LOCAL_API_KEY.to_string(),
+            api_key_is_local_default: true,
+        },
+    };
+    (endpoint, backend)
 }
 
 /// Accepts `host:port` (meaning `default_scheme`), `http://host:port` and `https://host:port`.
@@ -600,10 +346,10 @@ fn normalize_endpoint(raw: &str, default_scheme: &str) -> Result<String, String>
     Ok(format!("{scheme}://{authority}"))
 }
 
-fn read_llm(r: &mut Reader<'_>, mode: Mode) -> LlmConfig {
+fn read_llm(r: &mut Reader<'_>, mode: ModeKind) -> LlmConfig {
     let default_provider = match mode {
-        Mode::Local => Provider::Ollama,
-        Mode::Cloud => Provider::Anthropic,
+        ModeKind::Local => Provider::Ollama,
+        ModeKind::Cloud => Provider::Anthropic,
     };
     let provider = match r.string("STIGMER_LLM_PROVIDER") {
         None => default_provider,
@@ -738,6 +484,7 @@ fn absolute(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_env(&Env::from_pairs(pairs.iter().copied()))
@@ -750,11 +497,11 @@ mod tests {
     #[test]
     fn defaults_to_local_mode_with_local_endpoint_and_key() {
         let c = load(&[]).expect("defaults are valid");
-        assert_eq!(c.mode, Mode::Local);
+        let local = c.local().expect("local mode");
         assert_eq!(c.backend_endpoint, "http://localhost:50051");
-        assert_eq!(c.api_key, "dummy-local-key");
-        assert!(c.api_key_is_local_default);
-        assert_eq!(c.sandbox_root, PathBuf::from("./workspace"));
+        assert_eq!(local.api_key, "dummy-local-key");
+        assert!(local.api_key_is_local_default);
+        assert_eq!(local.sandbox_root, PathBuf::from("./workspace"));
         assert_eq!(c.max_concurrency, 10);
         assert_eq!(c.llm.provider, Provider::Ollama);
         assert_eq!(c.llm.base_url, "http://localhost:11434");
@@ -913,7 +660,10 @@ mod tests {
         ]);
         let c = Config::from_env(&env).expect("valid");
         assert_eq!(c.max_concurrency, 3);
-        assert_eq!(c.sandbox_root, PathBuf::from("/tmp/s"));
+        assert_eq!(
+            c.local().expect("local mode").sandbox_root,
+            PathBuf::from("/tmp/s")
+        );
     }
 
     fn write_dotenv(dir: &Path, text: &str) {
@@ -1043,8 +793,7 @@ mod tests {
     #[test]
     fn blank_values_count_as_unset() {
         let c = load(&[("MODE", "  "), ("STIGMER_API_KEY", "")]).expect("valid");
-        assert_eq!(c.mode, Mode::Local);
-        assert!(c.api_key_is_local_default);
+        assert!(c.local().expect("local mode").api_key_is_local_default);
     }
 
     #[test]

@@ -1,0 +1,324 @@
+//! The status projection: the agent loop's events ([`Event`]) written onto the execution's
+//! status proto (messages, tool calls, todos), through the status reporter.
+
+use std::sync::{Mutex, PoisonError};
+
+use stigmer_proto::agentexecution::v1::{
+    AgentExecutionStatus, AgentMessage, MessageType, TodoItem, ToolCall, ToolCallStatus,
+};
+
+use crate::agent::{Event, Events};
+use crate::conversation::Block;
+use crate::llm::AssistantTurn;
+use crate::status::{StatusReporter, now};
+use crate::tools::{TodoUpdate, ToolEffect};
+
+/// Mirrors the loop into the status reporter.
+pub struct StatusProjection<'a> {
+    status: &'a StatusReporter,
+    /// The current turn's AI message in the status, once it has one.
+    ai_index: Mutex<Option<usize>>,
+}
+
+impl<'a> StatusProjection<'a> {
+    pub fn new(status: &'a StatusReporter) -> Self {
+        Self {
+            status,
+            ai_index: Mutex::new(None),
+        }
+    }
+}
+
+impl Events for StatusProjection<'_> {
+    fn record(&self, event: Event<'_>) {
+        let mut ai_index = self.ai_index.lock().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            Event::TurnStarted => *ai_index = None,
+            Event::TextDelta(delta) => self
+                .status
+                .update(|s| append_ai_text(s, &mut ai_index, delta)),
+            Event::Turn(turn) => self
+                .status
+                .update(|s| record_ai_message(s, &mut ai_index, turn)),
+            Event::ToolStarted { id, name, input } => self.status.update(|s| {
+                let mut call = ToolCall {
+                    id: id.to_string(),
+                    name: name.to_string(),
+                    args: Some(json_to_struct(input)),
+                    status: ToolCallStatus::ToolCallRunning as i32,
+                    started_at: now(),
+                    ..Default::default()
+                };
+                upsert_tool_call(s, &mut call);
+            }),
+            Event::ToolFinished { id, outcome } => self.status.update(|s| {
+                record_tool_result(s, id, &outcome.output, outcome.is_error, &outcome.effect)
+            }),
+        }
+    }
+}
+
+fn append_ai_text(s: &mut AgentExecutionStatus, ai_index: &mut Option<usize>, delta: &str) {
+    let index = *ai_index.get_or_insert_with(|| {
+        s.messages.push(AgentMessage {
+            r#type: MessageType::MessageAi as i32,
+            timestamp: now(),
+            ..Default::default()
+        });
+        s.messages.len() - 1
+    });
+    if let Some(m) = s.messages.get_mut(index) {
+        m.content.push_str(delta);
+    }
+}
+
+/// Makes the AI message exact (the streamed text may have been partial) and lists the tool
+/// calls it asked for, each PENDING.
+fn record_ai_message(
+    s: &mut AgentExecutionStatus,
+    ai_index: &mut Option<usize>,
+    turn: &AssistantTurn,
+) {
+    let text: String = turn
+        .content
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    let calls: Vec<ToolCall> = turn
+        .content
+        .iter()
+        .filter_map(|b| match b {
+            Block::ToolUse { id, name, input } => Some(ToolCall {
+                id: id.clone(),
+                name: name.clone(),
+                args: Some(json_to_struct(input)),
+                status: ToolCallStatus::ToolCallPending as i32,
+                ..Default::default()
+            }),
+            _ => None,
+        })
+        .collect();
+    if text.is_empty() && calls.is_empty() && ai_index.is_none() {
+        return;
+    }
+    append_ai_text(s, ai_index, "");
+    if let Some(m) = ai_index.and_then(|i| s.messages.get_mut(i)) {
+        m.content = text;
+        m.tool_calls = calls.clone();
+    }
+    for mut call in calls {
+        upsert_tool_call(s, &mut call);
+    }
+}
+
+fn upsert_tool_call(s: &mut AgentExecutionStatus, call: &mut ToolCall) {
+    match s.tool_calls.iter_mut().find(|c| c.id == call.id) {
+        Some(existing) => {
+            existing.status = call.status;
+            if !call.started_at.is_empty() {
+                existing.started_at = std::mem::take(&mut call.started_at);
+            }
+        }
+        None => s.tool_calls.push(call.clone()),
+    }
+}
+
+fn record_tool_result(
+    s: &mut AgentExecutionStatus,
+    id: &str,
+    output: &str,
+    is_error: bool,
+    effect: &ToolEffect,
+) {
+    let finished = now();
+    let mut snapshot = None;
+    if let Some(call) = s.tool_calls.iter_mut().find(|c| c.id == id) {
+        call.status = if is_error {
+            ToolCallStatus::ToolCallFailed as i32
+        } else {
+            ToolCallStatus::ToolCallCompleted as i32
+        };
+        call.result = output.to_string();
+        if is_error {
+            call.error = first_line(output);
+        }
+        call.completed_at = finished.clone();
+        snapshot = Some(call.clone());
+    }
+    s.messages.push(AgentMessage {
+        r#type: MessageType::MessageTool as i32,
+        content: output.to_string(),
+        timestamp: finished.clone(),
+        tool_calls: snapshot.into_iter().collect(),
+        ..Default::default()
+    });
+    if let ToolEffect::Todos(todos) = effect {
+        apply_todos(s, todos, &finished);
+    }
+}
+
+/// `write_todos` replaces the list; items keep their creation time across updates.
+fn apply_todos(s: &mut AgentExecutionStatus, todos: &[TodoUpdate], at: &str) {
+    let mut next = std::collections::HashMap::new();
+    for t in todos {
+        let previous = s.todos.get(&t.id);
+        let unchanged =
+            previous.is_some_and(|p| p.content == t.content && p.status == t.status as i32);
+        next.insert(
+            t.id.clone(),
+            TodoItem {
+                id: t.id.clone(),
+                content: t.content.clone(),
+                status: t.status as i32,
+                created_at: previous.map_or_else(|| at.to_string(), |p| p.created_at.clone()),
+                updated_at: if unchanged {
+                    previous.map_or_else(|| at.to_string(), |p| p.updated_at.clone())
+                } else {
+                    at.to_string()
+                },
+            },
+        );
+    }
+    s.todos = next;
+}
+
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or_default();
+    line.chars().take(300).collect()
+}
+
+/// Tool arguments as a protobuf Struct; a non-object input is wrapped as `{"input": ...}`.
+pub fn json_to_struct(value: &serde_json::Value) -> prost_types::Struct {
+    match value {
+        serde_json::Value::Object(map) => prost_types::Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        },
+        other => prost_types::Struct {
+            fields: [("input".to_string(), json_to_value(other))].into(),
+        },
+    }
+}
+
+fn json_to_value(value: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(_) => Kind::StructValue(json_to_struct(value)),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::llm::StopReason;
+    use stigmer_proto::agentexecution::v1::TodoStatus;
+
+    #[test]
+    fn streamed_text_is_appended_to_one_ai_message() {
+        let mut s = AgentExecutionStatus::default();
+        let mut idx = None;
+        append_ai_text(&mut s, &mut idx, "Hel");
+        append_ai_text(&mut s, &mut idx, "lo");
+        assert_eq!(s.messages.len(), 1);
+        assert_eq!(s.messages[0].content, "Hello");
+        assert_eq!(s.messages[0].r#type, MessageType::MessageAi as i32);
+    }
+
+    #[test]
+    fn tool_call_moves_from_pending_to_completed_with_result() {
+        let mut s = AgentExecutionStatus::default();
+        let mut idx = None;
+        let turn = AssistantTurn {
+            content: vec![
+                Block::Text("writing".into()),
+                Block::ToolUse {
+                    id: "t1".into(),
+                    name: "write_file".into(),
+                    input: serde_json::json!({"path": "a", "content": "x"}),
+                },
+            ],
+            stop_reason: StopReason::ToolUse,
+            usage: Default::default(),
+        };
+        record_ai_message(&mut s, &mut idx, &turn);
+        assert_eq!(
+            s.tool_calls[0].status,
+            ToolCallStatus::ToolCallPending as i32
+        );
+        assert_eq!(s.messages[0].tool_calls.len(), 1);
+        let mut running = ToolCall {
+            id: "t1".into(),
+            status: ToolCallStatus::ToolCallRunning as i32,
+            started_at: "t".into(),
+            ..Default::default()
+        };
+        upsert_tool_call(&mut s, &mut running);
+        assert_eq!(s.tool_calls.len(), 1);
+        assert_eq!(
+            s.tool_calls[0].status,
+            ToolCallStatus::ToolCallRunning as i32
+        );
+        record_tool_result(&mut s, "t1", "wrote 1 bytes", false, &ToolEffect::None);
+        let call = &s.tool_calls[0];
+        assert_eq!(call.status, ToolCallStatus::ToolCallCompleted as i32);
+        assert_eq!(call.result, "wrote 1 bytes");
+        assert!(!call.completed_at.is_empty());
+        assert_eq!(s.messages[1].r#type, MessageType::MessageTool as i32);
+        record_tool_result(&mut s, "t1", "boom\nmore", true, &ToolEffect::None);
+        assert_eq!(
+            s.tool_calls[0].status,
+            ToolCallStatus::ToolCallFailed as i32
+        );
+        assert_eq!(s.tool_calls[0].error, "boom");
+    }
+
+    #[test]
+    fn todos_replace_the_list_and_keep_creation_time() {
+        let mut s = AgentExecutionStatus::default();
+        let first = vec![TodoUpdate {
+            id: "todo-1".into(),
+            content: "plan".into(),
+            status: TodoStatus::TodoPending,
+        }];
+        apply_todos(&mut s, &first, "t1");
+        let second = vec![
+            TodoUpdate {
+                id: "todo-1".into(),
+                content: "plan".into(),
+                status: TodoStatus::TodoCompleted,
+            },
+            TodoUpdate {
+                id: "todo-2".into(),
+                content: "build".into(),
+                status: TodoStatus::TodoInProgress,
+            },
+        ];
+        apply_todos(&mut s, &second, "t2");
+        let t1 = &s.todos["todo-1"];
+        assert_eq!(t1.created_at, "t1");
+        assert_eq!(t1.updated_at, "t2");
+        assert_eq!(t1.status, TodoStatus::TodoCompleted as i32);
+        assert_eq!(s.todos["todo-2"].created_at, "t2");
+    }
+
+    #[test]
+    fn json_becomes_struct() {
+        let s = json_to_struct(&serde_json::json!({"a": [1, "x", null], "b": {"c": true}}));
+        assert_eq!(s.fields.len(), 2);
+        let wrapped = json_to_struct(&serde_json::json!("raw"));
+        assert!(wrapped.fields.contains_key("input"));
+    }
+}
