@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1.7
 # The runner, the control plane (stigmer-server) and the `stigmer` CLI in one image: the
 # operator runs this image as the runner container and, in local mode, as the stigmer-server
-# native sidecar (/usr/local/bin/runner, /usr/local/bin/stigmer-server). Build from the
+# native sidecar (/usr/local/bin/runner, /usr/local/bin/stigmer-server); runner-sandbox is
+# the command sandbox helper the runner uses when it lies beside it. Build from the
 # repository root:
 #   docker build -f docker/runner.Dockerfile -t ghcr.io/stigmer/agent-runner:0.1.0 .
 #
@@ -19,7 +20,7 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p runner -p stigmer-server -p stigmer \
-    && for b in runner stigmer-server stigmer; do install -D -m 0755 "target/release/$b" "/out/$b"; done
+    && for b in runner runner-sandbox stigmer-server stigmer; do install -D -m 0755 "target/release/$b" "/out/$b"; done
 
 FROM ${RUNNER_BASE}
 COPY --from=build /out/ /usr/local/bin/

@@ -679,7 +679,7 @@ fn dockerfiles_agree_with_the_chart_and_the_operator() {
     let runner = read("docker/runner.Dockerfile");
     let operator_df = read("docker/operator.Dockerfile");
     // The operator's Deployment builder runs these paths (operator/src/build/deployment.rs).
-    assert!(runner.contains("for b in runner stigmer-server stigmer;"));
+    assert!(runner.contains("for b in runner runner-sandbox stigmer-server stigmer;"));
     assert!(runner.contains("-p runner -p stigmer-server -p stigmer"));
     assert!(runner.contains("COPY --from=build /out/ /usr/local/bin/"));
     let snapshot = read("operator/tests/snapshots/local.yaml");

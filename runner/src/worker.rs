@@ -54,14 +54,15 @@ pub enum StartError {
 }
 
 /// Local mode: the sandbox root, with commands confined as far as this machine allows (the
-/// probe runs the runner's own binary as the helper). Prints what is enforced.
+/// probe runs the helper, see `confine::helper_binary`). Prints what is enforced.
 async fn open_local_sandboxes(config: &LocalConfig) -> Result<SandboxRoot, StartError> {
     let sandbox_err = |source| StartError::Sandbox {
         path: config.sandbox_root_display(),
         source,
     };
     let mut root = SandboxRoot::new(&config.sandbox_root).map_err(sandbox_err)?;
-    let helper = std::env::current_exe().map_err(StartError::OwnBinary)?;
+    let own = std::env::current_exe().map_err(StartError::OwnBinary)?;
+    let helper = crate::sandbox::confine::helper_binary(&own);
     let probe_dir = root.probe_dir().map_err(sandbox_err)?;
     let confinement = Confinement::detect(&config.sandbox, &helper, &probe_dir).await?;
     println!("{}", crate::banner::sandbox(&confinement.status()));

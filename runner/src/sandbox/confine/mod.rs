@@ -47,6 +47,25 @@ pub const EXEC_ARG: &str = "__sandbox-exec";
 /// `runner __sandbox-init`: stage two.
 pub const INIT_ARG: &str = "__sandbox-init";
 
+/// The helper this runner uses: `runner-sandbox` beside the runner when it is there (it holds
+/// only the helper, so each command's two execs cost less), else the runner itself, which is
+/// always a complete helper.
+pub fn helper_binary(runner: &Path) -> PathBuf {
+    let sibling = runner.with_file_name(HELPER_BINARY);
+    let executable = std::fs::metadata(&sibling).is_ok_and(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.is_file() && m.permissions().mode() & 0o111 != 0
+    });
+    if executable {
+        sibling
+    } else {
+        runner.to_path_buf()
+    }
+}
+
+/// The helper's own binary name (a bin target of this crate).
+pub const HELPER_BINARY: &str = "runner-sandbox";
+
 /// Runs a helper stage when this process was started as one; `None` for a normal start.
 /// Called first thing in `main`, before any thread, runtime or configuration exists.
 pub fn helper_entry() -> Option<i32> {
