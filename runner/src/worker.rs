@@ -128,7 +128,7 @@ impl Worker {
         };
         let auth = match &cloud {
             Some(c) => c.bearer(),
-            None => BearerAuth::new(&config.api_key)?,
+            None => BearerAuth::new(config.api_key.expose())?,
         };
         let tls = cloud::tls_for(&config).map_err(CloudStartError::from)?;
         let ca_file = config.cloud.as_ref().and_then(|c| c.ca_file.clone());
