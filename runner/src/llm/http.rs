@@ -8,8 +8,8 @@ use futures_util::{Stream, StreamExt};
 use reqwest::header::{self, HeaderMap};
 
 use super::LlmError;
-use super::error::error_chain;
 use super::retry::{self, Failure};
+use stigmer_contract::error_chain;
 
 /// Error bodies are read up to this size: enough for any provider message, bounded against a
 /// misconfigured endpoint that streams something large.
