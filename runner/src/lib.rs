@@ -6,6 +6,7 @@
 //! reports every change, coalesced; `http` serves health and `metrics`.
 
 pub mod agent;
+pub(crate) mod backoff;
 pub mod banner;
 pub mod client;
 pub mod cloud;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::error::DaytonaError;
-use crate::llm::retry::{Backoff, parse_retry_after};
+use crate::backoff::{Backoff, parse_retry_after};
 use stigmer_contract::error_chain;
 
 pub const DEFAULT_API_URL: &str = "https://app.daytona.io/api";
