@@ -287,12 +287,7 @@ impl Worker {
         entry: Option<String>,
         permit: OwnedSemaphorePermit,
     ) {
-        let execution_id = claimed
-            .execution
-            .as_ref()
-            .and_then(|e| e.metadata.as_ref())
-            .map(|m| m.id.clone())
-            .unwrap_or_default();
+        let execution_id = claimed.execution_id().to_owned();
         let lease_id = claimed
             .lease
             .as_ref()
