@@ -181,7 +181,7 @@ pub fn explain_connect_error(
     }
     TlsError::Connect {
         endpoint: endpoint.to_owned(),
-        reason: chain(err),
+        reason: stigmer_contract::error_chain(err),
     }
 }
 
@@ -238,19 +238,4 @@ fn explain_rustls(err: &rustls::Error, ca_file: Option<&Path>) -> String {
         }
         _ => err.to_string(),
     }
-}
-
-fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut current = err.source();
-    while let Some(e) = current {
-        let text = e.to_string();
-        // Layers often repeat their cause's message; keep each once.
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        current = e.source();
-    }
-    out
 }

@@ -26,7 +26,7 @@ use crate::crd::{AgentRunner, AgentRunnerStatus, GROUP, VERSION};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::secrets;
-use crate::status::{self, Blocked, Observed};
+use crate::status::{self, Blocked, BlockedReason, Observed};
 use crate::validate::{self, Invalid};
 
 /// Controller name in events.
@@ -93,10 +93,10 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
         Err(Invalid::Metadata(field)) => return Err(Error::MissingMetadata(field)),
         Err(Invalid::Spec(invalid)) => {
             let blocked = Blocked {
-                reason: "InvalidSpec",
+                reason: BlockedReason::InvalidSpec,
                 message: invalid.to_string(),
             };
-            ctx.metrics.failure(&metric_reason(blocked.reason));
+            ctx.metrics.failure(blocked.reason.metric_label());
             return report_blocked(runner, ctx, blocked).await;
         }
     };
@@ -110,13 +110,15 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
     let digest = match secrets::resolve(runner, &found) {
         Ok(digest) => digest,
         Err(missing) => {
-            let reason = missing.first().map_or("SecretNotFound", |m| m.reason());
+            let reason = missing
+                .first()
+                .map_or(BlockedReason::SecretNotFound, |m| m.reason());
             let message = missing
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            ctx.metrics.failure(&metric_reason(reason));
+            ctx.metrics.failure(reason.metric_label());
             return report_blocked(runner, ctx, Blocked { reason, message }).await;
         }
     };
@@ -128,7 +130,7 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
         Err(e) => {
             // Show the failure on the resource too, then let the error policy count and retry.
             let blocked = Blocked {
-                reason: "ApplyFailed",
+                reason: BlockedReason::ApplyFailed,
                 message: e.to_string(),
             };
             if let Err(status_err) = report_blocked(runner, ctx, blocked).await {
@@ -161,7 +163,7 @@ async fn report_blocked(
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = runner.name_any();
-    warn!(reason = blocked.reason, message = %blocked.message, "AgentRunner is blocked");
+    warn!(reason = blocked.reason.as_str(), message = %blocked.message, "AgentRunner is blocked");
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let deployment = deployments
         .get_opt(&names::base(&name))
@@ -194,7 +196,7 @@ async fn report_blocked(
 async fn publish_warning(runner: &AgentRunner, ctx: &Context, blocked: &Blocked) {
     let event = Event {
         type_: EventType::Warning,
-        reason: blocked.reason.into(),
+        reason: blocked.reason.as_str().into(),
         note: Some(truncate(&blocked.message, 1000)),
         action: "Reconcile".into(),
         secondary: None,
@@ -214,18 +216,6 @@ fn truncate(s: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
-}
-
-/// `SecretNotFound` → `secret_not_found`, for the failures metric.
-fn metric_reason(reason: &str) -> String {
-    let mut out = String::with_capacity(reason.len() + 4);
-    for (i, c) in reason.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
 }
 
 /// Server-side apply of the status subresource, skipped when nothing changed.
@@ -408,8 +398,11 @@ mod tests {
 
     #[test]
     fn reasons_become_metric_labels() {
-        assert_eq!(metric_reason("SecretKeyNotFound"), "secret_key_not_found");
-        assert_eq!(metric_reason("InvalidSpec"), "invalid_spec");
+        assert_eq!(
+            BlockedReason::SecretKeyNotFound.metric_label(),
+            "secret_key_not_found"
+        );
+        assert_eq!(BlockedReason::InvalidSpec.metric_label(), "invalid_spec");
     }
 
     #[test]

@@ -309,10 +309,18 @@ pub enum LlmProvider {
 impl LlmProvider {
     /// The value of `STIGMER_LLM_PROVIDER`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            LlmProvider::Anthropic => "anthropic",
-            LlmProvider::Openai => "openai",
-            LlmProvider::Ollama => "ollama",
+        stigmer_contract::Provider::from(self).as_str()
+    }
+}
+
+/// The CRD keeps its own enum (serde and schema derives belong to the API, not to the
+/// runner's dependency-free contract); this is the one place the two meet.
+impl From<LlmProvider> for stigmer_contract::Provider {
+    fn from(p: LlmProvider) -> Self {
+        match p {
+            LlmProvider::Anthropic => Self::Anthropic,
+            LlmProvider::Openai => Self::OpenAi,
+            LlmProvider::Ollama => Self::Ollama,
         }
     }
 }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{AgentRunner, SecretKeyRef};
 use crate::error::Error;
+use crate::status::BlockedReason;
 
 /// Hash of the values of every referenced Secret key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,11 +34,11 @@ pub struct MissingSecret {
 
 impl MissingSecret {
     /// Condition and event reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> BlockedReason {
         if self.secret_exists {
-            "SecretKeyNotFound"
+            BlockedReason::SecretKeyNotFound
         } else {
-            "SecretNotFound"
+            BlockedReason::SecretNotFound
         }
     }
 }
@@ -227,13 +228,13 @@ mod tests {
     fn missing_secret_and_missing_key_are_told_apart() {
         let ar = runner_with_llm_key("llm", "api-key");
         let none = resolve(&ar, &BTreeMap::new()).expect_err("missing");
-        assert_eq!(none[0].reason(), "SecretNotFound");
+        assert_eq!(none[0].reason(), BlockedReason::SecretNotFound);
         assert_eq!(
             none[0].to_string(),
             "Secret \"llm\" not found (key \"api-key\" referenced by spec.llm.apiKeySecretRef)"
         );
         let nokey = resolve(&ar, &[secret("llm", &[("other", "x")])].into()).expect_err("missing");
-        assert_eq!(nokey[0].reason(), "SecretKeyNotFound");
+        assert_eq!(nokey[0].reason(), BlockedReason::SecretKeyNotFound);
         assert!(
             nokey[0]
                 .to_string()

@@ -17,11 +17,47 @@ pub const PROGRESSING: &str = "Progressing";
 /// Condition type: something needs a human (spec, Secret, apply or rollout failure).
 pub const DEGRADED: &str = "Degraded";
 
+/// Why a reconcile was blocked: the condition and event reason, and the label of the
+/// failure metric, named once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockedReason {
+    /// The spec failed validation.
+    InvalidSpec,
+    /// A referenced Secret does not exist.
+    SecretNotFound,
+    /// A referenced Secret exists without the referenced key.
+    SecretKeyNotFound,
+    /// Applying the owned objects failed.
+    ApplyFailed,
+}
+
+impl BlockedReason {
+    /// The PascalCase reason of conditions and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::SecretNotFound => "SecretNotFound",
+            Self::SecretKeyNotFound => "SecretKeyNotFound",
+            Self::ApplyFailed => "ApplyFailed",
+        }
+    }
+
+    /// The `reason` label of the reconcile-failure metric (snake_case, like
+    /// `Error::metric_label()`).
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "invalid_spec",
+            Self::SecretNotFound => "secret_not_found",
+            Self::SecretKeyNotFound => "secret_key_not_found",
+            Self::ApplyFailed => "apply_failed",
+        }
+    }
+}
+
 /// Why the pipeline stopped before applying anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Blocked {
-    /// PascalCase reason, e.g. `SecretNotFound`.
-    pub reason: &'static str,
+    pub reason: BlockedReason,
     /// Human-readable explanation naming the field, Secret or key.
     pub message: String,
 }
@@ -165,7 +201,7 @@ fn ready(runner: &AgentRunner, o: &Observed<'_>, c: &Counts) -> Cond {
     if let Some(b) = o.blocked
         && (o.deployment.is_none() || c.ready == 0)
     {
-        return (READY, false, b.reason, b.message.clone());
+        return (READY, false, b.reason.as_str(), b.message.clone());
     }
     if desired == 0 {
         return (READY, true, "ScaledToZero", "no runners are desired".into());
@@ -183,7 +219,7 @@ fn progressing(o: &Observed<'_>, c: &Counts) -> Cond {
         return (
             PROGRESSING,
             false,
-            b.reason,
+            b.reason.as_str(),
             "changes are not applied until the problem is fixed".into(),
         );
     }
@@ -204,7 +240,7 @@ fn progressing(o: &Observed<'_>, c: &Counts) -> Cond {
 
 fn degraded(o: &Observed<'_>, c: &Counts) -> Cond {
     if let Some(b) = o.blocked {
-        return (DEGRADED, true, b.reason, b.message.clone());
+        return (DEGRADED, true, b.reason.as_str(), b.message.clone());
     }
     if let Some((reason, message)) = &c.stalled {
         return (DEGRADED, true, reason, message.clone());
@@ -335,10 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn metric_labels_are_the_reasons_in_snake_case() {
+        use BlockedReason::*;
+        for r in [InvalidSpec, SecretNotFound, SecretKeyNotFound, ApplyFailed] {
+            let mut snake = String::new();
+            for (i, c) in r.as_str().chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+            }
+            assert_eq!(r.metric_label(), snake);
+        }
+    }
+
+    #[test]
     fn blocked_without_pods_is_degraded_and_not_ready() {
         let ar = runner(1);
         let b = Blocked {
-            reason: "SecretNotFound",
+            reason: BlockedReason::SecretNotFound,
             message: "Secret \"jwt\" not found".into(),
         };
         let s = compute(&ar, observed(1, None, Some(&b)), at(100));
@@ -355,7 +406,7 @@ mod tests {
         let ar = runner(2);
         let d = deployment(1, 1, 2, 2, 2);
         let b = Blocked {
-            reason: "SecretKeyNotFound",
+            reason: BlockedReason::SecretKeyNotFound,
             message: "key".into(),
         };
         let s = compute(&ar, observed(2, Some(&d), Some(&b)), at(100));

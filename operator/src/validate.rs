@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
+use stigmer_contract::env as vars;
 
 use crate::config::OperatorConfig;
 use crate::crd::{
@@ -22,29 +23,29 @@ use crate::quantity;
 
 /// Environment variables the operator sets itself; `runner.extraEnv` may not override them.
 pub const RESERVED_ENV: &[&str] = &[
-    "MODE",
-    "POD_NAME",
-    "LOG_LEVEL",
-    "SANDBOX_ROOT_DIR",
-    "STIGMER_API_KEY",
-    "STIGMER_BACKEND_ENDPOINT",
-    "STIGMER_BACKEND_CA_FILE",
-    "STIGMER_MAX_CONCURRENCY",
-    "STIGMER_DRAIN_TIMEOUT_SECS",
-    "STIGMER_HTTP_ADDR",
-    "STIGMER_LLM_PROVIDER",
-    "STIGMER_LLM_MODEL",
-    "STIGMER_LLM_BASE_URL",
-    "STIGMER_LLM_API_KEY",
-    "STIGMER_LLM_MAX_TOKENS",
-    "STIGMER_LLM_TEMPERATURE",
-    "REDIS_HOST",
-    "REDIS_PORT",
-    "REDIS_PASSWORD",
-    "REDIS_URL",
-    "DAYTONA_API_URL",
-    "DAYTONA_API_KEY",
-    "DAYTONA_DEV_TOOLS_SNAPSHOT_ID",
+    vars::MODE,
+    vars::POD_NAME,
+    vars::LOG_LEVEL,
+    vars::SANDBOX_ROOT_DIR,
+    vars::API_KEY,
+    vars::BACKEND_ENDPOINT,
+    vars::BACKEND_CA_FILE,
+    vars::MAX_CONCURRENCY,
+    vars::DRAIN_TIMEOUT_SECS,
+    vars::HTTP_ADDR,
+    vars::LLM_PROVIDER,
+    vars::LLM_MODEL,
+    vars::LLM_BASE_URL,
+    vars::LLM_API_KEY,
+    vars::LLM_MAX_TOKENS,
+    vars::LLM_TEMPERATURE,
+    vars::REDIS_HOST,
+    vars::REDIS_PORT,
+    vars::REDIS_PASSWORD,
+    vars::REDIS_URL,
+    vars::DAYTONA_API_URL,
+    vars::DAYTONA_API_KEY,
+    vars::DAYTONA_DEV_TOOLS_SNAPSHOT_ID,
 ];
 
 /// An AgentRunner that passed validation, with its defaults resolved.
@@ -263,7 +264,7 @@ fn spec_problems(runner: &AgentRunner) -> Vec<String> {
     if let Some(llm) = &spec.llm {
         let needs_key = llm
             .provider
-            .is_some_and(|p| p != crate::crd::LlmProvider::Ollama);
+            .is_some_and(|p| stigmer_contract::Provider::from(p).key_variable().is_some());
         if needs_key && llm.api_key_secret_ref.is_none() {
             problems.push(
                 "llm.apiKeySecretRef is required for the anthropic and openai providers".into(),

@@ -106,6 +106,44 @@ impl ApiServer {
     }
 
     /// After the scenario: the operator must have sent nothing else.
+    /// The applies of one reconcile that gets through, in the operator's order: its
+    /// ServiceAccount (unless the user names one), the ConfigMap, the metrics Service, the
+    /// PodDisruptionBudget (with more than one replica) and the Deployment, answered as rolled
+    /// out with `ready` pods.
+    async fn expect_applies(&mut self, name: &str, want: &build::Desired, ready: i32) {
+        let ns = "/api/v1/namespaces/agents";
+        if let Some(sa) = &want.service_account {
+            self.expect_apply(&format!("{ns}/serviceaccounts/{name}"), to_json(sa), |_| {})
+                .await;
+        }
+        self.expect_apply(
+            &format!("{ns}/configmaps/{name}-config"),
+            to_json(&want.config_map),
+            |_| {},
+        )
+        .await;
+        self.expect_apply(
+            &format!("{ns}/services/{name}-metrics"),
+            to_json(&want.service),
+            |_| {},
+        )
+        .await;
+        if let Some(pdb) = &want.pod_disruption_budget {
+            self.expect_apply(
+                &format!("/apis/policy/v1/namespaces/agents/poddisruptionbudgets/{name}"),
+                to_json(pdb),
+                |_| {},
+            )
+            .await;
+        }
+        self.expect_apply(
+            &format!("/apis/apps/v1/namespaces/agents/deployments/{name}"),
+            to_json(&want.deployment),
+            rolled_out(ready),
+        )
+        .await;
+    }
+
     async fn expect_nothing_more(mut self) {
         let next = tokio::time::timeout(Duration::from_secs(5), self.0.next_request()).await;
         match next {
@@ -212,42 +250,7 @@ async fn local_mode_applies_every_object_then_writes_status_once() {
         let want = want.clone();
         let expected_status = expected_status.clone();
         tokio::spawn(async move {
-            let ns = "/api/v1/namespaces/agents";
-            server
-                .expect_apply(
-                    &format!("{ns}/serviceaccounts/dev"),
-                    to_json(&want.service_account),
-                    |_| {},
-                )
-                .await;
-            server
-                .expect_apply(
-                    &format!("{ns}/configmaps/dev-config"),
-                    to_json(&want.config_map),
-                    |_| {},
-                )
-                .await;
-            server
-                .expect_apply(
-                    &format!("{ns}/services/dev-metrics"),
-                    to_json(&want.service),
-                    |_| {},
-                )
-                .await;
-            server
-                .expect_apply(
-                    "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/dev",
-                    to_json(&want.pod_disruption_budget),
-                    |_| {},
-                )
-                .await;
-            server
-                .expect_apply(
-                    "/apis/apps/v1/namespaces/agents/deployments/dev",
-                    to_json(&want.deployment),
-                    rolled_out(2),
-                )
-                .await;
+            server.expect_applies("dev", &want, 2).await;
             let status_uri = format!(
                 "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners/dev/status{APPLY}"
             );
@@ -271,42 +274,7 @@ async fn local_mode_applies_every_object_then_writes_status_once() {
             .expect("status"),
     );
     let second = tokio::spawn(async move {
-        let ns = "/api/v1/namespaces/agents";
-        server
-            .expect_apply(
-                &format!("{ns}/serviceaccounts/dev"),
-                to_json(&want.service_account),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                &format!("{ns}/configmaps/dev-config"),
-                to_json(&want.config_map),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                &format!("{ns}/services/dev-metrics"),
-                to_json(&want.service),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/dev",
-                to_json(&want.pod_disruption_budget),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                "/apis/apps/v1/namespaces/agents/deployments/dev",
-                to_json(&want.deployment),
-                rolled_out(2),
-            )
-            .await;
+        server.expect_applies("dev", &want, 2).await;
         server
     });
     reconcile(stored, &ctx).await.expect("reconciled");
@@ -384,34 +352,7 @@ async fn cloud_mode_reads_secrets_applies_and_removes_the_stale_service_account(
                 )
                 .await;
         }
-        server
-            .expect_apply(
-                "/api/v1/namespaces/agents/configmaps/prod-config",
-                to_json(&want.config_map),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                "/api/v1/namespaces/agents/services/prod-metrics",
-                to_json(&want.service),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/prod",
-                to_json(&want.pod_disruption_budget),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                "/apis/apps/v1/namespaces/agents/deployments/prod",
-                to_json(&want.deployment),
-                rolled_out(3),
-            )
-            .await;
+        server.expect_applies("prod", &want, 3).await;
         // The user now names their own ServiceAccount, so the one the operator made earlier goes.
         let selector = "labelSelector=app.kubernetes.io%2Finstance%3Dprod%2Capp.kubernetes.io%2Fmanaged-by%3Dagentrunner-operator";
         server
@@ -651,35 +592,7 @@ async fn single_replica_removes_the_owned_disruption_budget() {
     let (client, mut server) = mock();
     let ctx = context(client, Arc::new(Metrics::new()));
     let scenario = tokio::spawn(async move {
-        let ns = "/api/v1/namespaces/agents";
-        server
-            .expect_apply(
-                &format!("{ns}/serviceaccounts/dev"),
-                to_json(&want.service_account),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                &format!("{ns}/configmaps/dev-config"),
-                to_json(&want.config_map),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                &format!("{ns}/services/dev-metrics"),
-                to_json(&want.service),
-                |_| {},
-            )
-            .await;
-        server
-            .expect_apply(
-                "/apis/apps/v1/namespaces/agents/deployments/dev",
-                to_json(&want.deployment),
-                rolled_out(1),
-            )
-            .await;
+        server.expect_applies("dev", &want, 1).await;
         let selector = "labelSelector=app.kubernetes.io%2Finstance%3Ddev%2Capp.kubernetes.io%2Fmanaged-by%3Dagentrunner-operator";
         server
             .expect("GET", &format!("/apis/policy/v1/namespaces/agents/poddisruptionbudgets?&{selector}"), |_| {

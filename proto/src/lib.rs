@@ -37,6 +37,17 @@ impl ExecutionPhase {
     }
 }
 
+impl runner::v1::ClaimedExecution {
+    /// The claimed execution's id; empty when the control plane sent no metadata (it always
+    /// does; an empty id then matches nothing the runner holds).
+    pub fn execution_id(&self) -> &str {
+        self.execution
+            .as_ref()
+            .and_then(|e| e.metadata.as_ref())
+            .map_or("", |m| m.id.as_str())
+    }
+}
+
 /// The API key local mode uses on both sides.
 pub const LOCAL_API_KEY: &str = "dummy-local-key";
 

@@ -4,6 +4,9 @@
 
 use std::fmt;
 
+mod connect;
+pub use connect::{Unreachable, connect_with_retry, ping_once};
+
 use redis::{Client, ConnectionAddr, IntoConnectionInfo};
 
 #[derive(Clone, PartialEq, Eq)]

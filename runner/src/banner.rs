@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use stigmer_contract::env as vars;
+
 use crate::config::cloud::{CloudConfig, TokenOrigin};
 use crate::config::{Config, ConfigError, DOTENV_SWITCH, DotEnvState, KeySource, Mode};
 use crate::llm::Provider;
@@ -42,7 +44,7 @@ pub fn startup(config: &Config) -> String {
     row(
         "runner id",
         config.runner_id.clone(),
-        &["STIGMER_RUNNER_ID", "POD_NAME"],
+        &[vars::RUNNER_ID, vars::POD_NAME],
     );
     let transport = if config.backend_endpoint.starts_with("https://") {
         "TLS gRPC"
@@ -52,7 +54,7 @@ pub fn startup(config: &Config) -> String {
     row(
         "control plane",
         format!("{} ({transport})", config.backend_endpoint),
-        &["STIGMER_BACKEND_ENDPOINT"],
+        &[vars::BACKEND_ENDPOINT],
     );
     match &config.mode {
         Mode::Local(local) => {
@@ -63,12 +65,12 @@ pub fn startup(config: &Config) -> String {
                 } else {
                     "set".to_string()
                 },
-                &["STIGMER_API_KEY"],
+                &[vars::API_KEY],
             );
             row(
                 "sandbox",
                 format!("filesystem under {}", local.sandbox_root_display()),
-                &["SANDBOX_ROOT_DIR"],
+                &[vars::SANDBOX_ROOT_DIR],
             );
         }
         Mode::Cloud(cloud) => cloud_rows(&mut row, cloud),
@@ -76,39 +78,39 @@ pub fn startup(config: &Config) -> String {
     row(
         "concurrency",
         format!("{} executions", config.max_concurrency),
-        &["STIGMER_MAX_CONCURRENCY", "TEMPORAL_MAX_CONCURRENCY"],
+        &[vars::MAX_CONCURRENCY, vars::MAX_CONCURRENCY_OLD],
     );
     row(
         "drain timeout",
         format!("{}s", config.drain_timeout.as_secs()),
-        &["STIGMER_DRAIN_TIMEOUT_SECS"],
+        &[vars::DRAIN_TIMEOUT_SECS],
     );
     let llm = &config.llm;
     row(
         "llm provider",
         llm.provider.as_str().to_string(),
-        &["STIGMER_LLM_PROVIDER"],
+        &[vars::LLM_PROVIDER],
     );
-    row("llm model", llm.model.clone(), &["STIGMER_LLM_MODEL"]);
+    row("llm model", llm.model.clone(), &[vars::LLM_MODEL]);
     // The address the LLM key is sent to.
     row(
         "llm endpoint",
         llm.base_url.clone(),
         match llm.provider {
-            Provider::Ollama => &["STIGMER_LLM_BASE_URL", "OLLAMA_BASE_URL"][..],
-            _ => &["STIGMER_LLM_BASE_URL"][..],
+            Provider::Ollama => &[vars::LLM_BASE_URL, vars::OLLAMA_BASE_URL][..],
+            _ => &[vars::LLM_BASE_URL][..],
         },
     );
     row(
         "llm max tokens",
         llm.max_tokens.to_string(),
-        &["STIGMER_LLM_MAX_TOKENS"],
+        &[vars::LLM_MAX_TOKENS],
     );
     row(
         "llm temperature",
         llm.temperature
             .map_or_else(|| "provider default".to_string(), |t| t.to_string()),
-        &["STIGMER_LLM_TEMPERATURE"],
+        &[vars::LLM_TEMPERATURE],
     );
     match &llm.key_source {
         KeySource::Variable(var) => row("llm api key", "set".to_string(), &[var]),
@@ -126,14 +128,14 @@ pub fn startup(config: &Config) -> String {
                 cloud.redis.display_address(),
                 cloud.redis.password_state()
             ),
-            &["REDIS_URL", "REDIS_HOST"],
+            &[vars::REDIS_URL, vars::REDIS_HOST],
         ),
         Mode::Local(_) => row("redis", "not used in local mode".to_string(), &[]),
     }
     row(
         "http",
         format!("{} (/healthz /readyz /metrics)", config.http_addr),
-        &["STIGMER_HTTP_ADDR"],
+        &[vars::HTTP_ADDR],
     );
     let _ = write!(out, "{line}");
     out
@@ -141,11 +143,11 @@ pub fn startup(config: &Config) -> String {
 
 fn cloud_rows(row: &mut impl FnMut(&str, String, &[&str]), cloud: &CloudConfig) {
     match &cloud.token {
-        TokenOrigin::Env(_) => row("api key", "JWT set".to_string(), &["STIGMER_API_KEY"]),
+        TokenOrigin::Env(_) => row("api key", "JWT set".to_string(), &[vars::API_KEY]),
         TokenOrigin::File(path) => row(
             "api key",
             format!("JWT set (file {}, re-read on change)", path.display()),
-            &["STIGMER_API_KEY_FILE"],
+            &[vars::API_KEY_FILE],
         ),
     }
     row(
@@ -158,11 +160,7 @@ fn cloud_rows(row: &mut impl FnMut(&str, String, &[&str]), cloud: &CloudConfig) 
         &[],
     );
     if let Some(ca) = &cloud.ca_file {
-        row(
-            "tls ca",
-            ca.display().to_string(),
-            &["STIGMER_BACKEND_CA_FILE"],
-        );
+        row("tls ca", ca.display().to_string(), &[vars::BACKEND_CA_FILE]);
     }
     row(
         "sandbox",
@@ -170,7 +168,7 @@ fn cloud_rows(row: &mut impl FnMut(&str, String, &[&str]), cloud: &CloudConfig) 
             "Daytona at {} (snapshot {}, key set)",
             cloud.daytona.api_url, cloud.daytona.snapshot
         ),
-        &["DAYTONA_API_URL"],
+        &[vars::DAYTONA_API_URL],
     );
 }
 

@@ -130,7 +130,7 @@ impl ControlPlane {
             )),
             None => ClientError::Unreachable {
                 endpoint: endpoint.to_string(),
-                detail: error_chain(&e),
+                detail: stigmer_contract::error_chain(&e),
             },
         })?;
         let client = Self {
@@ -194,18 +194,4 @@ impl ControlPlane {
     ) -> Result<Session, tonic::Status> {
         Ok(self.inner.clone().update_session(req).await?.into_inner())
     }
-}
-
-/// `a: b: c` from an error and its sources, for one-line messages.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }

@@ -8,6 +8,7 @@
 //! coalesced; `http` serves health and `metrics`.
 
 pub mod agent;
+pub(crate) mod backoff;
 pub mod banner;
 pub mod client;
 pub mod cloud;

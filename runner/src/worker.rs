@@ -109,7 +109,7 @@ impl Worker {
             Mode::Local(local) => {
                 let root = open_local_sandboxes(local).await?;
                 let _ = health.sandbox.set(root.confinement().status());
-                let auth = BearerAuth::new(&local.api_key)?;
+                let auth = BearerAuth::new(local.api_key.expose())?;
                 (Dispatch::LongPoll, Sandboxes::Filesystem(root), auth)
             }
             Mode::Cloud(settings) => {
@@ -257,12 +257,7 @@ impl Worker {
         entry: Option<String>,
         permit: OwnedSemaphorePermit,
     ) {
-        let execution_id = claimed
-            .execution
-            .as_ref()
-            .and_then(|e| e.metadata.as_ref())
-            .map(|m| m.id.clone())
-            .unwrap_or_default();
+        let execution_id = claimed.execution_id().to_owned();
         let lease_id = claimed
             .lease
             .as_ref()

@@ -32,13 +32,8 @@ const RECONCILE_LIMIT: usize = 10_000;
 pub enum CloudError {
     #[error("invalid Redis address: {0}")]
     InvalidAddress(String),
-    #[error("Redis at {addr} is unreachable after {attempts} attempts: {source}")]
-    Unreachable {
-        addr: String,
-        attempts: u32,
-        #[source]
-        source: redis::RedisError,
-    },
+    #[error(transparent)]
+    Unreachable(#[from] stigmer_redis::Unreachable),
     #[error("reading the store for the Redis queue: {0}")]
     Store(#[source] StoreError),
     #[error("Redis {op} failed: {source}")]
@@ -88,43 +83,20 @@ impl Cloud {
             .set_connection_timeout(Some(Duration::from_secs(3)))
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_max_delay(Duration::from_secs(2));
-        let attempts = settings.connect_attempts.max(1);
-        let mut attempt = 0;
-        let commands = loop {
-            attempt += 1;
-            let result = async {
-                // A plain connection first: the connection manager retries internally for
-                // seconds, and the bounded start-up retries belong here.
-                let mut probe = client
-                    .get_multiplexed_async_connection_with_config(
-                        &AsyncConnectionConfig::new()
-                            .set_connection_timeout(Some(Duration::from_secs(3)))
-                            .set_response_timeout(Some(Duration::from_secs(3))),
-                    )
-                    .await?;
-                let _: String = redis::cmd("PING").query_async(&mut probe).await?;
+        let commands = stigmer_redis::connect_with_retry(
+            &client,
+            &addr,
+            settings.connect_attempts,
+            settings.connect_retry_delay,
+            || async {
                 let mut conn = client
                     .get_connection_manager_with_config(config.clone())
                     .await?;
                 let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-                Ok::<_, redis::RedisError>(conn)
-            }
-            .await;
-            match result {
-                Ok(conn) => break conn,
-                Err(source) if attempt >= attempts => {
-                    return Err(CloudError::Unreachable {
-                        addr,
-                        attempts,
-                        source,
-                    });
-                }
-                Err(err) => {
-                    tracing::warn!(redis = %addr, attempt, error = %err, "Redis not reachable yet; retrying");
-                    tokio::time::sleep(settings.connect_retry_delay).await;
-                }
-            }
-        };
+                Ok(conn)
+            },
+        )
+        .await?;
         tracing::info!(redis = %addr, "connected to Redis: cloud dispatch and events");
         let (events, receiver) = mpsc::channel(EVENTS_BACKLOG);
         tokio::spawn(write_events(

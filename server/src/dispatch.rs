@@ -253,6 +253,26 @@ fn hand_out(
     expires_at_ms: i64,
     now: Now,
 ) -> Result<Option<ClaimedExecution>, StoreError> {
+    let Some((claimed, lease)) = offer(tx, record, ttl, expires_at_ms, now)? else {
+        return Ok(None);
+    };
+    take(tx, record, runner_id, lease)?;
+    tracing::debug!(execution = %record.id(), runner = %runner_id, "claimed by id");
+    Ok(Some(claimed))
+}
+
+/// The claim a runner would receive for `record` and the lease behind it, not yet saved (a
+/// claim may still be left out of a full response). When the agent or the session is gone the
+/// execution is failed and saved instead, and `None` returned: deleting an agent is refused
+/// while it has live executions, so this only happens to a store edited by hand, and failing
+/// beats blocking the queue.
+fn offer(
+    tx: &Tx<'_>,
+    record: &mut ExecutionRecord,
+    ttl: Duration,
+    expires_at_ms: i64,
+    now: Now,
+) -> Result<Option<(ClaimedExecution, LeaseRecord)>, StoreError> {
     let agent = tx.agent(&record.spec.agent_id)?;
     let session = tx.session(&record.spec.session_id)?;
     let (Some(agent), Some(session)) = (agent, session) else {
@@ -283,11 +303,19 @@ fn hand_out(
             ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
         }),
     };
+    Ok(Some((claimed, lease)))
+}
+
+/// Records that `runner_id` holds `record` under `lease`.
+fn take(
+    tx: &Tx<'_>,
+    record: &mut ExecutionRecord,
+    runner_id: &str,
+    lease: LeaseRecord,
+) -> Result<(), StoreError> {
     record.claimed_by = Some(runner_id.to_string());
     record.lease = Some(lease);
-    tx.save_execution(record)?;
-    tracing::debug!(execution = %record.id(), runner = %runner_id, "claimed by id");
-    Ok(Some(claimed))
+    tx.save_execution(record)
 }
 
 fn claim_in(
@@ -303,47 +331,16 @@ fn claim_in(
         let Some(mut record) = tx.execution(&id)? else {
             continue;
         };
-        let agent = tx.agent(&record.spec.agent_id)?;
-        let session = tx.session(&record.spec.session_id)?;
-        let (Some(agent), Some(session)) = (agent, session) else {
-            // Deleting an agent is refused while it has live executions, so this only
-            // happens to a store edited by hand; failing beats blocking the queue.
-            let error = format!(
-                "agent '{}' or its session no longer exists",
-                record.spec.agent_id
-            );
-            transitions::fail(
-                &mut record,
-                &error,
-                format!("Execution failed: {error}"),
-                &now.rfc3339(),
-            );
-            tx.save_execution(&mut record)?;
+        let Some((claimed, lease)) = offer(tx, &mut record, ttl, expires_at_ms, now)? else {
             outcome.failed.push(record);
             continue;
-        };
-        let lease = LeaseRecord {
-            id: uuid::Uuid::new_v4().to_string(),
-            expires_at_ms,
-        };
-        let claimed = ClaimedExecution {
-            execution: Some(record.to_execution()),
-            agent: Some(agent),
-            session: Some(session),
-            lease: Some(Lease {
-                lease_id: lease.id.clone(),
-                expires_at: clock::rfc3339(expires_at_ms),
-                ttl_ms: u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX),
-            }),
         };
         response_size += claimed.encoded_len();
         if response_size > CLAIM_RESPONSE_BUDGET && !outcome.claimed.is_empty() {
             outcome.truncated = true;
             break;
         }
-        record.claimed_by = Some(request.runner_id.clone());
-        record.lease = Some(lease);
-        tx.save_execution(&mut record)?;
+        take(tx, &mut record, &request.runner_id, lease)?;
         tracing::debug!(execution = %id, runner = %request.runner_id, "claimed");
         outcome.claimed.push(claimed);
     }

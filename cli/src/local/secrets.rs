@@ -7,90 +7,20 @@
 //! a [`Secret`], whose `Debug` and `Display` never show it; it only ever leaves this process
 //! through a child's environment.
 
-use std::fmt;
 use std::io::IsTerminal as _;
-
-use serde::Serialize;
 
 use super::LocalError;
 
+// The provider, its key variable and the redacting `Secret` are the runner's contract: one
+// definition shared with the runner and the operator.
+use stigmer_contract::env as vars;
+pub use stigmer_contract::{Provider, Secret};
+
 /// The generic key variable, read before the provider's own.
-pub const GENERIC_KEY_VARIABLE: &str = "STIGMER_LLM_API_KEY";
+pub const GENERIC_KEY_VARIABLE: &str = vars::LLM_API_KEY;
 
 /// Every variable that may carry an LLM key: removed from the control plane's environment.
-pub const KEY_VARIABLES: [&str; 3] = [GENERIC_KEY_VARIABLE, "ANTHROPIC_API_KEY", "OPENAI_API_KEY"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provider {
-    Anthropic,
-    #[serde(rename = "openai")]
-    OpenAi,
-    Ollama,
-}
-
-impl Provider {
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw.trim().to_ascii_lowercase().as_str() {
-            "anthropic" => Some(Self::Anthropic),
-            "openai" => Some(Self::OpenAi),
-            "ollama" => Some(Self::Ollama),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Anthropic => "anthropic",
-            Self::OpenAi => "openai",
-            Self::Ollama => "ollama",
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Self::Anthropic => "Anthropic",
-            Self::OpenAi => "OpenAI",
-            Self::Ollama => "Ollama",
-        }
-    }
-
-    /// The provider's own key variable; `None` when it needs no key.
-    pub fn key_variable(self) -> Option<&'static str> {
-        match self {
-            Self::Anthropic => Some("ANTHROPIC_API_KEY"),
-            Self::OpenAi => Some("OPENAI_API_KEY"),
-            Self::Ollama => None,
-        }
-    }
-}
-
-/// A secret string: shown as `<redacted>` by `Debug` and `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Self(value)
-    }
-
-    /// The value, for a child's environment and nothing else.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
+pub const KEY_VARIABLES: [&str; 3] = vars::LLM_KEY_VARIABLES;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyOrigin {
@@ -182,7 +112,7 @@ pub fn resolve(
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     };
-    let provider = match get("STIGMER_LLM_PROVIDER") {
+    let provider = match get(vars::LLM_PROVIDER) {
         None => Provider::Ollama,
         Some(raw) => Provider::parse(&raw).ok_or_else(|| {
             LocalError::Config(format!(
@@ -192,9 +122,9 @@ pub fn resolve(
     };
     let mut settings = LlmSettings {
         provider,
-        model: get("STIGMER_LLM_MODEL"),
-        base_url: get("STIGMER_LLM_BASE_URL").or_else(|| match provider {
-            Provider::Ollama => get("OLLAMA_BASE_URL"),
+        model: get(vars::LLM_MODEL),
+        base_url: get(vars::LLM_BASE_URL).or_else(|| match provider {
+            Provider::Ollama => get(vars::OLLAMA_BASE_URL),
             _ => None,
         }),
         key: None,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use sha2::{Digest, Sha256};
+use stigmer_contract::env as vars;
 
 use super::{HTTP_PORT, meta, names};
 use crate::crd::Mode;
@@ -36,62 +37,59 @@ pub fn config_data(v: &Validated<'_>) -> BTreeMap<String, String> {
         data.insert(k.to_owned(), val);
     };
     set(
-        "STIGMER_MAX_CONCURRENCY",
+        vars::MAX_CONCURRENCY,
         spec.runner.max_concurrency.to_string(),
     );
     set(
-        "STIGMER_DRAIN_TIMEOUT_SECS",
+        vars::DRAIN_TIMEOUT_SECS,
         spec.runner.drain_timeout_seconds.to_string(),
     );
-    set("LOG_LEVEL", spec.runner.log_level.as_str().to_owned());
-    set("STIGMER_HTTP_ADDR", format!("0.0.0.0:{HTTP_PORT}"));
+    set(vars::LOG_LEVEL, spec.runner.log_level.as_str().to_owned());
+    set(vars::HTTP_ADDR, format!("0.0.0.0:{HTTP_PORT}"));
     if let Some(llm) = &spec.llm {
         if let Some(p) = llm.provider {
-            set("STIGMER_LLM_PROVIDER", p.as_str().to_owned());
+            set(vars::LLM_PROVIDER, p.as_str().to_owned());
         }
         if let Some(m) = &llm.model {
-            set("STIGMER_LLM_MODEL", m.clone());
+            set(vars::LLM_MODEL, m.clone());
         }
         if let Some(u) = &llm.base_url {
-            set("STIGMER_LLM_BASE_URL", u.clone());
+            set(vars::LLM_BASE_URL, u.clone());
         }
         if let Some(t) = llm.max_tokens {
-            set("STIGMER_LLM_MAX_TOKENS", t.to_string());
+            set(vars::LLM_MAX_TOKENS, t.to_string());
         }
         if let Some(t) = llm.temperature {
-            set("STIGMER_LLM_TEMPERATURE", t.to_string());
+            set(vars::LLM_TEMPERATURE, t.to_string());
         }
     }
     match spec.mode {
         Mode::Local => {
-            set(
-                "STIGMER_BACKEND_ENDPOINT",
-                LOCAL_BACKEND_ENDPOINT.to_owned(),
-            );
-            set("SANDBOX_ROOT_DIR", LOCAL_SANDBOX_ROOT.to_owned());
+            set(vars::BACKEND_ENDPOINT, LOCAL_BACKEND_ENDPOINT.to_owned());
+            set(vars::SANDBOX_ROOT_DIR, LOCAL_SANDBOX_ROOT.to_owned());
         }
         Mode::Cloud => {
             let cloud = spec.cloud.clone().unwrap_or_default();
             if let Some(b) = &cloud.backend {
-                set("STIGMER_BACKEND_ENDPOINT", b.endpoint.clone());
+                set(vars::BACKEND_ENDPOINT, b.endpoint.clone());
                 if b.ca_secret_ref.is_some() {
                     set(
-                        "STIGMER_BACKEND_CA_FILE",
+                        vars::BACKEND_CA_FILE,
                         format!("{BACKEND_CA_DIR}/{BACKEND_CA_FILE}"),
                     );
                 }
             }
             if let Some(host) = cloud.redis.as_ref().and_then(|r| r.host.as_ref()) {
-                set("REDIS_HOST", host.clone());
+                set(vars::REDIS_HOST, host.clone());
                 let port = cloud.redis.as_ref().and_then(|r| r.port).unwrap_or(6379);
-                set("REDIS_PORT", port.to_string());
+                set(vars::REDIS_PORT, port.to_string());
             }
             if let Some(d) = &cloud.daytona {
                 if let Some(u) = &d.api_url {
-                    set("DAYTONA_API_URL", u.clone());
+                    set(vars::DAYTONA_API_URL, u.clone());
                 }
                 if let Some(s) = &d.snapshot {
-                    set("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", s.clone());
+                    set(vars::DAYTONA_DEV_TOOLS_SNAPSHOT_ID, s.clone());
                 }
             }
         }

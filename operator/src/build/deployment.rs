@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use stigmer_contract::env as vars;
 
 use super::config_map::{BACKEND_CA_DIR, BACKEND_CA_FILE};
 use super::{
@@ -260,9 +261,9 @@ fn default_resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceReq
 fn runner_env(v: &Validated<'_>) -> Vec<EnvVar> {
     let spec = v.spec();
     let mut env = vec![
-        value_env("MODE", spec.mode.as_str()),
+        value_env(vars::MODE, spec.mode.as_str()),
         EnvVar {
-            name: "POD_NAME".into(),
+            name: vars::POD_NAME.into(),
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
                     field_path: "metadata.name".into(),
@@ -276,28 +277,28 @@ fn runner_env(v: &Validated<'_>) -> Vec<EnvVar> {
     match (spec.mode, &spec.cloud) {
         (Mode::Cloud, Some(cloud)) => {
             if let Some(r) = &cloud.jwt_secret_ref {
-                env.push(secret_env("STIGMER_API_KEY", r));
+                env.push(secret_env(vars::API_KEY, r));
             }
             if let Some(redis) = &cloud.redis {
                 if let Some(r) = &redis.password_secret_ref {
-                    env.push(secret_env("REDIS_PASSWORD", r));
+                    env.push(secret_env(vars::REDIS_PASSWORD, r));
                 }
                 if let Some(r) = &redis.url_secret_ref {
-                    env.push(secret_env("REDIS_URL", r));
+                    env.push(secret_env(vars::REDIS_URL, r));
                 }
             }
             if let Some(d) = &cloud.daytona {
-                env.push(secret_env("DAYTONA_API_KEY", &d.api_key_secret_ref));
+                env.push(secret_env(vars::DAYTONA_API_KEY, &d.api_key_secret_ref));
             }
         }
-        _ => env.push(value_env("STIGMER_API_KEY", LOCAL_API_KEY)),
+        _ => env.push(value_env(vars::API_KEY, LOCAL_API_KEY)),
     }
     if let Some(r) = spec
         .llm
         .as_ref()
         .and_then(|l| l.api_key_secret_ref.as_ref())
     {
-        env.push(secret_env("STIGMER_LLM_API_KEY", r));
+        env.push(secret_env(vars::LLM_API_KEY, r));
     }
     env.extend(spec.runner.extra_env.iter().cloned());
     env
@@ -349,6 +350,7 @@ fn control_plane_sidecar(v: &Validated<'_>) -> Container {
             "--data-dir".into(),
             SIDECAR_DATA_DIR.into(),
         ]),
+        // The control plane's own variable, not the runner's contract.
         env: Some(vec![value_env(
             "LOG_LEVEL",
             v.spec().runner.log_level.as_str(),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use stigmer_auth::jwt::TokenInspection;
+use stigmer_contract::env as vars;
 
 use super::env::Reader;
 pub use crate::redis::RedisTarget;
@@ -94,14 +95,14 @@ impl CloudConfig {
 pub(crate) fn read(r: &mut Reader<'_>) -> Option<CloudConfig> {
     let token = read_token(r);
     let jwt = JwtChecks {
-        issuer: r.string("STIGMER_JWT_ISSUER"),
-        audience: r.string("STIGMER_JWT_AUDIENCE"),
-        jwks_url: r.string("STIGMER_JWT_JWKS_URL"),
-        public_key_file: r.string("STIGMER_JWT_PUBLIC_KEY_FILE").map(PathBuf::from),
+        issuer: r.string(vars::JWT_ISSUER),
+        audience: r.string(vars::JWT_AUDIENCE),
+        jwks_url: r.string(vars::JWT_JWKS_URL),
+        public_key_file: r.string(vars::JWT_PUBLIC_KEY_FILE).map(PathBuf::from),
     };
     if jwt.jwks_url.is_some() && jwt.public_key_file.is_some() {
         r.problem(
-            "STIGMER_JWT_JWKS_URL",
+            vars::JWT_JWKS_URL,
             "set either STIGMER_JWT_JWKS_URL or STIGMER_JWT_PUBLIC_KEY_FILE, not both",
         );
     }
@@ -109,16 +110,16 @@ pub(crate) fn read(r: &mut Reader<'_>) -> Option<CloudConfig> {
         && !file.is_file()
     {
         r.problem(
-            "STIGMER_JWT_PUBLIC_KEY_FILE",
+            vars::JWT_PUBLIC_KEY_FILE,
             format!("{} does not exist or is not a file", file.display()),
         );
     }
-    let ca_file = r.string("STIGMER_BACKEND_CA_FILE").map(PathBuf::from);
+    let ca_file = r.string(vars::BACKEND_CA_FILE).map(PathBuf::from);
     if let Some(file) = &ca_file
         && !file.is_file()
     {
         r.problem(
-            "STIGMER_BACKEND_CA_FILE",
+            vars::BACKEND_CA_FILE,
             format!("{} does not exist or is not a file", file.display()),
         );
     }
@@ -140,18 +141,18 @@ pub(crate) fn read(r: &mut Reader<'_>) -> Option<CloudConfig> {
 pub(crate) fn check_endpoint(r: &mut Reader<'_>, endpoint: &str, explicit: bool) {
     if !explicit {
         r.problem(
-            "STIGMER_BACKEND_ENDPOINT",
+            vars::BACKEND_ENDPOINT,
             "cloud mode needs the control plane's address, e.g. https://api.stigmer.ai:443",
         );
         return;
     }
     let insecure = matches!(
-        r.string("STIGMER_BACKEND_INSECURE").as_deref(),
+        r.string(vars::BACKEND_INSECURE).as_deref(),
         Some("true" | "1" | "yes")
     );
     if endpoint.starts_with("http://") && !insecure {
         r.problem(
-            "STIGMER_BACKEND_ENDPOINT",
+            vars::BACKEND_ENDPOINT,
             format!(
                 "'{endpoint}' is plaintext; cloud mode uses TLS (https://), or set \
                  STIGMER_BACKEND_INSECURE=true to allow plaintext on a trusted network"
@@ -161,34 +162,31 @@ pub(crate) fn check_endpoint(r: &mut Reader<'_>, endpoint: &str, explicit: bool)
 }
 
 fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, String, Option<String>)> {
-    let (origin, token, variable) = match (
-        r.string("STIGMER_API_KEY"),
-        r.string("STIGMER_API_KEY_FILE"),
-    ) {
+    let (origin, token, variable) = match (r.string(vars::API_KEY), r.string(vars::API_KEY_FILE)) {
         (Some(_), Some(_)) => {
             r.problem(
-                "STIGMER_API_KEY",
+                vars::API_KEY,
                 "set either STIGMER_API_KEY or STIGMER_API_KEY_FILE, not both",
             );
             return None;
         }
         (None, None) => {
             r.problem(
-                "STIGMER_API_KEY",
+                vars::API_KEY,
                 "cloud mode needs a JWT: set STIGMER_API_KEY, or STIGMER_API_KEY_FILE to a \
                  file holding it (re-read when it changes)",
             );
             return None;
         }
-        (Some(token), None) => (TokenOrigin::Env(token.clone()), token, "STIGMER_API_KEY"),
+        (Some(token), None) => (TokenOrigin::Env(token.clone()), token, vars::API_KEY),
         (None, Some(path)) => match std::fs::read_to_string(&path) {
             Ok(text) => (
                 TokenOrigin::File(PathBuf::from(&path)),
                 text.trim().to_string(),
-                "STIGMER_API_KEY_FILE",
+                vars::API_KEY_FILE,
             ),
             Err(e) => {
-                r.problem("STIGMER_API_KEY_FILE", format!("cannot read {path}: {e}"));
+                r.problem(vars::API_KEY_FILE, format!("cannot read {path}: {e}"));
                 return None;
             }
         },
@@ -209,52 +207,52 @@ fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, String, Option<String>
 }
 
 fn read_redis(r: &mut Reader<'_>) -> Option<RedisTarget> {
-    if let Some(url) = r.string("REDIS_URL") {
+    if let Some(url) = r.string(vars::REDIS_URL) {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             r.problem(
-                "REDIS_URL",
+                vars::REDIS_URL,
                 "must start with redis:// or rediss:// (the value is not shown: it may hold a password)",
             );
             return None;
         }
         return Some(RedisTarget::Url(url));
     }
-    let Some(host) = r.string("REDIS_HOST") else {
+    let Some(host) = r.string(vars::REDIS_HOST) else {
         r.problem(
-            "REDIS_HOST",
+            vars::REDIS_HOST,
             "cloud mode needs Redis: set REDIS_HOST (with REDIS_PORT, REDIS_PASSWORD) or REDIS_URL",
         );
         return None;
     };
-    let port = r.number(&["REDIS_PORT"], 6379u16, 1, u16::MAX);
+    let port = r.number(&[vars::REDIS_PORT], 6379u16, 1, u16::MAX);
     Some(RedisTarget::HostPort {
         host,
         port,
-        password: r.string("REDIS_PASSWORD"),
+        password: r.string(vars::REDIS_PASSWORD),
     })
 }
 
 fn read_daytona(r: &mut Reader<'_>) -> Option<DaytonaConfig> {
     let api_url = r
-        .string("DAYTONA_API_URL")
+        .string(vars::DAYTONA_API_URL)
         .unwrap_or_else(|| DEFAULT_DAYTONA_API_URL.to_string());
     if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
         r.problem(
-            "DAYTONA_API_URL",
+            vars::DAYTONA_API_URL,
             format!("'{api_url}' must be an http(s) URL"),
         );
     }
-    let api_key = r.string("DAYTONA_API_KEY");
+    let api_key = r.string(vars::DAYTONA_API_KEY);
     if api_key.is_none() {
         r.problem(
-            "DAYTONA_API_KEY",
+            vars::DAYTONA_API_KEY,
             "cloud mode runs tools in Daytona sandboxes: set DAYTONA_API_KEY",
         );
     }
-    let snapshot = r.string("DAYTONA_DEV_TOOLS_SNAPSHOT_ID");
+    let snapshot = r.string(vars::DAYTONA_DEV_TOOLS_SNAPSHOT_ID);
     if snapshot.is_none() {
         r.problem(
-            "DAYTONA_DEV_TOOLS_SNAPSHOT_ID",
+            vars::DAYTONA_DEV_TOOLS_SNAPSHOT_ID,
             "set the Daytona snapshot that sandboxes are created from",
         );
     }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use stigmer_contract::env as vars;
 
 /// Where configuration values come from: the process environment first, then `.env`.
 #[derive(Debug, Clone, Default)]
@@ -18,7 +19,7 @@ pub struct Env {
 
 /// The variable that turns the `.env` lookup off (`off`) or on (`on`, the default). Read from
 /// the process environment only: a `.env` file cannot switch itself on.
-pub const DOTENV_SWITCH: &str = "STIGMER_DOTENV";
+pub const DOTENV_SWITCH: &str = vars::DOTENV;
 pub(crate) const DEFAULT_SANDBOX_ROOT: &str = "./workspace";
 
 /// What became of the `.env` lookup, for the banner.
@@ -109,12 +110,12 @@ impl Env {
         let roots = [
             Some(
                 env.process
-                    .get("SANDBOX_ROOT_DIR")
+                    .get(vars::SANDBOX_ROOT_DIR)
                     .filter(blank)
                     .map_or(DEFAULT_SANDBOX_ROOT, |v| v.trim()),
             ),
             dotenv
-                .get("SANDBOX_ROOT_DIR")
+                .get(vars::SANDBOX_ROOT_DIR)
                 .filter(blank)
                 .map(|v| v.trim()),
         ];

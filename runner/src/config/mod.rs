@@ -11,7 +11,6 @@
 pub mod cloud;
 pub(crate) mod env;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +21,7 @@ pub use cloud::CloudConfig;
 use env::DEFAULT_SANDBOX_ROOT;
 pub(crate) use env::Reader;
 pub use env::{ConfigError, DOTENV_SWITCH, DotEnvState, Env, Origin, Problem, Sources};
+use stigmer_contract::{Secret, env as vars};
 
 /// Which mode the runner runs in, chosen once from `MODE`; everything that differs between
 /// the modes hangs off this (the worker picks its dispatch and sandboxes from it at start).
@@ -60,10 +60,11 @@ impl ModeKind {
     }
 }
 
-/// Local mode's settings: the shared API key and the filesystem sandboxes.
-#[derive(Clone)]
+/// Local mode's settings: the shared API key and the filesystem sandboxes. `Debug` is derived:
+/// the key is a [`Secret`], shown redacted.
+#[derive(Debug, Clone)]
 pub struct LocalConfig {
-    pub api_key: String,
+    pub api_key: Secret,
     /// True when `STIGMER_API_KEY` was not set and the local default is used.
     pub api_key_is_local_default: bool,
     pub sandbox_root: PathBuf,
@@ -77,15 +78,6 @@ impl LocalConfig {
     }
 }
 
-impl fmt::Debug for LocalConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LocalConfig")
-            .field("api_key", &"<redacted>")
-            .field("sandbox_root", &self.sandbox_root)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Where the LLM key came from, for the banner (the key itself is never shown).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
@@ -93,12 +85,13 @@ pub enum KeySource {
     NotNeeded,
 }
 
-#[derive(Clone)]
+/// `Debug` is derived: the key is a [`Secret`], shown redacted.
+#[derive(Debug, Clone)]
 pub struct LlmConfig {
     pub provider: Provider,
     pub model: String,
     pub base_url: String,
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub key_source: KeySource,
     pub max_tokens: u32,
     pub temperature: Option<f32>,
@@ -106,21 +99,8 @@ pub struct LlmConfig {
     pub max_attempts: u32,
 }
 
-impl fmt::Debug for LlmConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LlmConfig")
-            .field("provider", &self.provider)
-            .field("model", &self.model)
-            .field("base_url", &self.base_url)
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("key_source", &self.key_source)
-            .field("max_tokens", &self.max_tokens)
-            .field("temperature", &self.temperature)
-            .finish()
-    }
-}
-
-#[derive(Clone)]
+/// `Debug` is derived: every key in it is a [`Secret`], shown redacted.
+#[derive(Debug, Clone)]
 pub struct Config {
     pub mode: Mode,
     /// `http://host:port`: the control plane.
@@ -143,24 +123,10 @@ pub struct Config {
     pub sources: Sources,
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("mode", &self.mode)
-            .field("backend_endpoint", &self.backend_endpoint)
-            .field("runner_id", &self.runner_id)
-            .field("max_concurrency", &self.max_concurrency)
-            .field("llm", &self.llm)
-            .finish_non_exhaustive()
-    }
-}
-
 pub const DEFAULT_LOCAL_ENDPOINT: &str = "http://localhost:50051";
 pub const DEFAULT_OLLAMA_BASE_URL: &str = "http://localhost:11434";
 const DEFAULT_ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
 const DEFAULT_OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
-const DEFAULT_LOCAL_MODEL: &str = "qwen2.5-coder:7b";
-const DEFAULT_CLOUD_MODEL: &str = "claude-sonnet-4-5";
 impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
         let mut r = Reader::new(env);
@@ -169,7 +135,7 @@ impl Config {
         let llm = read_llm(&mut r, kind);
         // Read in both modes, so that a bad value is reported whatever the mode.
         let sandbox_root = PathBuf::from(
-            r.string("SANDBOX_ROOT_DIR")
+            r.string(vars::SANDBOX_ROOT_DIR)
                 .unwrap_or_else(|| DEFAULT_SANDBOX_ROOT.into()),
         );
         let sandbox = crate::sandbox::confine::read_settings(&mut r);
@@ -178,7 +144,7 @@ impl Config {
                 api_key,
                 api_key_is_local_default,
             } => Some(Mode::Local(LocalConfig {
-                api_key,
+                api_key: Secret::new(api_key),
                 api_key_is_local_default,
                 sandbox_root,
                 sandbox,
@@ -186,35 +152,31 @@ impl Config {
             Backend::Cloud(cloud) => cloud.map(|c| Mode::Cloud(*c)),
         };
         let runner_id = r
-            .string("STIGMER_RUNNER_ID")
-            .or_else(|| r.string("POD_NAME"))
+            .string(vars::RUNNER_ID)
+            .or_else(|| r.string(vars::POD_NAME))
             .unwrap_or_else(default_runner_id);
         let max_concurrency = r.number(
-            &["STIGMER_MAX_CONCURRENCY", "TEMPORAL_MAX_CONCURRENCY"],
+            &[vars::MAX_CONCURRENCY, vars::MAX_CONCURRENCY_OLD],
             10,
             1,
             1024,
         );
-        let drain_timeout = r.secs("STIGMER_DRAIN_TIMEOUT_SECS", 30, 0, 86_400);
-        let heartbeat_interval = r.millis("STIGMER_HEARTBEAT_INTERVAL_MS", 3_000, 50, 60_000);
-        let claim_wait = r.millis("STIGMER_CLAIM_WAIT_MS", 20_000, 0, 60_000);
-        let status_flush_interval = r.millis("STIGMER_STATUS_FLUSH_MS", 250, 0, 10_000);
-        let max_turns = r.number(&["STIGMER_MAX_TURNS"], 50, 1, 10_000);
-        let max_repeated_tool_calls = r.number(&["STIGMER_MAX_REPEATED_TOOL_CALLS"], 3, 2, 100);
-        let tool_timeout = r.secs("STIGMER_TOOL_TIMEOUT_SECS", 120, 1, 86_400);
-        let tool_output_limit = r.number(
-            &["STIGMER_TOOL_OUTPUT_LIMIT"],
-            32 * 1024,
-            256,
-            16 * 1024 * 1024,
-        );
+        let drain_timeout = r.secs(vars::DRAIN_TIMEOUT_SECS, 30, 0, 86_400);
+        let heartbeat_interval = r.millis(vars::HEARTBEAT_INTERVAL_MS, 3_000, 50, 60_000);
+        let claim_wait = r.millis(vars::CLAIM_WAIT_MS, 20_000, 0, 60_000);
+        let status_flush_interval = r.millis(vars::STATUS_FLUSH_MS, 250, 0, 10_000);
+        let max_turns = r.number(&[vars::MAX_TURNS], 50, 1, 10_000);
+        let max_repeated_tool_calls = r.number(&[vars::MAX_REPEATED_TOOL_CALLS], 3, 2, 100);
+        let tool_timeout = r.secs(vars::TOOL_TIMEOUT_SECS, 120, 1, 86_400);
+        let tool_output_limit =
+            r.number(&[vars::TOOL_OUTPUT_LIMIT], 32 * 1024, 256, 16 * 1024 * 1024);
         let http_addr = read_http_addr(&mut r);
         let log_level = read_log_level(&mut r);
-        let log_json = matches!(r.string("LOG_FORMAT").as_deref(), Some("json"));
+        let log_json = matches!(r.string(vars::LOG_FORMAT).as_deref(), Some("json"));
         r.finish()?;
         // Cloud settings are missing only when a problem about them was recorded above.
         let mode = mode.ok_or_else(|| {
-            ConfigError::single("MODE", "cloud mode settings are incomplete".to_string())
+            ConfigError::single(vars::MODE, "cloud mode settings are incomplete".to_string())
         })?;
         Ok(Config {
             mode,
@@ -255,12 +217,16 @@ impl Config {
 }
 
 fn read_mode(r: &mut Reader<'_>) -> ModeKind {
-    match r.string("MODE").map(|m| m.to_ascii_lowercase()).as_deref() {
+    match r
+        .string(vars::MODE)
+        .map(|m| m.to_ascii_lowercase())
+        .as_deref()
+    {
         None | Some("local") => ModeKind::Local,
         Some("cloud") => ModeKind::Cloud,
         Some(other) => {
             r.problem(
-                "MODE",
+                vars::MODE,
                 format!("unknown mode '{other}'; allowed values: local, cloud"),
             );
             ModeKind::Local
@@ -284,20 +250,20 @@ fn read_backend(r: &mut Reader<'_>, mode: ModeKind) -> (String, Backend) {
         ModeKind::Local => "http",
         ModeKind::Cloud => "https",
     };
-    let raw = r.string("STIGMER_BACKEND_ENDPOINT");
+    let raw = r.string(vars::BACKEND_ENDPOINT);
     let endpoint = match &raw {
         None => DEFAULT_LOCAL_ENDPOINT.to_string(),
         Some(raw) => match normalize_endpoint(raw, default_scheme) {
             Ok(e) if mode == ModeKind::Local && e.starts_with("https://") => {
                 r.problem(
-                    "STIGMER_BACKEND_ENDPOINT",
+                    vars::BACKEND_ENDPOINT,
                     format!("'{raw}': local mode talks plaintext gRPC; use http://host:port"),
                 );
                 e
             }
             Ok(e) => e,
             Err(msg) => {
-                r.problem("STIGMER_BACKEND_ENDPOINT", msg);
+                r.problem(vars::BACKEND_ENDPOINT, msg);
                 raw.clone()
             }
         },
@@ -306,7 +272,7 @@ fn read_backend(r: &mut Reader<'_>, mode: ModeKind) -> (String, Backend) {
         cloud::check_endpoint(r, &endpoint, raw.is_some());
         return (endpoint, Backend::Cloud(cloud::read(r).map(Box::new)));
     }
-    let backend = match r.string("STIGMER_API_KEY") {
+    let backend = match r.string(vars::API_KEY) {
         Some(api_key) => Backend::Local {
             api_key,
             api_key_is_local_default: false,
@@ -351,11 +317,11 @@ fn read_llm(r: &mut Reader<'_>, mode: ModeKind) -> LlmConfig {
         ModeKind::Local => Provider::Ollama,
         ModeKind::Cloud => Provider::Anthropic,
     };
-    let provider = match r.string("STIGMER_LLM_PROVIDER") {
+    let provider = match r.string(vars::LLM_PROVIDER) {
         None => default_provider,
         Some(raw) => Provider::parse(&raw).unwrap_or_else(|| {
             r.problem(
-                "STIGMER_LLM_PROVIDER",
+                vars::LLM_PROVIDER,
                 format!(
                     "unknown provider '{raw}'; allowed values: {}",
                     Provider::ALLOWED
@@ -365,34 +331,30 @@ fn read_llm(r: &mut Reader<'_>, mode: ModeKind) -> LlmConfig {
         }),
     };
     let model = r
-        .string("STIGMER_LLM_MODEL")
-        .unwrap_or_else(|| match provider {
-            Provider::Ollama => DEFAULT_LOCAL_MODEL.to_string(),
-            Provider::Anthropic => DEFAULT_CLOUD_MODEL.to_string(),
-            Provider::OpenAi => "gpt-4o-mini".to_string(),
-        });
+        .string(vars::LLM_MODEL)
+        .unwrap_or_else(|| provider.default_model().to_string());
     let base_url = read_base_url(r, provider);
     let (api_key, key_source) = read_llm_key(r, provider);
-    let temperature = r.number(&["STIGMER_LLM_TEMPERATURE"], 0.0f32, 0.0, 2.0);
+    let temperature = r.number(&[vars::LLM_TEMPERATURE], 0.0f32, 0.0, 2.0);
     LlmConfig {
         provider,
         model,
         base_url,
         api_key,
         key_source,
-        max_tokens: r.number(&["STIGMER_LLM_MAX_TOKENS"], 8192u32, 1, 1_000_000),
+        max_tokens: r.number(&[vars::LLM_MAX_TOKENS], 8192u32, 1, 1_000_000),
         temperature: Some(temperature),
-        request_timeout: r.secs("STIGMER_LLM_TIMEOUT_SECS", 120, 1, 3_600),
-        max_attempts: r.number(&["STIGMER_LLM_MAX_ATTEMPTS"], 4u32, 1, 20),
+        request_timeout: r.secs(vars::LLM_TIMEOUT_SECS, 120, 1, 3_600),
+        max_attempts: r.number(&[vars::LLM_MAX_ATTEMPTS], 4u32, 1, 20),
     }
 }
 
 fn read_base_url(r: &mut Reader<'_>, provider: Provider) -> String {
-    let (key, value) = match (r.string("STIGMER_LLM_BASE_URL"), provider) {
-        (Some(v), _) => ("STIGMER_LLM_BASE_URL", v),
+    let (key, value) = match (r.string(vars::LLM_BASE_URL), provider) {
+        (Some(v), _) => (vars::LLM_BASE_URL, v),
         (None, Provider::Ollama) => (
-            "OLLAMA_BASE_URL",
-            r.string("OLLAMA_BASE_URL")
+            vars::OLLAMA_BASE_URL,
+            r.string(vars::OLLAMA_BASE_URL)
                 .unwrap_or_else(|| DEFAULT_OLLAMA_BASE_URL.to_string()),
         ),
         (None, Provider::Anthropic) => ("", DEFAULT_ANTHROPIC_BASE_URL.to_string()),
@@ -405,24 +367,18 @@ fn read_base_url(r: &mut Reader<'_>, provider: Provider) -> String {
     trimmed
 }
 
-/// The key variable a provider reads, after the generic `STIGMER_LLM_API_KEY`.
-pub fn provider_key_variable(provider: Provider) -> Option<&'static str> {
-    match provider {
-        Provider::Anthropic => Some("ANTHROPIC_API_KEY"),
-        Provider::OpenAi => Some("OPENAI_API_KEY"),
-        Provider::Ollama => None,
+fn read_llm_key(r: &mut Reader<'_>, provider: Provider) -> (Option<Secret>, KeySource) {
+    if let Some(key) = r.string(vars::LLM_API_KEY) {
+        return (
+            Some(Secret::new(key)),
+            KeySource::Variable(vars::LLM_API_KEY),
+        );
     }
-}
-
-fn read_llm_key(r: &mut Reader<'_>, provider: Provider) -> (Option<String>, KeySource) {
-    if let Some(key) = r.string("STIGMER_LLM_API_KEY") {
-        return (Some(key), KeySource::Variable("STIGMER_LLM_API_KEY"));
-    }
-    let Some(var) = provider_key_variable(provider) else {
+    let Some(var) = provider.key_variable() else {
         return (None, KeySource::NotNeeded);
     };
     match r.string(var) {
-        Some(key) => (Some(key), KeySource::Variable(var)),
+        Some(key) => (Some(Secret::new(key)), KeySource::Variable(var)),
         None => {
             r.problem(
                 var,
@@ -438,11 +394,11 @@ fn read_llm_key(r: &mut Reader<'_>, provider: Provider) -> (Option<String>, KeyS
 
 fn read_http_addr(r: &mut Reader<'_>) -> SocketAddr {
     let fallback = SocketAddr::from(([127, 0, 0, 1], 8090));
-    match r.string("STIGMER_HTTP_ADDR") {
+    match r.string(vars::HTTP_ADDR) {
         None => fallback,
         Some(raw) => raw.parse().unwrap_or_else(|_| {
             r.problem(
-                "STIGMER_HTTP_ADDR",
+                vars::HTTP_ADDR,
                 format!("'{raw}' is not an address; use host:port, e.g. 0.0.0.0:8080"),
             );
             fallback
@@ -451,7 +407,7 @@ fn read_http_addr(r: &mut Reader<'_>) -> SocketAddr {
 }
 
 fn read_log_level(r: &mut Reader<'_>) -> String {
-    let raw = r.string("LOG_LEVEL").unwrap_or_else(|| "info".into());
+    let raw = r.string(vars::LOG_LEVEL).unwrap_or_else(|| "info".into());
     let level = raw.to_ascii_lowercase();
     let level = if level == "warning" {
         "warn".to_string()
@@ -460,7 +416,7 @@ fn read_log_level(r: &mut Reader<'_>) -> String {
     };
     if !["trace", "debug", "info", "warn", "error"].contains(&level.as_str()) {
         r.problem(
-            "LOG_LEVEL",
+            vars::LOG_LEVEL,
             format!("unknown level '{raw}'; allowed values: TRACE, DEBUG, INFO, WARN, ERROR"),
         );
         return "info".into();
@@ -499,7 +455,7 @@ mod tests {
         let c = load(&[]).expect("defaults are valid");
         let local = c.local().expect("local mode");
         assert_eq!(c.backend_endpoint, "http://localhost:50051");
-        assert_eq!(local.api_key, "dummy-local-key");
+        assert_eq!(local.api_key.expose(), "dummy-local-key");
         assert!(local.api_key_is_local_default);
         assert_eq!(local.sandbox_root, PathBuf::from("./workspace"));
         assert_eq!(c.max_concurrency, 10);
@@ -574,7 +530,7 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(c.llm.key_source, KeySource::Variable("ANTHROPIC_API_KEY"));
-        assert_eq!(c.llm.api_key.as_deref(), Some("sk-ant"));
+        assert_eq!(c.llm.api_key.as_ref().map(|k| k.expose()), Some("sk-ant"));
         assert_eq!(c.llm.base_url, "https://api.anthropic.com");
         let c = load(&[
             ("STIGMER_LLM_PROVIDER", "anthropic"),

@@ -77,19 +77,3 @@ fn status_hint(status: u16) -> String {
         _ => String::new(),
     }
 }
-
-/// Text of an error and all its sources, because reqwest puts the useful part (connection
-/// refused, certificate, DNS) in the source chain.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}

@@ -8,8 +8,8 @@ use futures_util::{Stream, StreamExt};
 use reqwest::header::{self, HeaderMap};
 
 use super::LlmError;
-use super::error::error_chain;
 use super::retry::{self, Failure};
+use stigmer_contract::error_chain;
 
 /// Error bodies are read up to this size: enough for any provider message, bounded against a
 /// misconfigured endpoint that streams something large.
@@ -198,7 +198,7 @@ fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
     if let Some(ms) = ms {
         return Some(Duration::from_secs_f64(ms.min(3_600_000.0) / 1000.0));
     }
-    text("retry-after").and_then(|v| retry::parse_retry_after(v, jiff::Timestamp::now()))
+    text("retry-after").and_then(|v| crate::backoff::parse_retry_after(v, jiff::Timestamp::now()))
 }
 
 async fn read_limited(mut response: reqwest::Response) -> String {

@@ -14,38 +14,14 @@ mod tests;
 
 use std::time::Duration;
 
+use stigmer_contract::Secret;
+
 use crate::conversation::{Block, Message};
 
 pub use error::LlmError;
 
-/// Which wire format and defaults to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Provider {
-    Anthropic,
-    OpenAi,
-    Ollama,
-}
-
-impl Provider {
-    pub const ALLOWED: &'static str = "anthropic, openai, ollama";
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "anthropic" => Some(Self::Anthropic),
-            "openai" => Some(Self::OpenAi),
-            "ollama" => Some(Self::Ollama),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Anthropic => "anthropic",
-            Self::OpenAi => "openai",
-            Self::Ollama => "ollama",
-        }
-    }
-}
+/// Which wire format and defaults to use: the runner's contract (see `stigmer-contract`).
+pub use stigmer_contract::Provider;
 
 /// Connection settings for one provider. `base_url` is already resolved (override, provider
 /// default, or OLLAMA_BASE_URL) by the config module.
@@ -55,7 +31,7 @@ pub struct LlmSettings {
     /// e.g. `https://api.anthropic.com`, `http://localhost:11434`, `http://127.0.0.1:9999/v1`.
     pub base_url: String,
     /// None for Ollama; never logged.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Per-request timeout for connecting and for the gap between streamed chunks.
     pub request_timeout: Duration,
     /// Attempts for retryable failures (408/409/429/5xx, connection errors) before a stream starts.
@@ -143,7 +119,10 @@ impl std::fmt::Debug for LlmClient {
 impl LlmClient {
     pub fn new(settings: LlmSettings) -> Result<Self, LlmError> {
         ensure_crypto_provider();
-        let api_key = settings.api_key.filter(|k| !k.trim().is_empty());
+        let api_key = settings
+            .api_key
+            .map(|k| k.expose().to_owned())
+            .filter(|k| !k.trim().is_empty());
         let (wire, endpoint, headers) = match settings.provider {
             Provider::Anthropic => {
                 let key = api_key.as_deref().ok_or_else(|| {

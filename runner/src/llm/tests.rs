@@ -18,7 +18,8 @@ fn settings(
     max_attempts: u32,
     timeout: Duration,
 ) -> LlmSettings {
-    let api_key = (provider != Provider::Ollama).then(|| KEY.to_owned());
+    let api_key =
+        (provider != Provider::Ollama).then(|| stigmer_contract::Secret::new(KEY.to_owned()));
     LlmSettings {
         provider,
         base_url,
@@ -738,7 +739,7 @@ fn settings_that_cannot_work_are_refused_up_front() {
         LlmClient::new(LlmSettings {
             provider,
             base_url: base.to_owned(),
-            api_key: key.map(str::to_owned),
+            api_key: key.map(|k| stigmer_contract::Secret::new(k.to_owned())),
             request_timeout: Duration::from_secs(1),
             max_attempts: 1,
         })

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use redis::Client;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Client};
 
 pub use stigmer_redis::RedisTarget;
 
@@ -72,13 +72,8 @@ impl RedisSettings {
 pub enum RedisError {
     #[error("invalid Redis address: {0}")]
     InvalidAddress(String),
-    #[error("Redis at {addr} is unreachable after {attempts} attempts: {source}")]
-    Unreachable {
-        addr: String,
-        attempts: u32,
-        #[source]
-        source: redis::RedisError,
-    },
+    #[error(transparent)]
+    Unreachable(#[from] stigmer_redis::Unreachable),
     #[error("Redis {op} failed: {source}")]
     Command {
         op: &'static str,
@@ -142,43 +137,29 @@ pub async fn connect(settings: RedisSettings) -> Result<Redis, RedisError> {
         .target
         .client()
         .map_err(|e| RedisError::InvalidAddress(e.0))?;
-    let attempts = settings.connect_attempts.max(1);
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match open_pair(&client, &settings).await {
-            Ok((commands, blocking)) => {
-                tracing::info!(redis = %addr, "connected to Redis");
-                return Ok(Redis {
-                    client,
-                    commands,
-                    blocking,
-                    settings,
-                    addr,
-                });
-            }
-            Err(source) if attempt >= attempts => {
-                return Err(RedisError::Unreachable {
-                    addr,
-                    attempts,
-                    source,
-                });
-            }
-            Err(err) => {
-                tracing::warn!(redis = %addr, attempt, error = %err, "Redis not reachable yet; retrying");
-                tokio::time::sleep(settings.connect_retry_delay).await;
-            }
-        }
-    }
+    let (commands, blocking) = stigmer_redis::connect_with_retry(
+        &client,
+        &addr,
+        settings.connect_attempts,
+        settings.connect_retry_delay,
+        || open_pair(&client, &settings),
+    )
+    .await?;
+    tracing::info!(redis = %addr, "connected to Redis");
+    Ok(Redis {
+        client,
+        commands,
+        blocking,
+        settings,
+        addr,
+    })
 }
 
 async fn open_pair(
     client: &Client,
     settings: &RedisSettings,
 ) -> Result<(ConnectionManager, ConnectionManager), redis::RedisError> {
-    // A plain connection first: the connection manager retries internally for seconds, and
-    // the bounded start-up retries belong to `connect`.
-    ping_once(client).await?;
+    // `connect_with_retry` has pinged with a plain connection first.
     let base = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))
         .set_max_delay(Duration::from_secs(2));
@@ -195,18 +176,6 @@ async fn open_pair(
         .await?;
     let _: String = redis::cmd("PING").query_async(&mut commands).await?;
     Ok((commands, blocking))
-}
-
-/// One connection attempt and PING, without retries.
-pub(crate) async fn ping_once(client: &Client) -> Result<(), redis::RedisError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(3)))
-        .set_response_timeout(Some(Duration::from_secs(3)));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -118,12 +118,7 @@ impl RedisDispatch {
             // each claimed execution takes the first matching entry, the rest are refused.
             let mut unmatched = entries;
             for execution in response.executions {
-                let id = execution
-                    .execution
-                    .as_ref()
-                    .and_then(|e| e.metadata.as_ref())
-                    .map(|m| m.id.clone())
-                    .unwrap_or_default();
+                let id = execution.execution_id();
                 if let Some(pos) = unmatched.iter().position(|e| e.execution_id == id) {
                     let entry = unmatched.remove(pos);
                     round.claimed.push(ClaimedEntry {

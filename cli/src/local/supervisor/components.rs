@@ -11,6 +11,7 @@ use super::super::secrets::KEY_VARIABLES;
 use super::Settings;
 use super::child::{GiveUp, Liveness, Spec};
 use crate::args::Component;
+use stigmer_contract::env as vars;
 
 /// `stigmer-server`: started first, stopped last. Restarting it would cut every client, so
 /// its health is only reported; giving up on it stops the platform.
@@ -95,15 +96,15 @@ pub(super) fn runner_command(s: &Settings, endpoint: &str, http_addr: SocketAddr
 /// command writes can come back as configuration at the next start.
 fn runner_env(s: &Settings, endpoint: &str, http_addr: SocketAddr) -> Vec<(String, String)> {
     vec![
-        ("MODE".into(), "local".into()),
-        ("STIGMER_DOTENV".into(), "off".into()),
-        ("STIGMER_BACKEND_ENDPOINT".into(), endpoint.to_string()),
-        ("STIGMER_API_KEY".into(), s.keys.runner.expose().to_string()),
+        (vars::MODE.into(), "local".into()),
+        (vars::DOTENV.into(), "off".into()),
+        (vars::BACKEND_ENDPOINT.into(), endpoint.to_string()),
+        (vars::API_KEY.into(), s.keys.runner.expose().to_string()),
         (
-            "SANDBOX_ROOT_DIR".into(),
+            vars::SANDBOX_ROOT_DIR.into(),
             s.paths.workspace().display().to_string(),
         ),
-        ("STIGMER_HTTP_ADDR".into(), http_addr.to_string()),
+        (vars::HTTP_ADDR.into(), http_addr.to_string()),
         ("NO_COLOR".into(), "1".into()),
     ]
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde::Serialize;
+use stigmer_contract::env as vars;
 
 use super::policy::Limits;
 use crate::config::env::Reader;
@@ -103,14 +104,14 @@ const ETC_ENTRIES: [&str; 27] = [
 ];
 
 pub(crate) fn read(r: &mut Reader<'_>) -> SandboxSettings {
-    let mode = match r.string("STIGMER_SANDBOX").map(|m| m.to_ascii_lowercase()) {
+    let mode = match r.string(vars::SANDBOX).map(|m| m.to_ascii_lowercase()) {
         None => SandboxMode::Auto,
         Some(m) if m == "auto" => SandboxMode::Auto,
         Some(m) if m == "strict" => SandboxMode::Strict,
         Some(m) if m == "off" => SandboxMode::Off,
         Some(other) => {
             r.problem(
-                "STIGMER_SANDBOX",
+                vars::SANDBOX,
                 format!("unknown value '{other}'; allowed values: auto, strict, off"),
             );
             SandboxMode::Auto
@@ -118,12 +119,12 @@ pub(crate) fn read(r: &mut Reader<'_>) -> SandboxSettings {
     };
     let mib = 1u64 << 20;
     let limits = Limits {
-        max_processes: r.number(&["STIGMER_SANDBOX_MAX_PROCESSES"], 256, 8, 65_536),
-        max_file_bytes: r.number(&["STIGMER_SANDBOX_MAX_FILE_MB"], 1024u64, 1, 1 << 20) * mib,
-        cpu_secs: r.number(&["STIGMER_SANDBOX_CPU_SECS"], 600, 1, 86_400),
-        max_open_files: r.number(&["STIGMER_SANDBOX_MAX_OPEN_FILES"], 1024, 64, 1 << 20),
-        tmp_bytes: r.number(&["STIGMER_SANDBOX_TMP_MB"], 512u64, 1, 1 << 20) * mib,
-        memory_bytes: r.number(&["STIGMER_SANDBOX_MEMORY_MB"], 2048u64, 16, 1 << 24) * mib,
+        max_processes: r.number(&[vars::SANDBOX_MAX_PROCESSES], 256, 8, 65_536),
+        max_file_bytes: r.number(&[vars::SANDBOX_MAX_FILE_MB], 1024u64, 1, 1 << 20) * mib,
+        cpu_secs: r.number(&[vars::SANDBOX_CPU_SECS], 600, 1, 86_400),
+        max_open_files: r.number(&[vars::SANDBOX_MAX_OPEN_FILES], 1024, 64, 1 << 20),
+        tmp_bytes: r.number(&[vars::SANDBOX_TMP_MB], 512u64, 1, 1 << 20) * mib,
+        memory_bytes: r.number(&[vars::SANDBOX_MEMORY_MB], 2048u64, 16, 1 << 24) * mib,
     };
     SandboxSettings {
         mode,
@@ -134,7 +135,7 @@ pub(crate) fn read(r: &mut Reader<'_>) -> SandboxSettings {
 }
 
 fn read_paths(r: &mut Reader<'_>) -> Vec<PathBuf> {
-    let Some(raw) = r.string("STIGMER_SANDBOX_READ_PATHS") else {
+    let Some(raw) = r.string(vars::SANDBOX_READ_PATHS) else {
         return Vec::new();
     };
     let mut paths = Vec::new();
@@ -142,7 +143,7 @@ fn read_paths(r: &mut Reader<'_>) -> Vec<PathBuf> {
         let path = PathBuf::from(part);
         if !path.is_absolute() {
             r.problem(
-                "STIGMER_SANDBOX_READ_PATHS",
+                vars::SANDBOX_READ_PATHS,
                 format!("'{part}' is not an absolute path; separate absolute paths with ':'"),
             );
             continue;
@@ -153,14 +154,14 @@ fn read_paths(r: &mut Reader<'_>) -> Vec<PathBuf> {
 }
 
 fn read_cgroup(r: &mut Reader<'_>) -> Option<Option<PathBuf>> {
-    let raw = r.string("STIGMER_SANDBOX_CGROUP")?;
+    let raw = r.string(vars::SANDBOX_CGROUP)?;
     if raw.eq_ignore_ascii_case("off") {
         return Some(None);
     }
     let path = PathBuf::from(&raw);
     if !path.is_absolute() {
         r.problem(
-            "STIGMER_SANDBOX_CGROUP",
+            vars::SANDBOX_CGROUP,
             format!("'{raw}' must be 'off' or the absolute path of a cgroup v2 directory"),
         );
         return None;

@@ -15,8 +15,9 @@ use reqwest::{Method, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::error::{DaytonaError, error_chain};
-use crate::llm::retry::{Backoff, parse_retry_after};
+use super::error::DaytonaError;
+use crate::backoff::{Backoff, parse_retry_after};
+use stigmer_contract::error_chain;
 
 pub const DEFAULT_API_URL: &str = "https://app.daytona.io/api";
 

@@ -100,19 +100,3 @@ fn status_hint(status: u16) -> String {
         _ => String::new(),
     }
 }
-
-/// The error's message followed by its sources, for transport errors whose top level says
-/// little ("error sending request").
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
