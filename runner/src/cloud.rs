@@ -60,7 +60,7 @@ pub async fn start(
     .await?;
     let queue = RedisDispatch::new(&redis, config.runner_id.clone()).await?;
     let presence = Presence::new(&redis, config.heartbeat_interval * 3);
-    let mut settings = DaytonaSettings::new(cloud.daytona.api_key.clone());
+    let mut settings = DaytonaSettings::new(cloud.daytona.api_key.expose());
     settings.api_url = cloud.daytona.api_url.clone();
     let client = DaytonaClient::new(settings)?;
     let sandboxes = DaytonaSandboxes::new(
@@ -115,7 +115,9 @@ async fn token_source(cloud: &CloudConfig) -> Result<TokenSource, CloudStartErro
     verifier.prefetch().await?;
     let verifier = Arc::new(verifier);
     Ok(match &cloud.token {
-        TokenOrigin::Env(token) => TokenSource::from_static(token.clone(), verifier).await?,
+        TokenOrigin::Env(token) => {
+            TokenSource::from_static(token.expose().to_owned(), verifier).await?
+        }
         TokenOrigin::File(path) => TokenSource::from_file(path.clone(), verifier).await?,
     })
 }

@@ -2,9 +2,9 @@
 //! `MODE=cloud`; every missing or malformed value is a start-up problem reported with the rest,
 //! not a failure at the first execution.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
+use stigmer_contract::Secret;
 
 use stigmer_auth::jwt::TokenInspection;
 use stigmer_contract::env as vars;
@@ -17,21 +17,13 @@ const JWT_LEEWAY: Duration = Duration::from_secs(30);
 const DEFAULT_DAYTONA_API_URL: &str = "https://app.daytona.io/api";
 
 /// Where the runner's JWT comes from.
-#[derive(Clone, PartialEq, Eq)]
+/// `Debug` is derived: the token is a [`Secret`], shown redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenOrigin {
     /// `STIGMER_API_KEY`.
-    Env(String),
+    Env(Secret),
     /// `STIGMER_API_KEY_FILE`, re-read when it changes (a rotated Kubernetes Secret).
     File(PathBuf),
-}
-
-impl fmt::Debug for TokenOrigin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenOrigin::Env(_) => f.write_str("Env(<redacted>)"),
-            TokenOrigin::File(p) => f.debug_tuple("File").field(p).finish(),
-        }
-    }
 }
 
 /// Signature and claim checks beyond structure, exp and nbf.
@@ -43,21 +35,12 @@ pub struct JwtChecks {
     pub public_key_file: Option<PathBuf>,
 }
 
-#[derive(Clone, PartialEq, Eq)]
+/// `Debug` is derived: the key is a [`Secret`], shown redacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaytonaConfig {
     pub api_url: String,
-    pub api_key: String,
+    pub api_key: Secret,
     pub snapshot: String,
-}
-
-impl fmt::Debug for DaytonaConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DaytonaConfig")
-            .field("api_url", &self.api_url)
-            .field("api_key", &"<redacted>")
-            .field("snapshot", &self.snapshot)
-            .finish()
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,7 +161,11 @@ fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, String, Option<String>
             );
             return None;
         }
-        (Some(token), None) => (TokenOrigin::Env(token.clone()), token, vars::API_KEY),
+        (Some(token), None) => (
+            TokenOrigin::Env(Secret::new(token.clone())),
+            token,
+            vars::API_KEY,
+        ),
         (None, Some(path)) => match std::fs::read_to_string(&path) {
             Ok(text) => (
                 TokenOrigin::File(PathBuf::from(&path)),
@@ -258,7 +245,7 @@ fn read_daytona(r: &mut Reader<'_>) -> Option<DaytonaConfig> {
     }
     Some(DaytonaConfig {
         api_url: api_url.trim_end_matches('/').to_string(),
-        api_key: api_key?,
+        api_key: Secret::new(api_key?),
         snapshot: snapshot?,
     })
 }

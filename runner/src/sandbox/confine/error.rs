@@ -51,3 +51,15 @@ impl HelperError {
         }
     }
 }
+
+/// A helper stage's exit code: the command's, or, when the stage failed, its reason on the
+/// status channel (stderr) and [`super::policy::SETUP_FAILED_EXIT`].
+pub fn exit_code(result: Result<i32, HelperError>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}{e}", super::policy::ERROR_PREFIX);
+            super::policy::SETUP_FAILED_EXIT
+        }
+    }
+}

@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 
 use super::cgroup::CommandCgroup;
 use super::error::HelperError;
-use super::policy::{CommandPlan, ERROR_PREFIX, EXIT_PREFIX, Layer, Network, SETUP_FAILED_EXIT};
+use super::policy::{CommandPlan, EXIT_PREFIX, Layer, Network, SETUP_FAILED_EXIT};
 use super::reap;
 
 /// Extra time the helper gives the command past the runner's own deadline before it acts.
@@ -39,14 +39,7 @@ const DEADLINE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs stage one; returns the process exit code.
 pub fn exec_main() -> i32 {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            // stderr is the command's output pipe: the runner reads this as the reason.
-            eprintln!("{ERROR_PREFIX}{e}");
-            SETUP_FAILED_EXIT
-        }
-    }
+    super::error::exit_code(run())
 }
 
 fn run() -> Result<i32, HelperError> {

@@ -15,20 +15,14 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::error::HelperError;
-use super::policy::{CommandPlan, ERROR_PREFIX, Layer, REPORT_PREFIX, Report, SETUP_FAILED_EXIT};
+use super::policy::{CommandPlan, Layer, REPORT_PREFIX, Report, SETUP_FAILED_EXIT};
 use super::{limits, lsm, syscalls, view};
 
 const SHELL: &str = "/bin/sh";
 const HOSTNAME: &str = "sandbox";
 
 pub fn init_main() -> i32 {
-    match run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("{ERROR_PREFIX}{e}");
-            SETUP_FAILED_EXIT
-        }
-    }
+    super::error::exit_code(run())
 }
 
 fn run() -> Result<i32, HelperError> {

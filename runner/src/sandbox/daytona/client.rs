@@ -7,7 +7,6 @@
 //! have acted on them.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -17,6 +16,7 @@ use tokio::time::Instant;
 
 use super::error::DaytonaError;
 use crate::backoff::{Backoff, parse_retry_after};
+use stigmer_contract::Secret;
 use stigmer_contract::error_chain;
 
 pub const DEFAULT_API_URL: &str = "https://app.daytona.io/api";
@@ -40,13 +40,13 @@ const EXECUTE_GRACE: Duration = Duration::from_secs(10);
 /// Retries back off up to this, unless the server asks for a `Retry-After`.
 const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(8);
 
-/// How to reach Daytona.
-#[derive(Clone)]
+/// How to reach Daytona. `Debug` is derived: the key is a [`Secret`], shown redacted.
+#[derive(Debug, Clone)]
 pub struct DaytonaSettings {
     /// e.g. `https://app.daytona.io/api` (`DAYTONA_API_URL`).
     pub api_url: String,
     /// `DAYTONA_API_KEY`; never logged.
-    pub api_key: String,
+    pub api_key: Secret,
     /// Bound on each lifecycle and file request (connect included).
     pub request_timeout: Duration,
     /// Attempts for retryable failures, at least one.
@@ -60,23 +60,11 @@ impl DaytonaSettings {
     pub fn new(api_key: impl Into<String>) -> Self {
         Self {
             api_url: DEFAULT_API_URL.to_owned(),
-            api_key: api_key.into(),
+            api_key: Secret::new(api_key.into()),
             request_timeout: Duration::from_secs(30),
             max_attempts: 4,
             retry_backoff: Duration::from_millis(500),
         }
-    }
-}
-
-impl fmt::Debug for DaytonaSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DaytonaSettings")
-            .field("api_url", &self.api_url)
-            .field("api_key", &"[redacted]")
-            .field("request_timeout", &self.request_timeout)
-            .field("max_attempts", &self.max_attempts)
-            .field("retry_backoff", &self.retry_backoff)
-            .finish()
     }
 }
 
@@ -273,30 +261,21 @@ struct Failure {
     retryable: bool,
 }
 
-/// A Daytona API client; cheap to clone (the connection pool is shared).
-#[derive(Clone)]
+/// A Daytona API client; cheap to clone (the connection pool is shared). `Debug` shows no key.
+#[derive(Debug, Clone)]
 pub struct DaytonaClient {
     http: reqwest::Client,
     api_url: String,
     /// Only used to redact the key from error bodies that might echo it.
-    api_key: String,
+    api_key: Secret,
     request_timeout: Duration,
     max_attempts: u32,
     backoff: Backoff,
 }
 
-impl fmt::Debug for DaytonaClient {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DaytonaClient")
-            .field("api_url", &self.api_url)
-            .field("api_key", &"[redacted]")
-            .finish_non_exhaustive()
-    }
-}
-
 impl DaytonaClient {
     pub fn new(settings: DaytonaSettings) -> Result<Self, DaytonaError> {
-        if settings.api_key.trim().is_empty() {
+        if settings.api_key.expose().trim().is_empty() {
             return Err(DaytonaError::Config(
                 "DAYTONA_API_KEY is empty; cloud mode needs a Daytona API key".into(),
             ));
@@ -305,12 +284,14 @@ impl DaytonaClient {
         Url::parse(&api_url).map_err(|e| {
             DaytonaError::Config(format!("DAYTONA_API_URL '{api_url}' is not a URL: {e}"))
         })?;
-        let mut auth = HeaderValue::try_from(format!("Bearer {}", settings.api_key.trim()))
-            .map_err(|_| {
-                DaytonaError::Config(
-                    "DAYTONA_API_KEY contains characters not allowed in an HTTP header".into(),
-                )
-            })?;
+        let mut auth =
+            HeaderValue::try_from(format!("Bearer {}", settings.api_key.expose().trim())).map_err(
+                |_| {
+                    DaytonaError::Config(
+                        "DAYTONA_API_KEY contains characters not allowed in an HTTP header".into(),
+                    )
+                },
+            )?;
         auth.set_sensitive(true);
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, auth);
@@ -741,7 +722,7 @@ impl DaytonaClient {
     }
 
     fn redact(&self, text: String) -> String {
-        let key = self.api_key.trim();
+        let key = self.api_key.expose().trim();
         if !key.is_empty() && text.contains(key) {
             return text.replace(key, "[redacted]");
         }

@@ -29,7 +29,7 @@ fn settings(server: &DaytonaServer, key: &str) -> DaytonaSettings {
     crate::llm::ensure_crypto_provider();
     DaytonaSettings {
         api_url: server.api_url(),
-        api_key: key.to_owned(),
+        api_key: key.to_owned().into(),
         request_timeout: Duration::from_secs(5),
         max_attempts: 4,
         retry_backoff: Duration::from_millis(10),
