@@ -28,9 +28,10 @@ async fn sandbox(dir: &Path, mode: SandboxMode, cgroup: bool) -> (Sandbox, Strin
         cgroup_parent: (!cgroup).then_some(None),
         ..SandboxSettings::default()
     };
-    let helper = Path::new(env!("CARGO_BIN_EXE_runner"));
+    // As the runner picks it: `runner-sandbox` beside the runner binary.
+    let helper = runner::sandbox::confine::helper_binary(Path::new(env!("CARGO_BIN_EXE_runner")));
     let probe = root.probe_dir().expect("probe");
-    let confinement = Confinement::detect(&settings, helper, &probe)
+    let confinement = Confinement::detect(&settings, &helper, &probe)
         .await
         .expect("detect");
     let layers = confinement

@@ -409,3 +409,36 @@ async fn off_runs_commands_unconfined() {
     assert!(!off.enabled());
     assert_eq!(off.status().mode, SandboxMode::Off);
 }
+
+/// A runner killed mid-command leaves its commands' cgroup directories behind; the next start
+/// removes those whose runner is gone (and never another live runner's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroups_left_by_a_dead_runner_are_swept_at_start() {
+    let w = World::new(How::AllLayers).await;
+    let Some(parent) = w.root.confinement().cgroup().cloned() else {
+        eprintln!(
+            "SKIPPED: this machine gives the runner no cgroup (needs root, or a delegated \
+             cgroup v2 directory in STIGMER_SANDBOX_CGROUP)"
+        );
+        return;
+    };
+    let dir = match &parent {
+        runner::sandbox::confine::CgroupParent::V2(dir) => dir.clone(),
+        runner::sandbox::confine::CgroupParent::V1 { pids, .. } => pids.clone(),
+    };
+    // pid_max - 1: no process runs there; pid 1 always runs (standing in for another runner).
+    let dead = dir.join("cmd-4194303-7");
+    let live = dir.join("cmd-1-999999");
+    std::fs::create_dir(&dead).expect("stale cgroup");
+    std::fs::create_dir(&live).expect("live cgroup");
+    let probe = w.root.probe_dir().expect("probe");
+    Confinement::detect(&SandboxSettings::default(), Path::new(RUNNER), &probe)
+        .await
+        .expect("detect");
+    let (dead_gone, live_kept) = (!dead.exists(), live.exists());
+    let _ = std::fs::remove_dir(&live);
+    assert!(dead_gone, "{} was not swept", dead.display());
+    assert!(live_kept, "a live runner's cgroup was removed");
+    let out = w.run("echo still-works").await;
+    assert!(out.output.contains("still-works"), "{out:?}");
+}

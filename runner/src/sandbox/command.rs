@@ -68,7 +68,9 @@ pub(super) async fn run(
         let (child, pipe) = spawn(cwd, tmp, &req)?;
         (child, pipe, None)
     };
-    let _cgroup = CgroupGuard::new(confinement, &child);
+    let _cgroup = CgroupGuard {
+        cleanup: helper.as_ref().and_then(|h| h.cgroup.clone()),
+    };
     let mut group = GroupGuard::for_child(&child)?;
     let mut output = Output::new(pipe, req.output_limit);
 
@@ -160,6 +162,8 @@ struct Helper {
     lifeline: Option<ChildStdin>,
     status: Option<ChildStderr>,
     text: Vec<u8>,
+    /// The command's cgroup, removed when the command is over.
+    cgroup: Option<(confine::CgroupParent, String)>,
 }
 
 impl Helper {
@@ -270,6 +274,11 @@ async fn spawn_confined(
         lifeline,
         status: child.stderr.take(),
         text: Vec::new(),
+        cgroup: plan
+            .cgroup
+            .clone()
+            .filter(|_| plan.has(confine::Layer::Cgroup))
+            .map(|parent| (parent, plan.cgroup_name.clone())),
     };
     Ok((child, pipe, helper))
 }
@@ -277,28 +286,21 @@ async fn spawn_confined(
 /// Removes a confined command's cgroup once the command is over, killing what is left in it
 /// (for instance when the helper itself was killed).
 struct CgroupGuard {
-    cleanup: Option<(confine::CgroupParent, u32)>,
-}
-
-impl CgroupGuard {
-    fn new(confinement: &Confinement, child: &Child) -> Self {
-        let cleanup = confinement.cgroup().cloned().zip(child.id());
-        Self { cleanup }
-    }
+    cleanup: Option<(confine::CgroupParent, String)>,
 }
 
 impl Drop for CgroupGuard {
     fn drop(&mut self) {
-        let Some((parent, pid)) = self.cleanup.take() else {
+        let Some((parent, name)) = self.cleanup.take() else {
             return;
         };
         // The helper may still be exiting (tearing its namespaces down): the directory can
         // only go once it is gone, so this waits off the async threads.
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn_blocking(move || confine::remove_cgroup(&parent, pid));
+                runtime.spawn_blocking(move || confine::remove_cgroup(&parent, &name));
             }
-            Err(_) => confine::remove_cgroup(&parent, pid),
+            Err(_) => confine::remove_cgroup(&parent, &name),
         }
     }
 }

@@ -1,10 +1,11 @@
 //! A cgroup per command, where one can be had (root, or a delegated subtree): the kernel then
 //! bounds the command's process count and memory whatever its user, and lists its members.
 //!
-//! The helper creates `<parent>/cmd-<helper pid>` in each hierarchy, writes the limits and
-//! moves itself in before anything else starts, so every process of the command is born
-//! inside. The runner removes the directories once the helper is gone ([`remove_for`]),
-//! killing any member left behind by a helper that was itself killed.
+//! The helper creates `<parent>/<name>` in each hierarchy (the runner names it
+//! `cmd-<runner pid>-<n>`), writes the limits and moves itself in before anything else starts,
+//! so every process of the command is born inside. The runner removes the directories once the
+//! helper is gone ([`remove`]), killing any member left behind by a helper that was itself
+//! killed; directories left by a runner that died are swept at the next start ([`sweep`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,15 +22,26 @@ pub struct CommandCgroup {
 }
 
 impl CommandCgroup {
-    pub fn create_and_join(parent: &CgroupParent, limits: &Limits) -> Result<Self, HelperError> {
+    pub fn create_and_join(
+        parent: &CgroupParent,
+        name: &str,
+        limits: &Limits,
+    ) -> Result<Self, HelperError> {
         let me = std::process::id();
-        let dirs = dirs_for(parent, me);
+        let dirs = dirs_for(parent, name);
         let set = |dir: &Path, file: &str, value: String| {
             let path = dir.join(file);
             std::fs::write(&path, value).map_err(|e| HelperError::path("writing", &path, e))
         };
         for dir in &dirs.all {
-            std::fs::create_dir(dir).map_err(|e| HelperError::path("creating cgroup", dir, e))?;
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                // Left by a runner of the same pid that died: empty it and take it over.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    kill_members(dir);
+                }
+                Err(e) => return Err(HelperError::path("creating cgroup", dir, e)),
+            }
         }
         match parent {
             CgroupParent::V2(_) => {
@@ -69,11 +81,10 @@ struct Dirs {
     all: Vec<PathBuf>,
 }
 
-fn dirs_for(parent: &CgroupParent, helper_pid: u32) -> Dirs {
-    let name = format!("cmd-{helper_pid}");
+fn dirs_for(parent: &CgroupParent, name: &str) -> Dirs {
     match parent {
         CgroupParent::V2(dir) => {
-            let procs = dir.join(&name);
+            let procs = dir.join(name);
             Dirs {
                 all: vec![procs.clone()],
                 procs,
@@ -81,8 +92,8 @@ fn dirs_for(parent: &CgroupParent, helper_pid: u32) -> Dirs {
             }
         }
         CgroupParent::V1 { pids, memory } => {
-            let procs = pids.join(&name);
-            let memory = memory.as_ref().map(|m| m.join(&name));
+            let procs = pids.join(name);
+            let memory = memory.as_ref().map(|m| m.join(name));
             let mut all = vec![procs.clone()];
             all.extend(memory.clone());
             Dirs { procs, memory, all }
@@ -99,15 +110,18 @@ fn read_members(dir: &Path) -> Vec<Pid> {
         .collect()
 }
 
-/// Runner side, after the helper `helper_pid` exited: kills whatever is left in its cgroup
-/// and removes the directories. Best effort: a failure is logged, never fatal to the command.
-pub fn remove_for(parent: &CgroupParent, helper_pid: u32) {
-    let dirs = dirs_for(parent, helper_pid);
+fn kill_members(dir: &Path) {
+    for pid in read_members(dir) {
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+}
+
+/// Runner side, after the command's helper exited: kills whatever is left in its cgroup and
+/// removes the directories. Best effort: a failure is logged, never fatal to the command.
+pub fn remove(parent: &CgroupParent, name: &str) {
+    let dirs = dirs_for(parent, name);
     for _ in 0..100 {
-        let members = read_members(&dirs.procs);
-        for pid in &members {
-            let _ = kill(*pid, Signal::SIGKILL);
-        }
+        kill_members(&dirs.procs);
         let mut left = false;
         for dir in dirs.all.iter().rev() {
             match std::fs::remove_dir(dir) {
@@ -122,4 +136,36 @@ pub fn remove_for(parent: &CgroupParent, helper_pid: u32) {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     tracing::warn!(cgroup = %dirs.procs.display(), "could not remove a command's cgroup");
+}
+
+/// Runner side, at start: removes the command cgroups of runners that are no longer running
+/// (`cmd-<pid>-<n>` whose pid is gone), which a killed runner leaves behind.
+pub fn sweep(parent: &CgroupParent) {
+    let roots: Vec<&Path> = match parent {
+        CgroupParent::V2(dir) => vec![dir.as_path()],
+        CgroupParent::V1 { pids, memory } => std::iter::once(pids.as_path())
+            .chain(memory.as_deref())
+            .collect(),
+    };
+    let me = std::process::id();
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let Some(owner) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("cmd-"))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if owner != me && !Path::new(&format!("/proc/{owner}")).exists() {
+                kill_members(&entry.path());
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
 }

@@ -49,9 +49,11 @@ fn run() -> Result<i32, HelperError> {
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| HelperError::sys("becoming a child subreaper", e))?;
     let cgroup = match &plan.cgroup {
-        Some(parent) if plan.has(Layer::Cgroup) => {
-            Some(CommandCgroup::create_and_join(parent, &plan.limits)?)
-        }
+        Some(parent) if plan.has(Layer::Cgroup) => Some(CommandCgroup::create_and_join(
+            parent,
+            &plan.cgroup_name,
+            &plan.limits,
+        )?),
         _ => None,
     };
     if plan.has(Layer::Namespaces) {

@@ -87,12 +87,27 @@ pub fn helper_entry() -> Option<i32> {
     None
 }
 
-/// Runner side: removes the cgroup of the helper `helper_pid` (killing what is left in it).
-pub fn remove_cgroup(parent: &CgroupParent, helper_pid: u32) {
+/// Runner side: removes a command's cgroup `name` (killing what is left in it).
+pub fn remove_cgroup(parent: &CgroupParent, name: &str) {
     #[cfg(target_os = "linux")]
-    cgroup::remove_for(parent, helper_pid);
+    cgroup::remove(parent, name);
     #[cfg(not(target_os = "linux"))]
-    let _ = (parent, helper_pid);
+    let _ = (parent, name);
+}
+
+/// Runner side, at start: removes command cgroups left by runners that died.
+pub fn sweep_cgroups(parent: &CgroupParent) {
+    #[cfg(target_os = "linux")]
+    cgroup::sweep(parent);
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
+}
+
+/// A cgroup name no other command of any runner uses: `cmd-<runner pid>-<n>`.
+pub fn next_cgroup_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("cmd-{}-{n}", std::process::id())
 }
 
 pub(crate) use settings::read as read_settings;
@@ -168,6 +183,7 @@ impl Confinement {
             read_paths: self.read_paths.clone(),
             limits: self.limits,
             cgroup: self.cgroup().cloned(),
+            cgroup_name: next_cgroup_name(),
             timeout_ms: u64::try_from(command.timeout.as_millis()).unwrap_or(u64::MAX),
             report: false,
         }

@@ -140,6 +140,9 @@ pub struct CommandPlan {
     pub read_paths: Vec<PathBuf>,
     pub limits: Limits,
     pub cgroup: Option<CgroupParent>,
+    /// The command's cgroup directory name under the parent, chosen by the runner
+    /// (`cmd-<runner pid>-<n>`) so that it can remove it afterwards.
+    pub cgroup_name: String,
     /// The helper's own deadline, a backstop for the runner's (which kills it first).
     pub timeout_ms: u64,
     /// Print what was enforced (Landlock ABI, ...) as one line before running the command;

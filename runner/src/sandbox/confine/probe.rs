@@ -71,7 +71,10 @@ pub(super) async fn detect(
 ) -> Result<Confinement, ConfineError> {
     let mut missing = Vec::new();
     let cgroup = match find_cgroup_parent(settings) {
-        Ok(parent) => Some(parent),
+        Ok(parent) => {
+            super::sweep_cgroups(&parent);
+            Some(parent)
+        }
         Err(reason) => {
             missing.push(Missing {
                 layer: Layer::Cgroup.to_string(),
@@ -190,6 +193,7 @@ async fn try_layers(
         read_paths: confinement.read_paths.clone(),
         limits: confinement.limits,
         cgroup: confinement.cgroup.clone(),
+        cgroup_name: super::next_cgroup_name(),
         timeout_ms: u64::try_from(PROBE_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
         report: true,
     };
@@ -231,7 +235,6 @@ async fn run_helper(helper: &Path, plan: &CommandPlan) -> Result<(String, String
         .kill_on_drop(true)
         .spawn()
         .map_err(fail)?;
-    let helper_pid = child.id();
     let mut line = serde_json::to_vec(plan).map_err(|e| fail(std::io::Error::other(e)))?;
     line.push(b'\n');
     let mut stdin = child.stdin.take();
@@ -261,11 +264,8 @@ async fn run_helper(helper: &Path, plan: &CommandPlan) -> Result<(String, String
         }
     };
     drop(stdin);
-    if let (Some(parent), Some(pid)) = (
-        plan.cgroup.as_ref().filter(|_| plan.has(Layer::Cgroup)),
-        helper_pid,
-    ) {
-        super::remove_cgroup(parent, pid);
+    if let Some(parent) = plan.cgroup.as_ref().filter(|_| plan.has(Layer::Cgroup)) {
+        super::remove_cgroup(parent, &plan.cgroup_name);
     }
     let _ = status;
     Ok((err, out))
