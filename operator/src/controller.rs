@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -20,6 +20,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use tracing::{info, instrument, warn};
 
+use crate::backoff::ErrorBackoff;
 use crate::build::{self, MANAGED_BY, names, selector_string};
 use crate::config::{FIELD_MANAGER, OperatorConfig};
 use crate::crd::{AgentRunner, AgentRunnerStatus, GROUP, VERSION};
@@ -31,8 +32,6 @@ use crate::validate::{self, Invalid};
 
 /// Controller name in events.
 pub const CONTROLLER_NAME: &str = "agentrunner-operator";
-/// Delay before retrying a failed reconcile.
-pub const ERROR_REQUEUE: Duration = Duration::from_secs(30);
 
 /// Shared state of every reconcile.
 pub struct Context {
@@ -46,6 +45,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Current time; replaceable so that tests get stable condition timestamps.
     pub clock: fn() -> Timestamp,
+    /// Retry delays of the AgentRunners whose last reconcile failed.
+    pub backoff: ErrorBackoff<ObjectRef<AgentRunner>>,
 }
 
 impl Context {
@@ -66,6 +67,7 @@ impl Context {
             config,
             metrics,
             clock: now_seconds,
+            backoff: ErrorBackoff::default(),
         }
     }
 }
@@ -84,6 +86,9 @@ pub async fn reconcile(runner: Arc<AgentRunner>, ctx: Arc<Context>) -> Result<Ac
     ctx.metrics.reconcile_started();
     let result = reconcile_inner(&runner, &ctx).await;
     ctx.metrics.reconcile_finished(started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.succeeded(&ObjectRef::from_obj(&*runner));
+    }
     result
 }
 
@@ -251,17 +256,20 @@ async fn write_status(
     Ok(())
 }
 
-/// Log, count and retry a failed reconcile.
+/// Log, count and retry a failed reconcile, after a delay that doubles with each consecutive
+/// failure of this AgentRunner (see [`crate::backoff`]); a successful reconcile resets it.
 pub fn error_policy(runner: Arc<AgentRunner>, error: &Error, ctx: Arc<Context>) -> Action {
+    let retry_in = ctx.backoff.failed(ObjectRef::from_obj(&*runner));
     warn!(
         namespace = runner.namespace().unwrap_or_default(),
         name = runner.name_any(),
         error = %error,
         kind = error.metric_label(),
+        retry_in_secs = retry_in.as_secs_f64(),
         "reconcile failed"
     );
     ctx.metrics.failure(error.metric_label());
-    Action::requeue(ERROR_REQUEUE)
+    Action::requeue(retry_in)
 }
 
 /// AgentRunners in `namespace` that read the Secret `name`.

@@ -6,6 +6,7 @@
 //! steps and the watches; [`rbac`] lists every API call the operator makes.
 
 pub mod apply;
+pub mod backoff;
 pub mod build;
 pub mod config;
 pub mod controller;

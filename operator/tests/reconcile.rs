@@ -263,8 +263,23 @@ async fn local_mode_applies_every_object_then_writes_status_once() {
             server
         })
     };
+    // Earlier failures of this AgentRunner back off; the successful reconcile below resets it.
+    let failed = || {
+        controller::error_policy(
+            Arc::new(runner.clone()),
+            &operator::Error::MissingMetadata("namespace"),
+            ctx.clone(),
+        )
+    };
+    assert_eq!(failed(), Action::requeue(Duration::from_secs(1)));
+    assert_eq!(failed(), Action::requeue(Duration::from_secs(2)));
     let action = reconcile(runner.clone(), &ctx).await.expect("reconciled");
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert_eq!(
+        failed(),
+        Action::requeue(Duration::from_secs(1)),
+        "a success resets the backoff"
+    );
     let mut server = first.await.expect("server");
 
     // Second reconcile, with the status the first one wrote: the same applies, no status write.
@@ -287,7 +302,16 @@ async fn local_mode_applies_every_object_then_writes_status_once() {
         text.contains("agentrunner_operator_reconciles_total 2"),
         "{text}"
     );
-    assert!(!text.contains("reconcile_failures_total{"), "{text}");
+    // The only failures counted are the three handed to the error policy above.
+    let failures: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("reconcile_failures_total{"))
+        .collect();
+    assert_eq!(
+        failures,
+        ["agentrunner_operator_reconcile_failures_total{error=\"missing_metadata\"} 3"],
+        "{text}"
+    );
 }
 
 fn secret_json(name: &str, data: &[(&str, &str)]) -> Value {
@@ -575,8 +599,26 @@ async fn apply_failure_is_reported_and_returned() {
             .await;
         server
     });
-    let err = reconcile(runner, &ctx).await.expect_err("apply failed");
+    let runner = Arc::new(runner);
+    let err = reconcile((*runner).clone(), &ctx)
+        .await
+        .expect_err("apply failed");
     assert_eq!(err.metric_label(), "apply");
+    // The controller hands the error to the policy: retries of this AgentRunner back off
+    // (a failed reconcile does not reset them); another AgentRunner starts at 1 s.
+    let delays: Vec<Action> = (0..3)
+        .map(|_| controller::error_policy(runner.clone(), &err, ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [1, 2, 4].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+    let mut other = (*runner).clone();
+    other.metadata.name = Some("other".into());
+    assert_eq!(
+        controller::error_policy(Arc::new(other), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(1))
+    );
     let server = scenario.await.expect("server");
     drop(ctx);
     server.expect_nothing_more().await;
