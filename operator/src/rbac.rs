@@ -1,4 +1,5 @@
-//! Every Kubernetes API call the operator makes, as RBAC rules. The Helm chart's
+//! Every Kubernetes API call the operator makes, as RBAC rules (plus the one permission an
+//! admission plugin checks on its behalf, `agentrunners/finalizers`). The Helm chart's
 //! ClusterRole is tested against this table, and the mocked-apiserver tests check that
 //! every request they see is allowed by it, so the table cannot silently fall behind.
 
@@ -25,6 +26,15 @@ pub const RULES: &[Rule] = &[
         group: "agentic.stigmer.ai",
         resource: "agentrunners/status",
         verbs: &["get", "patch"],
+    },
+    // Not a call the operator makes: the owner reference on every owned object sets
+    // `blockOwnerDeletion`, and the OwnerReferencesPermissionEnforcement admission plugin
+    // (enabled on OpenShift and many hardened clusters) then requires `update` on the
+    // owner's `finalizers` subresource, or it refuses the apply with 403.
+    Rule {
+        group: "agentic.stigmer.ai",
+        resource: "agentrunners/finalizers",
+        verbs: &["update"],
     },
     // Owned objects: watched to repair drift, server-side applied (patch, which creates
     // when absent and so needs create too), orphans listed and deleted.
@@ -177,5 +187,18 @@ mod tests {
         assert!(allows("apps", "deployments", "patch"));
         assert!(!allows("apps", "deployments", "delete"));
         assert!(!allows("", "secrets", "patch"));
+        assert!(!allows("agentic.stigmer.ai", "agentrunners", "update"));
+    }
+
+    #[test]
+    fn owner_references_may_block_owner_deletion() {
+        // What OwnerReferencesPermissionEnforcement checks before it admits an object whose
+        // owner reference sets blockOwnerDeletion (validate's owner reference does: see
+        // validate::tests::the_owner_reference_blocks_owner_deletion).
+        assert!(allows(
+            "agentic.stigmer.ai",
+            "agentrunners/finalizers",
+            "update"
+        ));
     }
 }

@@ -156,8 +156,16 @@ pub fn validate<'a>(
         .namespace
         .clone()
         .ok_or(Invalid::Metadata("namespace"))?;
+    // blockOwnerDeletion, as Kubernetes' own controllers set it: a foreground delete of the
+    // AgentRunner (`kubectl delete --cascade=foreground`) then waits until its runners are
+    // gone. Under OwnerReferencesPermissionEnforcement it needs `update` on
+    // agentrunners/finalizers (see rbac.rs).
     let owner = runner
         .controller_owner_ref(&())
+        .map(|o| OwnerReference {
+            block_owner_deletion: Some(true),
+            ..o
+        })
         .ok_or(Invalid::Metadata("uid"))?;
 
     let problems = spec_problems(runner);
@@ -442,6 +450,22 @@ mod tests {
             Err(Invalid::Metadata(f)) => panic!("unexpected metadata error {f}"),
             Ok(_) => Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_owner_reference_blocks_owner_deletion() {
+        // blockOwnerDeletion makes the API server require `update` on
+        // agentrunners/finalizers (OwnerReferencesPermissionEnforcement): the RBAC table
+        // must grant it while the owner reference sets it.
+        let ar = runner(AgentRunnerSpec::default());
+        let v = validate(&ar, &OperatorConfig::default()).expect("valid");
+        assert_eq!(v.owner.block_owner_deletion, Some(true));
+        assert_eq!(v.owner.controller, Some(true));
+        assert!(crate::rbac::allows(
+            "agentic.stigmer.ai",
+            "agentrunners/finalizers",
+            "update"
+        ));
     }
 
     #[test]

@@ -53,6 +53,11 @@ separately, in the release namespace only.
 - apiGroups: ["agentic.stigmer.ai"]
   resources: ["agentrunners/status"]
   verbs: ["get", "patch"]
+# blockOwnerDeletion on the owned objects' owner references needs this under the
+# OwnerReferencesPermissionEnforcement admission plugin.
+- apiGroups: ["agentic.stigmer.ai"]
+  resources: ["agentrunners/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
