@@ -18,6 +18,8 @@
 //! Every test gets its own namespace (labelled for the `restricted` Pod Security Standard), and
 //! deletes it at the end, failed or not. Every wait is a watch on a condition with a timeout.
 
+pub mod owned;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
