@@ -369,14 +369,15 @@ pub async fn run(
     // and status-only edits would otherwise each cause another full reconcile. Deletion
     // needs no reconcile (owner references garbage-collect the objects), and label or
     // annotation edits of the AgentRunner do not change what the operator builds.
-    let runners = watcher(
-        api::<AgentRunner>(&client, ns),
-        watcher::Config::default().any_semantic(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .applied_objects()
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    let runners = spec_changes(
+        watcher(
+            api::<AgentRunner>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects(),
+    );
     let controller = Controller::for_stream(runners, store);
     let store = controller.store();
     info!(
@@ -412,6 +413,14 @@ pub async fn run(
         .await;
     ctx_for_caches.set_caches(None);
     info!("AgentRunner controller stopped");
+}
+
+/// The AgentRunners of `applied` whose generation changed (or that are new): the triggers
+/// of a reconcile.
+fn spec_changes(
+    applied: impl futures_util::Stream<Item = Result<AgentRunner, watcher::Error>> + Send + 'static,
+) -> impl futures_util::Stream<Item = Result<AgentRunner, watcher::Error>> + Send + 'static {
+    applied.predicate_filter(predicates::generation, PredicateConfig::default())
 }
 
 /// A watch of `api` that fills a store; the stream yields every touched object (so a
@@ -489,6 +498,45 @@ mod tests {
         let refs = runners_referencing(runners.iter(), "ns1", "llm");
         assert_eq!(refs, vec![ObjectRef::<AgentRunner>::new("a").within("ns1")]);
         assert!(runners_referencing(runners.iter(), "ns1", "other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_spec_changes_trigger_a_reconcile() {
+        let version = |uid: &str, generation: i64, ready: i32| {
+            let mut ar = AgentRunner::new("a", AgentRunnerSpec::default());
+            ar.metadata.namespace = Some("ns".into());
+            ar.metadata.uid = Some(uid.into());
+            ar.metadata.generation = Some(generation);
+            ar.status = Some(AgentRunnerStatus {
+                ready_replicas: ready,
+                ..Default::default()
+            });
+            Ok(ar)
+        };
+        let events = futures_util::stream::iter([
+            version("u1", 1, 0),
+            // The operator's own status write, then the pods getting ready: status only.
+            version("u1", 1, 1),
+            version("u1", 1, 2),
+            // A spec edit.
+            version("u1", 2, 2),
+            // Deleted and created again under the same name: a new object.
+            version("u2", 1, 0),
+        ]);
+        let passed: Vec<(String, i64)> = spec_changes(events)
+            .map(|r| {
+                let ar = r.expect("no watch error");
+                (
+                    ar.uid().unwrap_or_default(),
+                    ar.metadata.generation.unwrap_or(0),
+                )
+            })
+            .collect()
+            .await;
+        assert_eq!(
+            passed,
+            [("u1".into(), 1), ("u1".into(), 2), ("u2".into(), 1)]
+        );
     }
 
     #[test]
