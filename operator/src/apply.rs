@@ -1,5 +1,14 @@
 //! Step 3: server-side apply of the desired objects, then deletion of owned objects that
 //! are no longer desired.
+//!
+//! Every applied object carries [`APPLIED_HASH_ANNOTATION`], a hash of exactly what the
+//! operator applies (spec, labels, annotations, owner references: the fields it owns). With
+//! watch caches, an object whose cached copy carries the same hash is not applied again, so
+//! an unchanged AgentRunner sends no write. The rule is deliberately conservative: any
+//! change the operator would make changes the hash and is applied; the cost is that a hand
+//! edit of an owned field that leaves the annotation alone stays until the next change of
+//! the AgentRunner, its Secrets or the operator's output (deleting the object, or the
+//! annotation, restores it at once).
 
 use std::fmt::Debug;
 
@@ -7,48 +16,144 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::{NamespaceResourceScope, Resource as K8sResource};
+use std::collections::BTreeMap;
+
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use crate::build::{Desired, owned_selector};
+use crate::caches::Caches;
 use crate::config::FIELD_MANAGER;
 use crate::error::Error;
+use crate::secrets::hex;
 use crate::validate::Validated;
 
+/// Annotation on every applied object: hash of what the operator applied.
+pub const APPLIED_HASH_ANNOTATION: &str = "agentic.stigmer.ai/applied-hash";
+
+/// `obj` with [`APPLIED_HASH_ANNOTATION`] set to the hash of `obj` itself (without the
+/// annotation). The JSON of k8s-openapi types is deterministic (sorted maps, fixed field
+/// order), so equal objects hash equally across operator restarts.
+pub fn stamped<K: Resource + Serialize + Clone>(obj: &K) -> K {
+    let mut out = obj.clone();
+    let bytes = serde_json::to_vec(obj).unwrap_or_default();
+    let hash = hex(&Sha256::digest(&bytes)[..16]);
+    out.annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash);
+    out
+}
+
+/// Whether the cached copy of `obj` already is what `stamped` would apply.
+fn up_to_date<K: Resource>(stamped: &K, cached: Option<&K>) -> bool {
+    let Some(cached) = cached else { return false };
+    cached.meta().deletion_timestamp.is_none()
+        && stamped.annotations().get(APPLIED_HASH_ANNOTATION).is_some()
+        && cached.annotations().get(APPLIED_HASH_ANNOTATION)
+            == stamped.annotations().get(APPLIED_HASH_ANNOTATION)
+}
+
 /// Apply every desired object and clean up orphans. Returns the Deployment as the
-/// apiserver stored it, whose status feeds the AgentRunner's status.
+/// apiserver stored it (or as the cache holds it, when it was up to date), whose status
+/// feeds the AgentRunner's status.
 pub async fn apply(
     client: &Client,
+    caches: Option<&Caches>,
     v: &Validated<'_>,
     desired: &Desired,
 ) -> Result<Deployment, Error> {
     let ns = v.namespace.as_str();
     if let Some(sa) = &desired.service_account {
-        server_side_apply(client, ns, sa).await?;
+        apply_one(client, caches.map(|c| &c.service_accounts), ns, sa).await?;
     }
     if let Some(pvc) = &desired.workspace_claim {
-        server_side_apply(client, ns, pvc).await?;
+        apply_one(client, caches.map(|c| &c.workspace_claims), ns, pvc).await?;
     }
-    server_side_apply(client, ns, &desired.config_map).await?;
-    server_side_apply(client, ns, &desired.service).await?;
+    apply_one(
+        client,
+        caches.map(|c| &c.config_maps),
+        ns,
+        &desired.config_map,
+    )
+    .await?;
+    apply_one(client, caches.map(|c| &c.services), ns, &desired.service).await?;
     if let Some(pdb) = &desired.pod_disruption_budget {
-        server_side_apply(client, ns, pdb).await?;
+        apply_one(client, caches.map(|c| &c.pod_disruption_budgets), ns, pdb).await?;
     }
     // The Deployment goes last so that everything its pods mount already exists.
-    let deployment = server_side_apply(client, ns, &desired.deployment).await?;
+    let deployment = apply_one(
+        client,
+        caches.map(|c| &c.deployments),
+        ns,
+        &desired.deployment,
+    )
+    .await?;
 
     // Only kinds that can stop being desired are searched, and only when they are not
     // desired now: names are fixed, so a desired kind cannot have an orphan. The workspace
     // claim is never deleted here because it holds data; it goes with the AgentRunner.
     if desired.service_account.is_none() {
-        delete_orphans::<ServiceAccount>(client, v).await?;
+        let cached = caches.map(|c| owned_in_cache(&c.service_accounts, v));
+        delete_orphans::<ServiceAccount>(client, v, cached).await?;
     }
     if desired.pod_disruption_budget.is_none() {
-        delete_orphans::<PodDisruptionBudget>(client, v).await?;
+        let cached = caches.map(|c| owned_in_cache(&c.pod_disruption_budgets, v));
+        delete_orphans::<PodDisruptionBudget>(client, v, cached).await?;
     }
     Ok(deployment)
+}
+
+/// Apply `obj` stamped with its hash, unless the cache shows it applied already.
+async fn apply_one<K>(
+    client: &Client,
+    cache: Option<&Store<K>>,
+    namespace: &str,
+    obj: &K,
+) -> Result<K, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + K8sResource
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let obj = stamped(obj);
+    if let Some(store) = cache {
+        let key = ObjectRef::new(&obj.name_any()).within(namespace);
+        if let Some(cached) = store.get(&key)
+            && up_to_date(&obj, Some(&*cached))
+        {
+            return Ok((*cached).clone());
+        }
+    }
+    server_side_apply(client, namespace, &obj).await
+}
+
+/// The objects of this AgentRunner in `store`, selected like the LIST of
+/// [`delete_orphans`] would (same namespace, every owned label).
+fn owned_in_cache<K>(store: &Store<K>, v: &Validated<'_>) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let selector_text = owned_selector(&v.name);
+    let selector: BTreeMap<&str, &str> = selector_text
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    store
+        .state_filter(|o| {
+            o.namespace().as_deref() == Some(v.namespace.as_str())
+                && selector
+                    .iter()
+                    .all(|(k, val)| o.labels().get(*k).map(String::as_str) == Some(*val))
+        })
+        .into_iter()
+        .map(|o| (*o).clone())
+        .collect()
 }
 
 /// `PATCH` with `application/apply-patch+yaml`, forcing ownership: the operator is the only
@@ -81,7 +186,12 @@ where
 
 /// Delete objects of kind `K` that carry this AgentRunner's labels and are controlled by it.
 /// The owner check keeps a user's object that happens to carry the labels safe.
-async fn delete_orphans<K>(client: &Client, v: &Validated<'_>) -> Result<(), Error>
+/// `cached` is what the watch cache holds; without it the objects are LISTed.
+async fn delete_orphans<K>(
+    client: &Client,
+    v: &Validated<'_>,
+    cached: Option<Vec<K>>,
+) -> Result<(), Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + K8sResource
@@ -91,19 +201,20 @@ where
 {
     let kind = <K as K8sResource>::KIND;
     let api: Api<K> = Api::namespaced(client.clone(), &v.namespace);
-    let list = api
-        .list(&ListParams::default().labels(&owned_selector(&v.name)))
-        .await
-        .map_err(|source| Error::List {
-            kind,
-            namespace: v.namespace.clone(),
-            source: Box::new(source),
-        })?;
-    for obj in list
-        .items
-        .iter()
-        .filter(|o| controlled_by(*o, &v.owner.uid))
-    {
+    let items = match cached {
+        Some(items) => items,
+        None => {
+            api.list(&ListParams::default().labels(&owned_selector(&v.name)))
+                .await
+                .map_err(|source| Error::List {
+                    kind,
+                    namespace: v.namespace.clone(),
+                    source: Box::new(source),
+                })?
+                .items
+        }
+    };
+    for obj in items.iter().filter(|o| controlled_by(*o, &v.owner.uid)) {
         let name = obj.name_any();
         tracing::info!(kind, namespace = %v.namespace, name = %name, "deleting object no longer desired");
         match api.delete(&name, &DeleteParams::background()).await {

@@ -2,7 +2,7 @@
 //! watches that trigger it.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -15,13 +15,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{PredicateConfig, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::{info, instrument, warn};
 
 use crate::backoff::ErrorBackoff;
 use crate::build::{self, MANAGED_BY, names, selector_string};
+use crate::caches::Caches;
 use crate::config::{FIELD_MANAGER, OperatorConfig};
 use crate::crd::{AgentRunner, AgentRunnerStatus, GROUP, VERSION};
 use crate::error::Error;
@@ -47,6 +49,9 @@ pub struct Context {
     pub clock: fn() -> Timestamp,
     /// Retry delays of the AgentRunners whose last reconcile failed.
     pub backoff: ErrorBackoff<ObjectRef<AgentRunner>>,
+    /// Watch caches of Secrets and owned objects, set by [`run`] for its lifetime (a
+    /// re-elected leader gets fresh ones); `None` reads them with GET and LIST.
+    caches: RwLock<Option<Caches>>,
 }
 
 impl Context {
@@ -68,6 +73,15 @@ impl Context {
             metrics,
             clock: now_seconds,
             backoff: ErrorBackoff::default(),
+            caches: RwLock::new(None),
+        }
+    }
+
+    /// Read Secrets and owned objects from `caches` instead of the API (or, with `None`,
+    /// from the API again).
+    pub fn set_caches(&self, caches: Option<Caches>) {
+        if let Ok(mut slot) = self.caches.write() {
+            *slot = caches;
         }
     }
 }
@@ -105,13 +119,15 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
             return report_blocked(runner, ctx, blocked).await;
         }
     };
-    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &v.namespace);
-    let found = secrets::fetch(
-        &secret_api,
-        &v.namespace,
-        &secrets::referenced_names(runner),
-    )
-    .await?;
+    let caches = ready_caches(ctx).await;
+    let names = secrets::referenced_names(runner);
+    let found = match caches {
+        Some(ref c) => secrets::from_cache(&c.secrets, &v.namespace, &names),
+        None => {
+            let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &v.namespace);
+            secrets::fetch(&secret_api, &v.namespace, &names).await?
+        }
+    };
     let digest = match secrets::resolve(runner, &found) {
         Ok(digest) => digest,
         Err(missing) => {
@@ -130,7 +146,7 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
     // Secret values are needed only for the digest; do not keep them through the apply.
     drop(found);
     let desired = build::build(&v, &digest);
-    let deployment = match crate::apply::apply(&ctx.client, &v, &desired).await {
+    let deployment = match crate::apply::apply(&ctx.client, caches.as_ref(), &v, &desired).await {
         Ok(d) => d,
         Err(e) => {
             // Show the failure on the resource too, then let the error policy count and retry.
@@ -156,6 +172,13 @@ async fn reconcile_inner(runner: &AgentRunner, ctx: &Context) -> Result<Action, 
     Ok(Action::requeue(ctx.config.resync))
 }
 
+/// The watch caches, once they hold their first full LIST; `None` without caches or when
+/// the controller is stopping (then the API is asked directly).
+async fn ready_caches(ctx: &Context) -> Option<Caches> {
+    let caches = ctx.caches.read().ok()?.clone()?;
+    caches.wait_until_ready().await.then_some(caches)
+}
+
 /// Report a problem the user must fix without touching the owned objects, so the runners
 /// that already work keep working: Degraded status, a Warning event when the problem is
 /// new, and a periodic retry (the Secret watch retries sooner when the Secret appears).
@@ -169,15 +192,23 @@ async fn report_blocked(
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = runner.name_any();
     warn!(reason = blocked.reason.as_str(), message = %blocked.message, "AgentRunner is blocked");
-    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let deployment = deployments
-        .get_opt(&names::base(&name))
-        .await
-        .map_err(|source| Error::ReadDeployment {
-            namespace: namespace.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
+    let deployment = match ready_caches(ctx).await {
+        Some(c) => c
+            .deployments
+            .get(&ObjectRef::new(&names::base(&name)).within(&namespace))
+            .map(|d| (*d).clone()),
+        None => {
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+            deployments
+                .get_opt(&names::base(&name))
+                .await
+                .map_err(|source| Error::ReadDeployment {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    source: Box::new(source),
+                })?
+        }
+    };
     let selector = selector_string(&name);
     let desired_replicas = if runner.spec.suspend {
         0
@@ -294,6 +325,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
+    let ctx_for_caches = ctx.clone();
     fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
     where
         K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -310,36 +342,65 @@ pub async fn run(
     // Secret traffic in many clusters.
     let secrets = watcher::Config::default()
         .fields("type!=helm.sh/release.v1,type!=kubernetes.io/service-account-token");
-    let controller = Controller::new(
-        api::<AgentRunner>(&client, ns),
-        watcher::Config::default().any_semantic(),
+    // Every watch feeds a store the reconcile reads (see `Caches`), instead of the
+    // metadata-only watches of `Controller::owns`: reading them saves a GET per Secret,
+    // a LIST per orphan kind and every unchanged apply.
+    let (deployments, deployment_events) = reflected(api::<Deployment>(&client, ns), &owned);
+    let (config_maps, config_map_events) = reflected(api::<ConfigMap>(&client, ns), &owned);
+    let (services, service_events) = reflected(api::<Service>(&client, ns), &owned);
+    let (service_accounts, service_account_events) =
+        reflected(api::<ServiceAccount>(&client, ns), &owned);
+    let (pod_disruption_budgets, pdb_events) =
+        reflected(api::<PodDisruptionBudget>(&client, ns), &owned);
+    let (workspace_claims, claim_events) =
+        reflected(api::<PersistentVolumeClaim>(&client, ns), &owned);
+    let (secret_store, secret_events) = reflected(api::<Secret>(&client, ns), &secrets);
+    ctx.set_caches(Some(Caches {
+        secrets: secret_store,
+        deployments,
+        config_maps,
+        services,
+        service_accounts,
+        pod_disruption_budgets,
+        workspace_claims,
+    }));
+    let (store, writer) = reflector::store();
+    // Only spec changes (generation) of an AgentRunner trigger it: its own status writes
+    // and status-only edits would otherwise each cause another full reconcile. Deletion
+    // needs no reconcile (owner references garbage-collect the objects), and label or
+    // annotation edits of the AgentRunner do not change what the operator builds.
+    let runners = spec_changes(
+        watcher(
+            api::<AgentRunner>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects(),
     );
+    let controller = Controller::for_stream(runners, store);
     let store = controller.store();
     info!(
         namespace = ns.unwrap_or("<all>"),
         "starting AgentRunner controller"
     );
     controller
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<ConfigMap>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<ServiceAccount>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned.clone())
-        .owns(api::<PersistentVolumeClaim>(&client, ns), owned)
-        .watches(
-            api::<Secret>(&client, ns),
-            secrets,
-            move |secret: Secret| {
-                let (Some(sns), Some(sname)) = (
-                    secret.metadata.namespace.as_deref(),
-                    secret.metadata.name.as_deref(),
-                ) else {
-                    return Vec::new();
-                };
-                let state = store.state();
-                runners_referencing(state.iter().map(|r| &**r), sns, sname)
-            },
-        )
+        .owns_stream(deployment_events)
+        .owns_stream(config_map_events)
+        .owns_stream(service_events)
+        .owns_stream(service_account_events)
+        .owns_stream(pdb_events)
+        .owns_stream(claim_events)
+        .watches_stream(secret_events, move |secret: Secret| {
+            let (Some(sns), Some(sname)) = (
+                secret.metadata.namespace.as_deref(),
+                secret.metadata.name.as_deref(),
+            ) else {
+                return Vec::new();
+            };
+            let state = store.state();
+            runners_referencing(state.iter().map(|r| &**r), sns, sname)
+        })
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -350,7 +411,42 @@ pub async fn run(
             }
         })
         .await;
+    ctx_for_caches.set_caches(None);
     info!("AgentRunner controller stopped");
+}
+
+/// The AgentRunners of `applied` whose generation changed (or that are new): the triggers
+/// of a reconcile.
+fn spec_changes(
+    applied: impl futures_util::Stream<Item = Result<AgentRunner, watcher::Error>> + Send + 'static,
+) -> impl futures_util::Stream<Item = Result<AgentRunner, watcher::Error>> + Send + 'static {
+    applied.predicate_filter(predicates::generation, PredicateConfig::default())
+}
+
+/// A watch of `api` that fills a store; the stream yields every touched object (so a
+/// deletion triggers the owner too).
+fn reflected<K>(
+    api: Api<K>,
+    config: &watcher::Config,
+) -> (
+    Store<K>,
+    impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = watcher(api, config.clone())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (reader, events)
 }
 
 /// Fail fast with a clear message when the CRD is missing or unreadable.
@@ -402,6 +498,45 @@ mod tests {
         let refs = runners_referencing(runners.iter(), "ns1", "llm");
         assert_eq!(refs, vec![ObjectRef::<AgentRunner>::new("a").within("ns1")]);
         assert!(runners_referencing(runners.iter(), "ns1", "other").is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_spec_changes_trigger_a_reconcile() {
+        let version = |uid: &str, generation: i64, ready: i32| {
+            let mut ar = AgentRunner::new("a", AgentRunnerSpec::default());
+            ar.metadata.namespace = Some("ns".into());
+            ar.metadata.uid = Some(uid.into());
+            ar.metadata.generation = Some(generation);
+            ar.status = Some(AgentRunnerStatus {
+                ready_replicas: ready,
+                ..Default::default()
+            });
+            Ok(ar)
+        };
+        let events = futures_util::stream::iter([
+            version("u1", 1, 0),
+            // The operator's own status write, then the pods getting ready: status only.
+            version("u1", 1, 1),
+            version("u1", 1, 2),
+            // A spec edit.
+            version("u1", 2, 2),
+            // Deleted and created again under the same name: a new object.
+            version("u2", 1, 0),
+        ]);
+        let passed: Vec<(String, i64)> = spec_changes(events)
+            .map(|r| {
+                let ar = r.expect("no watch error");
+                (
+                    ar.uid().unwrap_or_default(),
+                    ar.metadata.generation.unwrap_or(0),
+                )
+            })
+            .collect()
+            .await;
+        assert_eq!(
+            passed,
+            [("u1".into(), 1), ("u1".into(), 2), ("u2".into(), 1)]
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod backoff;
 pub mod build;
+pub mod caches;
 pub mod config;
 pub mod controller;
 pub mod crd;

@@ -9,6 +9,7 @@ use std::fmt;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::{Digest, Sha256};
 
 use crate::crd::{AgentRunner, SecretKeyRef};
@@ -94,6 +95,21 @@ pub async fn fetch(
         }
     }
     Ok(found)
+}
+
+/// The named Secrets as the watch cache holds them; absent ones are left out of the map.
+pub fn from_cache(
+    store: &Store<Secret>,
+    namespace: &str,
+    names: &[String],
+) -> BTreeMap<String, Secret> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let secret = store.get(&ObjectRef::new(name).within(namespace))?;
+            Some((name.clone(), (*secret).clone()))
+        })
+        .collect()
 }
 
 /// Check every reference against `secrets` and digest the referenced values.

@@ -10,12 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
 use operator::build;
+use operator::caches::Caches;
 use operator::config::OperatorConfig;
 use operator::controller::{self, Context};
 use operator::crd::{AgentRunner, AgentRunnerStatus};
@@ -113,32 +121,32 @@ impl ApiServer {
     async fn expect_applies(&mut self, name: &str, want: &build::Desired, ready: i32) {
         let ns = "/api/v1/namespaces/agents";
         if let Some(sa) = &want.service_account {
-            self.expect_apply(&format!("{ns}/serviceaccounts/{name}"), to_json(sa), |_| {})
+            self.expect_apply(&format!("{ns}/serviceaccounts/{name}"), applied(sa), |_| {})
                 .await;
         }
         self.expect_apply(
             &format!("{ns}/configmaps/{name}-config"),
-            to_json(&want.config_map),
+            applied(&want.config_map),
             |_| {},
         )
         .await;
         self.expect_apply(
             &format!("{ns}/services/{name}-metrics"),
-            to_json(&want.service),
+            applied(&want.service),
             |_| {},
         )
         .await;
         if let Some(pdb) = &want.pod_disruption_budget {
             self.expect_apply(
                 &format!("/apis/policy/v1/namespaces/agents/poddisruptionbudgets/{name}"),
-                to_json(pdb),
+                applied(pdb),
                 |_| {},
             )
             .await;
         }
         self.expect_apply(
             &format!("/apis/apps/v1/namespaces/agents/deployments/{name}"),
-            to_json(&want.deployment),
+            applied(&want.deployment),
             rolled_out(ready),
         )
         .await;
@@ -193,6 +201,11 @@ fn mock() -> (Client, ApiServer) {
 fn desired(runner: &AgentRunner, found: &BTreeMap<String, Secret>) -> build::Desired {
     let v = validate::validate(runner, &config()).expect("valid");
     build::build(&v, &secrets::resolve(runner, found).expect("secrets"))
+}
+
+/// The body of the server-side apply of `obj`: stamped with its hash.
+fn applied<K: kube::Resource + serde::Serialize + Clone>(obj: &K) -> Value {
+    to_json(&operator::apply::stamped(obj))
 }
 
 fn to_json<T: serde::Serialize>(obj: &T) -> Value {
@@ -551,7 +564,7 @@ async fn apply_failure_is_reported_and_returned() {
         server
             .expect_apply(
                 "/api/v1/namespaces/agents/serviceaccounts/dev",
-                to_json(&want.service_account),
+                applied(want.service_account.as_ref().expect("own ServiceAccount")),
                 |_| {},
             )
             .await;
@@ -696,4 +709,223 @@ async fn start_up_fails_clearly_without_the_crd() {
         })
         .await;
     assert_eq!(check.await.expect("join"), Ok(()));
+}
+
+/// Watch caches filled by hand, as the controller's watches would fill them.
+struct Stores {
+    // Kept so that the Secret store stays as the controller would keep it.
+    _secrets: Writer<Secret>,
+    deployments: Writer<Deployment>,
+    config_maps: Writer<ConfigMap>,
+    services: Writer<Service>,
+    service_accounts: Writer<ServiceAccount>,
+    pdbs: Writer<PodDisruptionBudget>,
+    claims: Writer<PersistentVolumeClaim>,
+}
+
+/// A writer whose store has finished its first LIST with `objects`.
+fn listed<K>(objects: Vec<K>) -> (Store<K>, Writer<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&watcher::Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    (reader, writer)
+}
+
+fn cached_context(
+    client: Client,
+    secrets: Vec<Secret>,
+    service_accounts: Vec<ServiceAccount>,
+) -> (Arc<Context>, Stores) {
+    let (s, secrets) = listed(secrets);
+    let (d, deployments) = listed(Vec::new());
+    let (c, config_maps) = listed(Vec::new());
+    let (v, services) = listed(Vec::new());
+    let (a, service_accounts) = listed(service_accounts);
+    let (p, pdbs) = listed(Vec::new());
+    let (w, claims) = listed(Vec::new());
+    let ctx = context(client, Arc::new(Metrics::new()));
+    ctx.set_caches(Some(Caches {
+        secrets: s,
+        deployments: d,
+        config_maps: c,
+        services: v,
+        service_accounts: a,
+        pod_disruption_budgets: p,
+        workspace_claims: w,
+    }));
+    let stores = Stores {
+        _secrets: secrets,
+        deployments,
+        config_maps,
+        services,
+        service_accounts,
+        pdbs,
+        claims,
+    };
+    (ctx, stores)
+}
+
+impl Stores {
+    /// What the watches would show after the operator applied `want`, rolled out.
+    fn applied(&mut self, want: &build::Desired, ready: i32) {
+        use operator::apply::stamped;
+        self.config_maps
+            .apply_watcher_event(&watcher::Event::Apply(stamped(&want.config_map)));
+        self.services
+            .apply_watcher_event(&watcher::Event::Apply(stamped(&want.service)));
+        if let Some(sa) = &want.service_account {
+            self.service_accounts
+                .apply_watcher_event(&watcher::Event::Apply(stamped(sa)));
+        }
+        if let Some(pdb) = &want.pod_disruption_budget {
+            self.pdbs
+                .apply_watcher_event(&watcher::Event::Apply(stamped(pdb)));
+        }
+        if let Some(pvc) = &want.workspace_claim {
+            self.claims
+                .apply_watcher_event(&watcher::Event::Apply(stamped(pvc)));
+        }
+        let mut deployment = applied(&want.deployment);
+        rolled_out(ready)(&mut deployment);
+        self.deployments.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value(deployment).expect("deployment"),
+        ));
+    }
+}
+
+/// The status the operator wrote, answered like the apiserver, and handed back.
+async fn expect_status(server: &mut ApiServer, name: &str, runner: &Value) -> AgentRunnerStatus {
+    let uri = format!(
+        "/apis/agentic.stigmer.ai/v1alpha1/namespaces/agents/agentrunners/{name}/status{APPLY}"
+    );
+    let mut written = Value::Null;
+    server
+        .expect("PATCH", &uri, |body| {
+            written = body["status"].clone();
+            (StatusCode::OK, stored(runner, &body))
+        })
+        .await;
+    serde_json::from_value(written).expect("status")
+}
+
+#[tokio::test]
+async fn with_watch_caches_an_unchanged_runner_sends_no_request_and_a_change_applies() {
+    let mut runner = common::runner("cloud.yaml");
+    let served = served_secrets();
+    let found: BTreeMap<String, Secret> = served
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                serde_json::from_value(v.clone()).expect("secret"),
+            )
+        })
+        .collect();
+    let want = desired(&runner, &found);
+    assert!(want.service_account.is_none(), "the user names one");
+    // The ServiceAccount the operator made before the user named their own, and a user's.
+    let stale: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "prod", "namespace": "agents",
+        "labels": build::common_labels("prod"),
+        "ownerReferences": [{"apiVersion": "agentic.stigmer.ai/v1alpha1", "kind": "AgentRunner",
+            "name": "prod", "uid": "5b0c2f1e-0000-4000-8000-000000000002", "controller": true}]}}))
+        .expect("sa");
+    let foreign: ServiceAccount = serde_json::from_value(
+        json!({"metadata": {"name": "someone-elses", "namespace": "agents", "labels": build::common_labels("prod")}}),
+    )
+    .expect("sa");
+    let (client, mut server) = mock();
+    let (ctx, mut stores) = cached_context(
+        client,
+        found.values().cloned().collect(),
+        vec![stale.clone(), foreign],
+    );
+
+    // First reconcile: Secrets come from the cache (no GET), everything is applied, and
+    // the stale ServiceAccount found in the cache (no LIST) is deleted.
+    let runner_json = to_json(&runner);
+    let first = {
+        let want = want.clone();
+        let runner_json = runner_json.clone();
+        tokio::spawn(async move {
+            server.expect_applies("prod", &want, 3).await;
+            server
+                .expect(
+                    "DELETE",
+                    "/api/v1/namespaces/agents/serviceaccounts/prod?",
+                    |_| {
+                        (
+                            StatusCode::OK,
+                            json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                        )
+                    },
+                )
+                .await;
+            let status = expect_status(&mut server, "prod", &runner_json).await;
+            (server, status)
+        })
+    };
+    reconcile(runner.clone(), &ctx).await.expect("reconciled");
+    let (mut server, status) = first.await.expect("server");
+    stores.applied(&want, 3);
+    stores
+        .service_accounts
+        .apply_watcher_event(&watcher::Event::Delete(stale));
+    runner.status = Some(status);
+
+    // Resync of the unchanged AgentRunner: not a single request.
+    let quiet = tokio::time::timeout(Duration::from_millis(300), server.0.next_request());
+    let (action, next) = tokio::join!(reconcile(runner.clone(), &ctx), quiet);
+    assert_eq!(
+        action.expect("reconciled"),
+        Action::requeue(Duration::from_secs(300))
+    );
+    if let Ok(Some((request, _))) = next {
+        panic!(
+            "an unchanged AgentRunner sent {} {}",
+            request.method(),
+            request.uri()
+        );
+    }
+
+    // A changed spec applies what it changes, and only that.
+    runner.spec.replicas = 4;
+    let changed = desired(&runner, &found);
+    let scenario = {
+        let runner_json = to_json(&runner);
+        tokio::spawn(async move {
+            let pdb = changed.pod_disruption_budget.as_ref().expect("pdb");
+            if applied(pdb) != applied(want.pod_disruption_budget.as_ref().expect("pdb")) {
+                server
+                    .expect_apply(
+                        "/apis/policy/v1/namespaces/agents/poddisruptionbudgets/prod",
+                        applied(pdb),
+                        |_| {},
+                    )
+                    .await;
+            }
+            assert_ne!(applied(&changed.deployment), applied(&want.deployment));
+            server
+                .expect_apply(
+                    "/apis/apps/v1/namespaces/agents/deployments/prod",
+                    applied(&changed.deployment),
+                    rolled_out(4),
+                )
+                .await;
+            let status = expect_status(&mut server, "prod", &runner_json).await;
+            assert_eq!(status.ready_replicas, 4);
+            server
+        })
+    };
+    reconcile(runner, &ctx).await.expect("reconciled");
+    let server = scenario.await.expect("server");
+    drop(ctx);
+    drop(stores);
+    server.expect_nothing_more().await;
 }

@@ -1,0 +1,177 @@
+//! Scale e2e test: `E2E_SCALE=N` AgentRunners applied at once in a fresh namespace, with a
+//! nodeSelector no node matches (so no image is pulled and the pods stay Pending), must all
+//! converge: their Deployment exists and their status has `observedGeneration`. Prints the
+//! converge time and the RSS of the in-process operator. Skipped unless `E2E_SCALE` is set
+//! and a cluster is named (`E2E_KUBECONFIG`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use e2e::{Doing, E2eError, OperatorMode, Result, TestNs, cluster, scenario, skip};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use kube::api::ListParams;
+use operator::AgentRunner;
+use serde_json::{Value, json};
+
+const TEST: &str = "n_agentrunners_converge";
+/// Clients applying AgentRunners at once, like `kubectl apply` of many files in parallel.
+const WRITERS: usize = 8;
+
+fn spec() -> Value {
+    json!({
+        "mode": "cloud",
+        "replicas": 1,
+        "llm": {"provider": "anthropic", "apiKeySecretRef": {"name": "llm", "key": "api-key"}},
+        "cloud": {
+            "backend": {"endpoint": "https://backend.example.com:443"},
+            "jwtSecretRef": {"name": "cloud", "key": "jwt"},
+            "redis": {"host": "redis.example.com", "port": 6379,
+                      "passwordSecretRef": {"name": "cloud", "key": "redis-password"}},
+            "daytona": {"apiUrl": "https://daytona.example.com/api",
+                        "apiKeySecretRef": {"name": "cloud", "key": "daytona"}},
+        },
+        "pod": {"nodeSelector": {"e2e.stigmer.ai/no-such-node": "true"}},
+    })
+}
+
+/// Resident set size of this process in KiB (the in-process operator and the test).
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+async fn converged(t: &TestNs, n: usize) -> Result<(usize, usize)> {
+    let runners = t
+        .api::<AgentRunner>()
+        .list(&ListParams::default())
+        .await
+        .doing("listing AgentRunners")?;
+    let observed = runners
+        .items
+        .iter()
+        .filter(|r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .is_some()
+                && r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation
+        })
+        .count();
+    let deployments: BTreeSet<String> = t
+        .api::<Deployment>()
+        .list_metadata(&ListParams::default())
+        .await
+        .doing("listing Deployments")?
+        .items
+        .iter()
+        .map(|d| d.name_any())
+        .collect();
+    let with_deployment = (0..n)
+        .filter(|i| deployments.contains(&format!("scale-{i}")))
+        .count();
+    Ok((observed, with_deployment))
+}
+
+async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
+    t.secret("llm", &[("api-key", "sk-e2e")]).await?;
+    t.secret(
+        "cloud",
+        &[
+            ("jwt", "e2e.jwt"),
+            ("redis-password", "pw"),
+            ("daytona", "dk"),
+        ],
+    )
+    .await?;
+    let rss_before = rss_kib();
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..WRITERS {
+        let (t, next) = (t.clone(), next.clone());
+        writers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<(), E2eError>(());
+                }
+                t.agentrunner(&format!("scale-{i}"), spec()).await?;
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.map_err(|e| E2eError::Setup(format!("writer task: {e}")))??;
+    }
+    let applied = started.elapsed();
+    // Generous: the aim is seconds for a thousand, the timeout only ends a hung run.
+    let timeout = Duration::from_secs(120) + Duration::from_millis(500) * n as u32;
+    let mut peak_rss = rss_before.unwrap_or(0);
+    loop {
+        let (observed, with_deployment) = converged(&t, n).await?;
+        peak_rss = peak_rss.max(rss_kib().unwrap_or(0));
+        if observed == n && with_deployment == n {
+            break;
+        }
+        if started.elapsed() > timeout {
+            return Err(E2eError::Timeout(
+                timeout,
+                format!(
+                    "{n} AgentRunners to converge ({observed} observed, {with_deployment} Deployments)"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let took = started.elapsed();
+    eprintln!(
+        "E2E_SCALE={n}: applied in {:.1} s, converged in {:.1} s ({:.1} AgentRunners/s)",
+        applied.as_secs_f64(),
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    eprintln!(
+        "API calls per AgentRunner: not measured; the operator exposes no API request counter \
+         (reconcile counts are on its /metrics)"
+    );
+    match t.cluster.operator {
+        OperatorMode::InProcess => eprintln!(
+            "RSS of the test process with the in-process operator: {} MiB before, {} MiB peak",
+            rss_before.unwrap_or(0) / 1024,
+            peak_rss / 1024
+        ),
+        OperatorMode::Installed { .. } => {
+            eprintln!("operator RSS: not measured for an installed operator (read it from its pod)")
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn n_agentrunners_converge() {
+    let Some(n) = std::env::var("E2E_SCALE").ok() else {
+        skip(
+            TEST,
+            "set E2E_SCALE=<number of AgentRunners> to run the scale test",
+        );
+        return;
+    };
+    let n: usize = match n.parse() {
+        Ok(n) if n > 0 => n,
+        _ => panic!("E2E_SCALE must be a positive number of AgentRunners, got {n:?}"),
+    };
+    let Some(cluster) = cluster(TEST).await else {
+        return;
+    };
+    // The namespace (and with it every AgentRunner and owned object) is deleted afterwards.
+    scenario(cluster, TEST, move |t| run(t, n)).await;
+}
