@@ -61,8 +61,7 @@ pub(super) async fn run(
     }
     let tmp = confinement.tmp_dir(session_tmp);
     let (mut child, pipe, mut helper) = if confinement.enabled() {
-        let (child, pipe, helper) =
-            spawn_confined(cwd, session_tmp, tmp, &req, confinement).await?;
+        let (child, pipe, helper) = spawn_confined(cwd, tmp, &req, confinement).await?;
         (child, pipe, Some(helper))
     } else {
         let (child, pipe) = spawn(cwd, tmp, &req)?;
@@ -234,7 +233,6 @@ fn spawn(
 /// stdin is the command's lifeline: closing it stops the command.
 async fn spawn_confined(
     cwd: &Path,
-    session_tmp: &Path,
     tmp: &Path,
     req: &CommandRequest<'_>,
     confinement: &Confinement,
@@ -247,7 +245,6 @@ async fn spawn_confined(
     let plan = confinement.plan(CommandSpec {
         command: req.command,
         session_dir: cwd,
-        session_tmp,
         env,
         network: req.network,
         timeout: req.timeout,

@@ -176,7 +176,6 @@ impl Confinement {
         CommandPlan {
             command: command.command.to_owned(),
             session_dir: command.session_dir.to_path_buf(),
-            session_tmp: command.session_tmp.to_path_buf(),
             env: command.env,
             layers: self.layers.clone(),
             network: command.network,
@@ -215,7 +214,6 @@ impl Confinement {
 pub struct CommandSpec<'a> {
     pub command: &'a str,
     pub session_dir: &'a Path,
-    pub session_tmp: &'a Path,
     pub env: std::collections::BTreeMap<String, String>,
     pub network: Network,
     pub timeout: std::time::Duration,

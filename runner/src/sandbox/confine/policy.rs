@@ -131,8 +131,6 @@ pub struct CommandPlan {
     pub command: String,
     /// The session directory: the command's cwd and only writable place.
     pub session_dir: PathBuf,
-    /// Temporary files when there is no private `/tmp` (inside the session directory).
-    pub session_tmp: PathBuf,
     pub env: BTreeMap<String, String>,
     pub layers: Vec<Layer>,
     pub network: Network,

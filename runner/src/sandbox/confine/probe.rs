@@ -90,7 +90,8 @@ pub(super) async fn detect(
     let mut confinement = Confinement {
         mode: settings.mode,
         helper: helper.to_path_buf(),
-        layers: candidates.clone(),
+        // Decided below; each probe names the layers it tries.
+        layers: Vec::new(),
         missing: Vec::new(),
         report: Report::default(),
         read_paths: settings.read_paths(),
@@ -99,7 +100,7 @@ pub(super) async fn detect(
     };
     let (layers, report) = match try_layers(&confinement, scratch, &candidates).await? {
         Ok(report) => (candidates, report),
-        Err(_) => one_by_one(&mut confinement, scratch, &candidates, &mut missing).await?,
+        Err(_) => one_by_one(&confinement, scratch, &candidates, &mut missing).await?,
     };
     if layers.contains(&Layer::Namespaces) && !report.proc_mounted {
         missing.push(Missing {
@@ -128,7 +129,7 @@ pub(super) async fn detect(
 
 /// Tries each layer alone to learn which fail and why, then the working ones together.
 async fn one_by_one(
-    confinement: &mut Confinement,
+    confinement: &Confinement,
     scratch: &Path,
     candidates: &[Layer],
     missing: &mut Vec<Missing>,
@@ -186,7 +187,6 @@ async fn try_layers(
     let plan = CommandPlan {
         command: "true".into(),
         session_dir: scratch.to_path_buf(),
-        session_tmp: scratch.to_path_buf(),
         env: BTreeMap::from([("PATH".to_owned(), "/usr/bin:/bin".to_owned())]),
         layers: layers.to_vec(),
         network: Network::None,

@@ -20,47 +20,37 @@ const MAX_ROUNDS: usize = 1000;
 pub fn kill_descendants(cgroup: Option<&CommandCgroup>) {
     let me = nix::unistd::getpid();
     for _ in 0..MAX_ROUNDS {
-        // No child at all means no descendant: any survivor would have been reparented to us.
-        // This saves scanning /proc after the common command that leaves nothing behind.
-        if !has_children() && cgroup.is_none_or(|c| c.members().iter().all(|p| *p == me)) {
+        // Reaping what already exited reparents its children to us. No live child (and no
+        // other cgroup member) means no descendant: any survivor would have been reparented
+        // to us. This spares the /proc scan after a command that leaves nothing behind.
+        let children = reap_exited();
+        let mut victims: Vec<Pid> = cgroup
+            .map(CommandCgroup::members)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != me)
+            .collect();
+        if !children && victims.is_empty() {
             return;
         }
-        let mut victims = children_of(me);
-        if let Some(cgroup) = cgroup {
-            victims.extend(cgroup.members().into_iter().filter(|p| *p != me));
-        }
-        if victims.is_empty() && !reap_one(WaitPidFlag::WNOHANG) {
-            return;
+        if children {
+            victims.extend(children_of(me));
         }
         for pid in &victims {
             let _ = kill(*pid, Signal::SIGKILL);
         }
-        // Reap what we killed, so that their children are reparented to us for the next round.
-        while reap_one(WaitPidFlag::WNOHANG) {}
-        if !victims.is_empty() {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
 /// Reaps exited children; true while a live one remains.
-fn has_children() -> bool {
+fn reap_exited() -> bool {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(nix::sys::wait::WaitStatus::StillAlive) => return true,
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(_) => return false,
         }
-    }
-}
-
-/// True when a child was reaped (or is still there to be reaped later).
-fn reap_one(flags: WaitPidFlag) -> bool {
-    match waitpid(Pid::from_raw(-1), Some(flags)) {
-        Ok(nix::sys::wait::WaitStatus::StillAlive) => false,
-        Ok(_) => true,
-        Err(Errno::EINTR) => true,
-        Err(_) => false,
     }
 }
 
