@@ -61,7 +61,7 @@ where
 }
 
 /// One connection attempt and PING, without retries.
-pub async fn ping_once(client: &Client) -> Result<(), redis::RedisError> {
+async fn ping_once(client: &Client) -> Result<(), redis::RedisError> {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(3)))
         .set_response_timeout(Some(Duration::from_secs(3)));

@@ -5,7 +5,7 @@
 use std::fmt;
 
 mod connect;
-pub use connect::{Unreachable, connect_with_retry, ping_once};
+pub use connect::{Unreachable, connect_with_retry};
 
 use redis::{Client, ConnectionAddr, IntoConnectionInfo};
 

@@ -102,7 +102,7 @@ impl Dispatch {
         }
         let record = PresenceRecord {
             id: config.runner_id.clone(),
-            pod: std::env::var("POD_NAME").unwrap_or_default(),
+            pod: config.pod_name.clone(),
             capacity: config.max_concurrency as u32,
             in_flight: inflight.len() as u32,
             version: env!("CARGO_PKG_VERSION").to_string(),

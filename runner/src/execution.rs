@@ -24,7 +24,7 @@ use crate::tools::{self, ToolContext, ToolLimits, ToolOutcome};
 
 const DEFAULT_INSTRUCTIONS: &str = "You are a helpful AI assistant.";
 
-pub use crate::inflight::Ending;
+use crate::inflight::Ending;
 
 /// Everything resolved before the loop can start.
 struct Prepared {

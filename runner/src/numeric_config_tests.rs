@@ -99,10 +99,7 @@ fn load(variable: &'static str, raw: &str) -> Result<Config, ConfigError> {
 /// trimmed text must be a decimal integer within the range.
 fn check(variable: &Variable, raw: &str) -> Result<(), TestCaseError> {
     let trimmed = raw.trim();
-    let expected = trimmed
-        .parse::<u64>()
-        .ok()
-        .filter(|n| variable.range.contains(n));
+    let expected = testkit::numbers::expected(trimmed, &variable.range);
     match load(variable.name, raw) {
         Ok(config) => {
             let value = (variable.read)(&config);

@@ -145,40 +145,20 @@ impl StatusReporter {
     /// flusher on success.
     pub async fn start(&mut self, budget: Duration) -> Result<(), StartError> {
         let status = self.snapshot();
-        let handle = self.shared.handle.clone();
-        let deadline = Instant::now() + budget;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let sent = tokio::select! {
-                sent = self.shared.send(status.clone()) => sent,
-                () = handle.cancel.cancelled() => return Err(StartError::Interrupted),
-            };
-            match sent {
-                Ok(_) => break,
-                Err(s) if is_lease_lost(&s) => {
-                    return Err(StartError::LeaseLost(s.message().to_string()));
-                }
-                Err(s) if Instant::now() + backoff > deadline => {
-                    return Err(StartError::Undelivered {
-                        budget,
-                        last: s.to_string(),
-                    });
-                }
-                Err(s) => {
-                    tracing::warn!(
-                        execution_id = %handle.execution_id,
-                        error = %s,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "start not recorded yet; nothing runs until it is"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
-                        () = handle.cancel.cancelled() => return Err(StartError::Interrupted),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let cancel = self.shared.handle.cancel.clone();
+        deliver(
+            &self.shared,
+            status,
+            budget,
+            Some(&cancel),
+            "start not recorded yet; nothing runs until it is",
+        )
+        .await
+        .map_err(|failure| match failure {
+            Failure::LeaseLost(message) => StartError::LeaseLost(message),
+            Failure::Interrupted => StartError::Interrupted,
+            Failure::Undelivered(last) => StartError::Undelivered { budget, last },
+        })?;
         self.flusher = Some(tokio::spawn(flush_loop(
             self.shared.clone(),
             self.stop.clone(),
@@ -227,30 +207,78 @@ impl StatusReporter {
             state.dirty = false;
             state.status.clone()
         };
-        let deadline = Instant::now() + FINAL_RETRY_BUDGET;
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.shared.send(status.clone()).await {
-                Ok(execution) => return Ok(execution),
-                Err(s) if is_lease_lost(&s) => {
-                    return Err(ReportError::LeaseLost(s.message().to_string()));
+        deliver(
+            &self.shared,
+            status,
+            FINAL_RETRY_BUDGET,
+            None,
+            "final status not delivered yet",
+        )
+        .await
+        .map_err(|failure| match failure {
+            Failure::LeaseLost(message) => ReportError::LeaseLost(message),
+            // Without a cancellation token the delivery is never interrupted.
+            Failure::Interrupted | Failure::Undelivered(_) => ReportError::Undelivered {
+                budget: FINAL_RETRY_BUDGET,
+                last: failure.to_string(),
+            },
+        })
+    }
+}
+
+/// Why a status could not be delivered.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("lease lost: {0}")]
+    LeaseLost(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{0}")]
+    Undelivered(String),
+}
+
+/// Sends `status` until the control plane stores it, retrying through blips (100 ms doubling
+/// to 5 s) for up to `budget`; a refused lease ends it at once, and so does `cancel`. The one
+/// retry loop of the start and of the final report.
+async fn deliver(
+    shared: &Shared,
+    status: AgentExecutionStatus,
+    budget: Duration,
+    cancel: Option<&CancellationToken>,
+    waiting: &'static str,
+) -> Result<AgentExecution, Failure> {
+    let interrupted = async {
+        match cancel {
+            Some(token) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(interrupted);
+    let deadline = Instant::now() + budget;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sent = tokio::select! {
+            sent = shared.send(status.clone()) => sent,
+            () = &mut interrupted => return Err(Failure::Interrupted),
+        };
+        match sent {
+            Ok(execution) => return Ok(execution),
+            Err(s) if is_lease_lost(&s) => return Err(Failure::LeaseLost(s.message().to_string())),
+            Err(s) if Instant::now() + backoff > deadline => {
+                return Err(Failure::Undelivered(s.to_string()));
+            }
+            Err(s) => {
+                tracing::warn!(
+                    execution_id = %shared.handle.execution_id,
+                    error = %s,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "{waiting}"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut interrupted => return Err(Failure::Interrupted),
                 }
-                Err(s) if Instant::now() + backoff > deadline => {
-                    return Err(ReportError::Undelivered {
-                        budget: FINAL_RETRY_BUDGET,
-                        last: s.to_string(),
-                    });
-                }
-                Err(s) => {
-                    tracing::warn!(
-                        execution_id = %self.shared.handle.execution_id,
-                        error = %s,
-                        retry_in_ms = backoff.as_millis() as u64,
-                        "final status not delivered yet"
-                    );
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }

@@ -223,9 +223,8 @@ mod tests {
         addr
     }
 
-    /// The `sandbox` field as the runner's `/status` will carry it. A fake server stands in
-    /// for the runner, which does not report the field yet; an end-to-end check against the
-    /// real runner comes with the sandbox itself.
+    /// The `sandbox` field as the runner's `/status` carries it, from a small fake server;
+    /// tests/local_security.rs checks it against the real runner.
     #[tokio::test]
     async fn reads_the_sandbox_layers() {
         let addr = serve_once(

@@ -106,6 +106,8 @@ pub struct Config {
     /// `http://host:port`: the control plane.
     pub backend_endpoint: String,
     pub runner_id: String,
+    /// The pod this runner runs in (`POD_NAME`), shown in its cloud-mode presence.
+    pub pod_name: String,
     pub max_concurrency: usize,
     pub drain_timeout: Duration,
     pub heartbeat_interval: Duration,
@@ -151,6 +153,7 @@ impl Config {
             })),
             Backend::Cloud(cloud) => cloud.map(|c| Mode::Cloud(*c)),
         };
+        let pod_name = r.string(vars::POD_NAME).unwrap_or_default();
         let runner_id = r
             .string(vars::RUNNER_ID)
             .or_else(|| r.string(vars::POD_NAME))
@@ -182,6 +185,7 @@ impl Config {
             mode,
             backend_endpoint,
             runner_id,
+            pod_name,
             max_concurrency,
             drain_timeout,
             heartbeat_interval,

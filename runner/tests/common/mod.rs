@@ -122,21 +122,3 @@ pub fn execution_id(e: &AgentExecution) -> String {
 pub fn session_id(e: &AgentExecution) -> String {
     e.spec.as_ref().expect("spec").session_id.clone()
 }
-
-/// Reads a pid file a tool command wrote, waiting for it to appear.
-pub async fn read_pid(path: &Path, timeout: Duration) -> i32 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(pid) = text.trim().parse()
-        {
-            return pid;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never written",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
