@@ -37,19 +37,20 @@ pub const APPLIED_HASH_ANNOTATION: &str = "agentic.stigmer.ai/applied-hash";
 
 /// `obj` with [`APPLIED_HASH_ANNOTATION`] set to the hash of `obj` itself (without the
 /// annotation). The JSON of k8s-openapi types is deterministic (sorted maps, fixed field
-/// order), so equal objects hash equally across operator restarts.
+/// order), so equal objects hash equally across operator restarts. An object that cannot be
+/// serialized gets no stamp, so it is never taken as up to date (and its apply reports why).
 pub fn stamped<K: Resource + Serialize + Clone>(obj: &K) -> K {
     let mut out = obj.clone();
-    let bytes = serde_json::to_vec(obj).unwrap_or_default();
-    let hash = hex(&Sha256::digest(&bytes)[..16]);
-    out.annotations_mut()
-        .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash);
+    if let Ok(bytes) = serde_json::to_vec(obj) {
+        let hash = hex(&Sha256::digest(&bytes)[..16]);
+        out.annotations_mut()
+            .insert(APPLIED_HASH_ANNOTATION.to_owned(), hash);
+    }
     out
 }
 
 /// Whether the cached copy of `obj` already is what `stamped` would apply.
-fn up_to_date<K: Resource>(stamped: &K, cached: Option<&K>) -> bool {
-    let Some(cached) = cached else { return false };
+fn up_to_date<K: Resource>(stamped: &K, cached: &K) -> bool {
     cached.meta().deletion_timestamp.is_none()
         && stamped.annotations().get(APPLIED_HASH_ANNOTATION).is_some()
         && cached.annotations().get(APPLIED_HASH_ANNOTATION)
@@ -125,7 +126,7 @@ where
     if let Some(store) = cache {
         let key = ObjectRef::new(&obj.name_any()).within(namespace);
         if let Some(cached) = store.get(&key)
-            && up_to_date(&obj, Some(&*cached))
+            && up_to_date(&obj, &cached)
         {
             return Ok((*cached).clone());
         }

@@ -108,7 +108,7 @@ pub(crate) fn read(r: &mut Reader<'_>) -> Option<CloudConfig> {
     }
     let redis = read_redis(r);
     let daytona = read_daytona(r);
-    let (token, _value, expires) = token?;
+    let (token, expires) = token?;
     let config = CloudConfig {
         token,
         token_expires_at: expires,
@@ -144,7 +144,8 @@ pub(crate) fn check_endpoint(r: &mut Reader<'_>, endpoint: &str, explicit: bool)
     }
 }
 
-fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, String, Option<String>)> {
+/// Where the JWT comes from and when it expires (checked now: structure, exp, nbf).
+fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, Option<String>)> {
     let (origin, token, variable) = match (r.string(vars::API_KEY), r.string(vars::API_KEY_FILE)) {
         (Some(_), Some(_)) => {
             r.problem(
@@ -190,7 +191,7 @@ fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, String, Option<String>
         return None;
     }
     let expires = inspection.claims.exp.map(|t| t.to_string());
-    Some((origin, token, expires))
+    Some((origin, expires))
 }
 
 fn read_redis(r: &mut Reader<'_>) -> Option<RedisTarget> {
