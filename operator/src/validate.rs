@@ -30,6 +30,7 @@ pub const RESERVED_ENV: &[&str] = &[
     vars::API_KEY,
     vars::BACKEND_ENDPOINT,
     vars::BACKEND_CA_FILE,
+    vars::BACKEND_INSECURE,
     vars::MAX_CONCURRENCY,
     vars::DRAIN_TIMEOUT_SECS,
     vars::HTTP_ADDR,

@@ -378,3 +378,31 @@ fn suspend_keeps_objects_and_scales_to_zero() {
         Some("ghcr.io/stigmer/agent-runner:1.4.1")
     );
 }
+
+#[test]
+fn only_an_http_backend_is_marked_plaintext_for_the_runner() {
+    let secrets = common::secrets("cloud-secrets.yaml");
+    let mut runner = common::runner("cloud.yaml");
+    let tls = desired(&runner, &secrets)
+        .config_map
+        .data
+        .unwrap_or_default();
+    assert!(
+        !tls.contains_key("STIGMER_BACKEND_INSECURE"),
+        "an https:// backend must stay TLS-only"
+    );
+    // The CRD accepts http:// as an explicit plaintext backend; without the flag the runner
+    // refuses to start in cloud mode.
+    let cloud = runner.spec.cloud.as_mut().expect("cloud fixture");
+    cloud.backend.as_mut().expect("backend").endpoint = "http://stigmer-server:50051".into();
+    cloud.backend.as_mut().expect("backend").ca_secret_ref = None;
+    let plain = desired(&runner, &secrets)
+        .config_map
+        .data
+        .unwrap_or_default();
+    assert_eq!(
+        plain["STIGMER_BACKEND_ENDPOINT"],
+        "http://stigmer-server:50051"
+    );
+    assert_eq!(plain["STIGMER_BACKEND_INSECURE"], "true");
+}

@@ -72,6 +72,11 @@ pub fn config_data(v: &Validated<'_>) -> BTreeMap<String, String> {
             let cloud = spec.cloud.clone().unwrap_or_default();
             if let Some(b) = &cloud.backend {
                 set(vars::BACKEND_ENDPOINT, b.endpoint.clone());
+                // The CRD accepts `http://` as the user's explicit choice of a plaintext
+                // backend; the runner refuses plaintext in cloud mode unless told so.
+                if b.endpoint.starts_with("http://") {
+                    set(vars::BACKEND_INSECURE, "true".to_owned());
+                }
                 if b.ca_secret_ref.is_some() {
                     set(
                         vars::BACKEND_CA_FILE,
