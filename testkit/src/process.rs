@@ -27,12 +27,24 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Spawns `bin` with exactly `env` (plus PATH), output captured under `log_dir`.
     pub fn spawn(bin: &Path, env: &BTreeMap<String, String>, log_dir: &Path, name: &str) -> Self {
+        Self::spawn_args(bin, &[], env, log_dir, name)
+    }
+
+    /// [`ChildProcess::spawn`] with arguments.
+    pub fn spawn_args(
+        bin: &Path,
+        args: &[&str],
+        env: &BTreeMap<String, String>,
+        log_dir: &Path,
+        name: &str,
+    ) -> Self {
         std::fs::create_dir_all(log_dir).expect("log dir");
         let stdout_path = log_dir.join(format!("{name}.stdout"));
         let stderr_path = log_dir.join(format!("{name}.stderr"));
         let stdout = std::fs::File::create(&stdout_path).expect("stdout file");
         let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
         let child = Command::new(bin)
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(env)

@@ -18,6 +18,7 @@
 //! Every test gets its own namespace (labelled for the `restricted` Pod Security Standard), and
 //! deletes it at the end, failed or not. Every wait is a watch on a condition with a timeout.
 
+pub mod cloud_stack;
 pub mod owned;
 
 use std::future::Future;

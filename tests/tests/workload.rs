@@ -6,8 +6,10 @@
 //! Python program on the `python` image, `E2E_PYTHON_IMAGE`): it answers the first turn with
 //! a `run_command` tool call and the turn after the tool result with the text `e2e-done`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use e2e::cloud_stack::{AGENT_YAML, CloudStack, DAYTONA_SCRIPT, Endpoints, LLM_SCRIPT};
 use e2e::{
     API_TIMEOUT, Doing, E2eError, POD_TIMEOUT, Result, TestNs, ensure, has_condition, kubectl,
     scenario, wait_for, wait_runner, workload_cluster,
@@ -18,44 +20,6 @@ use kube::ResourceExt;
 use kube::api::{DeleteParams, ListParams};
 use operator::AgentRunner;
 use serde_json::{Value, json};
-
-const LLM_SCRIPT: &str = r#"
-import json, http.server
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
-        msgs = body.get("messages", [])
-        user = " ".join(str(m.get("content")) for m in msgs if m.get("role") == "user")
-        if msgs and msgs[-1].get("role") == "tool":
-            delta, finish = {"role": "assistant", "content": "e2e-done"}, "stop"
-        else:
-            cmd = "sleep 20 && echo slept" if "slow" in user else "echo e2e-ok"
-            call = {"index": 0, "id": "call_1", "type": "function",
-                    "function": {"name": "run_command", "arguments": json.dumps({"command": cmd})}}
-            delta, finish = {"role": "assistant", "tool_calls": [call]}, "tool_calls"
-        chunks = [
-            {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
-            {"choices": [{"index": 0, "delta": {}, "finish_reason": finish}]},
-            {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
-        ]
-        self.send_response(200)
-        self.send_header("content-type", "text/event-stream")
-        self.end_headers()
-        for c in chunks:
-            self.wfile.write(b"data: " + json.dumps(c).encode() + b"\n\n")
-        self.wfile.write(b"data: [DONE]\n\n")
-
-http.server.ThreadingHTTPServer(("", 8080), Handler).serve_forever()
-"#;
-
-const AGENT_YAML: &str =
-    "name: e2e\ninstructions: Run the command you are asked to.\ntools: [run_command]\n";
 
 fn restricted_container() -> Value {
     json!({
@@ -256,14 +220,235 @@ async fn a_local_mode_pod_runs_an_execution_through_its_sidecar() {
 
 #[tokio::test]
 async fn a_cloud_mode_pod_runs_an_execution() {
-    // Written down so that it is not forgotten. Cloud mode runs end to end on loopback
-    // (runner/tests/cloud_e2e.rs); in a cluster it still needs an in-cluster Redis, a
-    // cloud-configured control plane and a Daytona stand-in deployed by this suite.
-    e2e::skip(
-        "a_cloud_mode_pod_runs_an_execution",
-        "not written yet: needs an in-cluster Redis, a cloud-configured control plane and a \
-         Daytona stand-in deployed by the suite",
-    );
+    let Some(c) = workload_cluster("a_cloud_mode_pod_runs_an_execution").await else {
+        return;
+    };
+    scenario(c, "cloud-exec", |t| async move {
+        let stack = CloudStack::new();
+        let e = Endpoints {
+            backend: "http://stigmer-server:50051".into(),
+            redis_host: "redis".into(),
+            redis_port: 6379,
+            daytona_api: "http://daytona:8080/api".into(),
+            llm_base: "http://scripted-llm:8080/v1".into(),
+        };
+        tokio::try_join!(
+            scripted_llm(&t),
+            redis(&t),
+            daytona(&t, &stack),
+            control_plane(&t, &stack, &e),
+        )?;
+        for (name, data) in stack.runner_secrets() {
+            let data: Vec<(&str, &str)> =
+                data.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            t.secret(&name, &data).await?;
+        }
+        t.agentrunner("r", stack.agentrunner_spec(&e)).await?;
+        let ar = wait_for(
+            &t.api::<AgentRunner>(),
+            "r",
+            "the cloud AgentRunner to be Ready",
+            POD_TIMEOUT,
+            has_condition("Ready", "True"),
+        )
+        .await?;
+        let cp = deployment_pod(&t, "stigmer-server").await?;
+        stigmer(
+            &t,
+            &cp,
+            "stigmer-server",
+            &["agent", "apply", "-f", "-"],
+            Some(AGENT_YAML),
+        )
+        .await?;
+        let out = stigmer(
+            &t,
+            &cp,
+            "stigmer-server",
+            &["run", "--agent", "e2e", "say ok"],
+            None,
+        )
+        .await?;
+        ensure(
+            out.contains("e2e-done"),
+            format!("the model's answer is missing: {out}"),
+        )?;
+        let daytona_log =
+            kubectl(&t.cluster, &["-n", &t.ns, "logs", "deploy/daytona"], None).await?;
+        ensure(
+            daytona_log.contains("/process/execute"),
+            format!("the tool call did not run in the Daytona stand-in: {daytona_log}"),
+        )?;
+        // Deleting the busy runner pod drains it: the execution completes.
+        let pod = runner_pod(&t, &ar).await?;
+        drain_while_busy(&t, &cp, "stigmer-server", &pod).await?;
+        wait_runner(&t, "r", "Ready again", has_condition("Ready", "True")).await?;
+        Ok(())
+    })
+    .await;
+}
+
+/// The image of the runner (it carries `stigmer-server` and `stigmer` too): `E2E_RUNNER_IMAGE`,
+/// else the operator's default.
+fn runner_image(t: &TestNs) -> String {
+    match &t.cluster.runner_image {
+        Some((repo, tag)) => format!("{repo}:{tag}"),
+        None => {
+            let d = operator::config::OperatorConfig::default();
+            format!("{}:{}", d.default_image_repository, d.default_image_tag)
+        }
+    }
+}
+
+/// A one-container Deployment and its Service, restricted like everything in the suite.
+async fn service(
+    t: &TestNs,
+    name: &str,
+    port: u16,
+    container: Value,
+    volumes: Value,
+) -> Result<()> {
+    let mut container = container;
+    container["name"] = json!(name);
+    container["ports"] = json!([{"containerPort": port}]);
+    container["securityContext"] = restricted_container();
+    t.apply(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [container], "volumes": volumes},
+            },
+        },
+    }))
+    .await?;
+    t.apply(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"selector": {"app": name}, "ports": [{"port": port}]},
+    }))
+    .await?;
+    wait_for(
+        &t.api::<Deployment>(),
+        name,
+        &format!("{name} to be available"),
+        POD_TIMEOUT,
+        |d| {
+            d.status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or_default()
+                >= 1
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A real `redis-server` (`E2E_REDIS_IMAGE`), without persistence.
+async fn redis(t: &TestNs) -> Result<()> {
+    let image = std::env::var("E2E_REDIS_IMAGE").unwrap_or_else(|_| "redis:7-alpine".to_owned());
+    service(
+        t,
+        "redis",
+        6379,
+        json!({
+            "image": image,
+            "command": ["redis-server", "--save", "", "--appendonly", "no",
+                        "--protected-mode", "no"],
+            "readinessProbe": {"tcpSocket": {"port": 6379}},
+        }),
+        json!([]),
+    )
+    .await
+}
+
+/// The Daytona stand-in (`E2E_PYTHON_IMAGE`), with its key from a Secret.
+async fn daytona(t: &TestNs, stack: &CloudStack) -> Result<()> {
+    let image =
+        std::env::var("E2E_PYTHON_IMAGE").unwrap_or_else(|_| "python:3.12-alpine".to_owned());
+    t.secret("daytona-standin", &[("api-key", &stack.daytona_key)])
+        .await?;
+    t.apply(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "daytona-standin"},
+        "data": {"daytona.py": DAYTONA_SCRIPT},
+    }))
+    .await?;
+    service(
+        t,
+        "daytona",
+        8080,
+        json!({
+            "image": image,
+            "command": ["python3", "-u", "/script/daytona.py"],
+            "env": [
+                {"name": "DAYTONA_API_KEY",
+                 "valueFrom": {"secretKeyRef": {"name": "daytona-standin", "key": "api-key"}}},
+                {"name": "STANDIN_ROOT", "value": "/sandboxes"},
+            ],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+            "volumeMounts": [{"name": "script", "mountPath": "/script"},
+                             {"name": "sandboxes", "mountPath": "/sandboxes"}],
+        }),
+        json!([{"name": "script", "configMap": {"name": "daytona-standin"}},
+               {"name": "sandboxes", "emptyDir": {}}]),
+    )
+    .await
+}
+
+/// The control plane in its Redis configuration (`stigmer-server` of the runner image),
+/// verifying JWTs; `stigmer` in its container reaches it on localhost with the client key.
+async fn control_plane(t: &TestNs, stack: &CloudStack, e: &Endpoints) -> Result<()> {
+    let files = stack.control_plane_files();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    t.secret("control-plane", &files).await?;
+    let mut env: Vec<Value> = stack
+        .control_plane_env(e, "0.0.0.0:50051", "/data", "/etc/stigmer-keys")
+        .into_iter()
+        .map(|(name, value)| json!({"name": name, "value": value}))
+        .collect();
+    // For `kubectl exec ... stigmer`: the CLI's key and a writable home.
+    env.push(json!({"name": "STIGMER_API_KEY",
+                    "valueFrom": {"secretKeyRef": {"name": "control-plane",
+                                                   "key": e2e::cloud_stack::CLIENT_KEY_FILE}}}));
+    env.push(json!({"name": "HOME", "value": "/data"}));
+    service(
+        t,
+        "stigmer-server",
+        50051,
+        json!({
+            "image": runner_image(t),
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/usr/local/bin/stigmer-server"],
+            "env": env,
+            "readinessProbe": {"grpc": {"port": 50051}},
+            "volumeMounts": [{"name": "keys", "mountPath": "/etc/stigmer-keys", "readOnly": true},
+                             {"name": "data", "mountPath": "/data"}],
+        }),
+        json!([{"name": "keys", "secret": {"secretName": "control-plane"}},
+               {"name": "data", "emptyDir": {}}]),
+    )
+    .await
+}
+
+/// The one running pod of the Deployment `name` (its pods carry `app=<name>`).
+async fn deployment_pod(t: &TestNs, name: &str) -> Result<String> {
+    let pods = t
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("app={name}")))
+        .await
+        .doing("listing pods")?;
+    pods.items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .ok_or_else(|| E2eError::Check(format!("no {name} pod")))
 }
 
 #[tokio::test]
@@ -283,62 +468,70 @@ async fn deleting_a_busy_runner_pod_drains_it() {
             Some(AGENT_YAML),
         )
         .await?;
-        // "slow": the scripted model asks for `sleep 20`. `stigmer run` follows the execution
-        // from the control-plane sidecar, which outlives the runner container during the
-        // pod's termination, and exits 0 only if the execution COMPLETED (3 if cancelled).
-        let follower = {
-            let t = t.clone();
-            let pod = pod.clone();
-            tokio::spawn(async move {
-                stigmer(
-                    &t,
-                    &pod,
-                    "stigmer-server",
-                    &["run", "--agent", "e2e", "slow"],
-                    None,
-                )
-                .await
-            })
-        };
-        // Busy: an execution is in progress on the runner.
-        let busy = async {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let out = stigmer(
-                    &t,
-                    &pod,
-                    "runner",
-                    &["-o", "json", "execution", "list", "--phase", "in-progress"],
-                    None,
-                )
-                .await?;
-                if out.contains("IN_PROGRESS") {
-                    return Ok::<(), E2eError>(());
-                }
-            }
-        };
-        tokio::time::timeout(API_TIMEOUT, busy)
-            .await
-            .map_err(|_| E2eError::Timeout(API_TIMEOUT, "an execution in progress".into()))??;
-
-        // Delete the busy pod with its own grace period (drain timeout + margin).
-        t.api::<Pod>()
-            .delete(&pod, &DeleteParams::default())
-            .await
-            .doing("deleting the busy runner pod")?;
-        let followed = tokio::time::timeout(Duration::from_secs(120), follower)
-            .await
-            .map_err(|_| E2eError::Timeout(Duration::from_secs(120), "the drain".into()))?
-            .map_err(|e| E2eError::Check(format!("follower task: {e}")))?;
-        let out = followed?;
-        ensure(
-            out.contains("e2e-done"),
-            format!("the execution did not complete: {out}"),
-        )?;
+        drain_while_busy(&t, &pod, "stigmer-server", &pod).await?;
         // A replacement pod takes over.
         wait_runner(&t, "r", "Ready again", has_condition("Ready", "True")).await?;
         Ok(())
     })
     .await;
+}
+
+/// Starts a "slow" execution (the scripted model asks for `sleep 20`) followed by `stigmer run`
+/// in `cli_pod`/`cli_container`, waits until it is in progress, deletes `runner_pod` with its own
+/// grace period (drain timeout + margin) and requires the execution to COMPLETE: `stigmer run`
+/// exits 0 only then (3 if cancelled). The follower must run where it outlives the runner
+/// container (the local sidecar, or the cloud control plane).
+async fn drain_while_busy(
+    t: &Arc<TestNs>,
+    cli_pod: &str,
+    cli_container: &str,
+    runner_pod: &str,
+) -> Result<()> {
+    let follower = {
+        let t = t.clone();
+        let (pod, container) = (cli_pod.to_owned(), cli_container.to_owned());
+        tokio::spawn(async move {
+            stigmer(
+                &t,
+                &pod,
+                &container,
+                &["run", "--agent", "e2e", "slow"],
+                None,
+            )
+            .await
+        })
+    };
+    let busy = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let out = stigmer(
+                t,
+                cli_pod,
+                cli_container,
+                &["-o", "json", "execution", "list", "--phase", "in-progress"],
+                None,
+            )
+            .await?;
+            if out.contains("IN_PROGRESS") {
+                return Ok::<(), E2eError>(());
+            }
+        }
+    };
+    tokio::time::timeout(API_TIMEOUT, busy)
+        .await
+        .map_err(|_| E2eError::Timeout(API_TIMEOUT, "an execution in progress".into()))??;
+    t.api::<Pod>()
+        .delete(runner_pod, &DeleteParams::default())
+        .await
+        .doing("deleting the busy runner pod")?;
+    let followed = tokio::time::timeout(Duration::from_secs(120), follower)
+        .await
+        .map_err(|_| E2eError::Timeout(Duration::from_secs(120), "the drain".into()))?
+        .map_err(|e| E2eError::Check(format!("follower task: {e}")))?;
+    let out = followed?;
+    ensure(
+        out.contains("e2e-done"),
+        format!("the execution did not complete: {out}"),
+    )
 }
