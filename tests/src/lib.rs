@@ -12,7 +12,8 @@
 //! | `E2E_WORKLOAD=1` | also run the workload group (needs nodes and the runner image) |
 //! | `E2E_RUNNER_IMAGE` | runner image (`repo:tag`) the AgentRunners use |
 //! | `E2E_KUBECTL` | kubectl binary for `exec` (default `kubectl`) |
-//! | `E2E_PYTHON_IMAGE` | image of the scripted LLM server (default `python:3.12-alpine`) |
+//! | `E2E_PYTHON_IMAGE` | image of the scripted LLM server and the Daytona stand-in (default `python:3.12-alpine`) |
+//! | `E2E_REDIS_IMAGE` | image of the cloud test's Redis (default `redis:7-alpine`) |
 //! | `E2E_KEEP_NAMESPACES=1` | keep the test namespaces, for debugging |
 //!
 //! Every test gets its own namespace (labelled for the `restricted` Pod Security Standard), and

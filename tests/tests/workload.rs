@@ -409,7 +409,7 @@ async fn control_plane(t: &TestNs, stack: &CloudStack, e: &Endpoints) -> Result<
         .collect();
     t.secret("control-plane", &files).await?;
     let mut env: Vec<Value> = stack
-        .control_plane_env(e, "0.0.0.0:50051", "/data", "/etc/stigmer-keys")
+        .control_plane_env(e, "0.0.0.0:50051", "/data/stigmer", "/etc/stigmer-keys")
         .into_iter()
         .map(|(name, value)| json!({"name": name, "value": value}))
         .collect();
