@@ -5,6 +5,7 @@
 //! → [`status`] (pure computation, written only when it changed). [`controller`] wires the
 //! steps and the watches; [`rbac`] lists every API call the operator makes.
 
+pub mod api_requests;
 pub mod apply;
 pub mod backoff;
 pub mod build;

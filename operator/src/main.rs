@@ -57,12 +57,21 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The client of the kubeconfig or in-cluster account, every request counted in `metrics`.
+async fn client(metrics: &Metrics) -> Result<Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    operator::api_requests::counted_client(config, metrics.api_requests())
+}
+
 async fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
     // Pin ring as the process-wide TLS provider: rustls panics at the first connection if
     // a dependency ever compiles in a second provider and none was chosen.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match Client::try_default().await {
+    let metrics = Arc::new(Metrics::new());
+    let client = match client(&metrics).await {
         Ok(c) => c,
         Err(e) => {
             error!(error = %e, "cannot build a Kubernetes client: set KUBECONFIG or run in a cluster");
@@ -75,7 +84,6 @@ async fn run(args: RunArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let metrics = Arc::new(Metrics::new());
     let state = Arc::new(HttpState {
         metrics: metrics.clone(),
         ..Default::default()

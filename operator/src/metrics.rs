@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::api_requests::Requests;
+
 /// Label of the failures counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -24,6 +26,7 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Histogram,
     leader: Gauge,
+    api_requests: Requests,
 }
 
 impl Default for Metrics {
@@ -40,6 +43,7 @@ impl Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let leader = Gauge::default();
+        let api_requests = Requests::default();
         registry.register(
             "reconciles",
             "AgentRunner reconciles started",
@@ -60,13 +64,24 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by verb and resource",
+            api_requests.clone(),
+        );
         Self {
             registry,
             reconciles,
             failures,
             duration,
             leader,
+            api_requests,
         }
+    }
+
+    /// The API request counter, for [`crate::api_requests::counted_client`].
+    pub fn api_requests(&self) -> &Requests {
+        &self.api_requests
     }
 
     /// Count a reconcile.

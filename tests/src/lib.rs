@@ -295,6 +295,7 @@ pub fn condition(ar: &AgentRunner, type_: &str) -> Option<(String, String, Strin
 struct InProcess {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    metrics: Arc<Metrics>,
 }
 
 /// One test's namespace, and the operator serving it in in-process mode.
@@ -402,7 +403,9 @@ impl TestNs {
         config.auth_info.impersonate =
             Some(format!("system:serviceaccount:{}:{OPERATOR_SA}", self.ns));
         config.auth_info.impersonate_groups = None;
-        let client = Client::try_from(config)
+        // Counted like the installed operator's client, so tests can read what it sent.
+        let metrics = Arc::new(Metrics::new());
+        let client = operator::api_requests::counted_client(config, metrics.api_requests())
             .map_err(|e| E2eError::Setup(format!("impersonating client: {e}")))?;
         let mut cfg = OperatorConfig::default();
         if let Some((repo, tag)) = &self.cluster.runner_image {
@@ -412,7 +415,7 @@ impl TestNs {
         let ctx = Arc::new(Context::new(
             client,
             cfg,
-            Arc::new(Metrics::new()),
+            metrics.clone(),
             Some(format!("e2e-{}", self.ns)),
         ));
         let stop = CancellationToken::new();
@@ -422,8 +425,21 @@ impl TestNs {
             2,
             stop.clone().cancelled_owned(),
         ));
-        *slot = Some(InProcess { stop, task });
+        *slot = Some(InProcess {
+            stop,
+            task,
+            metrics,
+        });
         Ok(())
+    }
+
+    /// The in-process operator's `/metrics` text; `None` for an installed operator.
+    pub async fn operator_metrics(&self) -> Option<String> {
+        self.operator
+            .lock()
+            .await
+            .as_ref()
+            .map(|op| op.metrics.encode())
     }
 
     /// Stops the in-process operator and waits until it has finished.

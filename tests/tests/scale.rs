@@ -1,10 +1,12 @@
 //! Scale e2e test: `E2E_SCALE=N` AgentRunners applied at once in a fresh namespace, with a
 //! nodeSelector no node matches (so no image is pulled and the pods stay Pending), must all
 //! converge: their Deployment exists and their status has `observedGeneration`. Prints the
-//! converge time and the RSS of the in-process operator. Skipped unless `E2E_SCALE` is set
+//! converge time, the API server's write floor measured in the same run (as many server-side
+//! applies from as many clients), the operator's API requests per AgentRunner (from its
+//! request counter) and the RSS of the in-process operator. Skipped unless `E2E_SCALE` is set
 //! and a cluster is named (`E2E_KUBECONFIG`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -93,6 +95,10 @@ async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
         ],
     )
     .await?;
+    // The API server's own write floor in this run: as many server-side applies as the
+    // operator needs (5 objects + 1 status per AgentRunner), from as many parallel clients.
+    let floor = write_floor(&t, n * WRITES_PER_RUNNER).await?;
+    let before = t.operator_metrics().await.map(|m| api_requests(&m));
     let rss_before = rss_kib();
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -140,9 +146,36 @@ async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
         n as f64 / took.as_secs_f64()
     );
     eprintln!(
-        "API calls per AgentRunner: not measured; the operator exposes no API request counter \
-         (reconcile counts are on its /metrics)"
+        "API server write floor: {} applies from {WRITERS} clients in {:.1} s; converge/floor = {:.2}",
+        n * WRITES_PER_RUNNER,
+        floor.as_secs_f64(),
+        took.as_secs_f64() / floor.as_secs_f64()
     );
+    match (before, t.operator_metrics().await.map(|m| api_requests(&m))) {
+        (Some(before), Some(after)) => {
+            let mut by_verb: BTreeMap<String, f64> = BTreeMap::new();
+            for (key, count) in &after {
+                let delta = count - before.get(key).copied().unwrap_or(0.0);
+                *by_verb.entry(key.0.clone()).or_default() += delta;
+            }
+            let total: f64 = by_verb.values().sum();
+            let detail: Vec<String> = by_verb
+                .iter()
+                .filter(|(_, c)| **c > 0.0)
+                .map(|(verb, c)| format!("{verb} {:.2}", c / n as f64))
+                .collect();
+            eprintln!(
+                "API requests per AgentRunner (operator's agentrunner_operator_api_requests_total): \
+                 {:.2} ({})",
+                total / n as f64,
+                detail.join(", ")
+            );
+        }
+        _ => eprintln!(
+            "API requests per AgentRunner: read agentrunner_operator_api_requests_total on the \
+             installed operator's /metrics"
+        ),
+    }
     match t.cluster.operator {
         OperatorMode::InProcess => eprintln!(
             "RSS of the test process with the in-process operator: {} MiB before, {} MiB peak",
@@ -154,6 +187,72 @@ async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Server-side applies per AgentRunner the operator cannot avoid: 5 owned objects + status.
+const WRITES_PER_RUNNER: usize = 6;
+
+/// Time for `objects` server-side applies of small ConfigMaps from [`WRITERS`] clients.
+async fn write_floor(t: &Arc<TestNs>, objects: usize) -> Result<Duration> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for _ in 0..WRITERS {
+        let (t, next) = (t.clone(), next.clone());
+        writers.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= objects {
+                    return Ok::<(), E2eError>(());
+                }
+                t.apply(json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("floor-{i}")},
+                    "data": {"MAX_CONCURRENCY": "4", "LOG_LEVEL": "info"},
+                }))
+                .await?;
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.map_err(|e| E2eError::Setup(format!("writer task: {e}")))??;
+    }
+    Ok(started.elapsed())
+}
+
+/// `agentrunner_operator_api_requests_total` by (verb, resource), from OpenMetrics text.
+fn api_requests(metrics: &str) -> BTreeMap<(String, String), f64> {
+    let label = |labels: &str, name: &str| {
+        labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap_or_default()
+    };
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("agentrunner_operator_api_requests_total{"))
+        .filter_map(|rest| {
+            let (labels, value) = rest.split_once("} ")?;
+            let value: f64 = value.trim().parse().ok()?;
+            Some(((label(labels, "verb"), label(labels, "resource")), value))
+        })
+        .collect()
+}
+
+#[test]
+fn request_counts_are_read_from_the_metrics_text() {
+    let text = "# TYPE agentrunner_operator_api_requests counter\n\
+        agentrunner_operator_api_requests_total{verb=\"apply\",resource=\"deployments\"} 12\n\
+        agentrunner_operator_api_requests_total{verb=\"watch\",resource=\"secrets\"} 1\n\
+        agentrunner_operator_reconciles_total 5\n";
+    let counts = api_requests(text);
+    assert_eq!(counts.len(), 2);
+    assert_eq!(
+        counts[&("apply".to_owned(), "deployments".to_owned())],
+        12.0
+    );
+    assert_eq!(counts[&("watch".to_owned(), "secrets".to_owned())], 1.0);
 }
 
 #[tokio::test]
