@@ -17,7 +17,11 @@ pub const DEFAULT_IMAGE_REPOSITORY: &str = "ghcr.io/stigmer/agent-runner";
 /// runner can report cancellations and close connections after draining.
 pub const DEFAULT_DRAIN_MARGIN_SECS: i64 = 30;
 
+/// Default of `--concurrency` (see its help for why 8).
+pub const DEFAULT_CONCURRENCY: u16 = 8;
+
 /// `operator` command line.
+
 #[derive(Debug, Parser)]
 #[command(
     name = "operator",
@@ -71,7 +75,7 @@ pub struct RunArgs {
     /// A reconcile is a few sequential requests, each waiting on the API server; a real API
     /// server (2 cores) reached its server-side-apply ceiling (~525/s) with 8 parallel
     /// clients, so fewer workers leave it idle and more only queue behind it.
-    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = 8,
+    #[arg(long, env = "OPERATOR_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY,
           value_parser = clap::builder::RangedU64ValueParser::<u16>::new().range(1..=65_535))]
     pub concurrency: u16,
     /// Take part in leader election through a Lease; only the leader reconciles.

@@ -422,7 +422,7 @@ impl TestNs {
         let task = tokio::spawn(controller::run(
             ctx,
             Some(self.ns.clone()),
-            2,
+            operator::config::DEFAULT_CONCURRENCY,
             stop.clone().cancelled_owned(),
         ));
         *slot = Some(InProcess {
