@@ -21,7 +21,6 @@ pub const DEFAULT_DRAIN_MARGIN_SECS: i64 = 30;
 pub const DEFAULT_CONCURRENCY: u16 = 8;
 
 /// `operator` command line.
-
 #[derive(Debug, Parser)]
 #[command(
     name = "operator",
