@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// First retry delay after a failure.
 pub const INITIAL: Duration = Duration::from_secs(1);
@@ -13,12 +13,15 @@ pub const INITIAL: Duration = Duration::from_secs(1);
 pub const MAX: Duration = Duration::from_secs(300);
 
 /// Consecutive failures per object, and the delay each one earns:
-/// `initial`, `2 × initial`, `4 × initial`, … up to `max`. A success forgets the object.
+/// `initial`, `2 × initial`, `4 × initial`, … up to `max`. A success forgets the object, and
+/// so does silence: an object that has not failed for twice `max` was deleted (a failing one
+/// is retried, and fails again, at least every `max`), and deletions never reach the
+/// reconciler, so without that the map would keep every AgentRunner that ever failed.
 #[derive(Debug)]
 pub struct ErrorBackoff<K> {
     initial: Duration,
     max: Duration,
-    failures: Mutex<HashMap<K, u32>>,
+    failures: Mutex<HashMap<K, (u32, Instant)>>,
 }
 
 impl<K: Eq + Hash> Default for ErrorBackoff<K> {
@@ -49,10 +52,14 @@ impl<K: Eq + Hash> ErrorBackoff<K> {
 
     /// Records one more failure of `key` and returns how long to wait before retrying it.
     pub fn failed(&self, key: K) -> Duration {
+        let now = Instant::now();
+        let forget_after = self.max.saturating_mul(2);
         let n = {
             let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-            let n = failures.entry(key).or_insert(0);
+            failures.retain(|_, (_, last)| now.duration_since(*last) < forget_after);
+            let (n, last) = failures.entry(key).or_insert((0, now));
             *n = n.saturating_add(1);
+            *last = now;
             *n
         };
         self.delay(n)
@@ -113,5 +120,20 @@ mod tests {
         b.succeeded(&"a");
         b.succeeded(&"b");
         assert_eq!(b.tracked(), 0, "successes forget the objects");
+    }
+
+    #[test]
+    fn an_object_silent_for_twice_the_cap_is_forgotten() {
+        let b = ErrorBackoff::new(Duration::from_millis(1), Duration::from_millis(20));
+        b.failed("deleted");
+        b.failed("alive");
+        std::thread::sleep(Duration::from_millis(60));
+        b.failed("alive");
+        assert_eq!(b.tracked(), 1, "the deleted object's streak is gone");
+        assert_eq!(
+            b.failed("deleted"),
+            Duration::from_millis(1),
+            "it starts over if it comes back"
+        );
     }
 }
