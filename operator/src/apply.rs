@@ -16,7 +16,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::{NamespaceResourceScope, Resource as K8sResource};
-use std::collections::BTreeMap;
 
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -25,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::build::{Desired, owned_selector};
+use crate::build::{Desired, owned_labels, owned_selector};
 use crate::caches::Caches;
 use crate::config::FIELD_MANAGER;
 use crate::error::Error;
@@ -140,11 +139,7 @@ fn owned_in_cache<K>(store: &Store<K>, v: &Validated<'_>) -> Vec<K>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    let selector_text = owned_selector(&v.name);
-    let selector: BTreeMap<&str, &str> = selector_text
-        .split(',')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
+    let selector = owned_labels(&v.name);
     store
         .state_filter(|o| {
             o.namespace().as_deref() == Some(v.namespace.as_str())

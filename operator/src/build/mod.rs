@@ -98,9 +98,21 @@ pub fn selector_string(runner: &str) -> String {
         .join(",")
 }
 
-/// Label selector finding every object the operator made for `runner`.
+/// The labels that mark every object the operator made for `runner`.
+pub fn owned_labels(runner: &str) -> [(&'static str, &str); 2] {
+    [
+        ("app.kubernetes.io/instance", runner),
+        ("app.kubernetes.io/managed-by", MANAGED_BY),
+    ]
+}
+
+/// [`owned_labels`] as a label selector, for API calls.
 pub fn owned_selector(runner: &str) -> String {
-    format!("app.kubernetes.io/instance={runner},app.kubernetes.io/managed-by={MANAGED_BY}")
+    owned_labels(runner)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Labels on every owned object.
