@@ -32,6 +32,14 @@ pub enum ConfigError {
     RelativeCommand { command: String },
     #[error("its command '{command}' was not found on PATH ({path})")]
     NotFound { command: String, path: String },
+    #[error("its command '{command}' does not exist or is not an executable file")]
+    NotExecutable { command: String },
+    #[error(
+        "its program is in '{}', which would make that whole directory readable to the \
+         confined server; install the server into a directory of its own (an npm prefix, a \
+         virtualenv, /opt/<name>)", dir.display()
+    )]
+    TooBroad { dir: PathBuf },
     #[error("its url '{url}' is not an http:// or https:// URL")]
     BadUrl { url: String },
     #[error("its header '{name}' is not a valid HTTP header: {reason}")]
@@ -186,6 +194,15 @@ pub fn locate(command: &str, search_path: &str) -> Result<Program, ConfigError> 
     {
         add_install(&mut program, &found);
     }
+    // Nothing else of the user's: never their whole home, nor the root.
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    if let Some(dir) = program
+        .read_paths
+        .iter()
+        .find(|p| p.parent().is_none() || Some(p.as_path()) == home.as_deref())
+    {
+        return Err(ConfigError::TooBroad { dir: dir.clone() });
+    }
     Ok(program)
 }
 
@@ -194,6 +211,11 @@ fn find(command: &str, search_path: &str) -> Result<PathBuf, ConfigError> {
         let path = Path::new(command);
         if !path.is_absolute() {
             return Err(ConfigError::RelativeCommand {
+                command: command.to_owned(),
+            });
+        }
+        if !is_executable(path) {
+            return Err(ConfigError::NotExecutable {
                 command: command.to_owned(),
             });
         }
@@ -347,6 +369,10 @@ mod tests {
         assert!(matches!(
             locate("bin/x", "/usr/bin"),
             Err(ConfigError::RelativeCommand { .. })
+        ));
+        assert!(matches!(
+            locate("/nonexistent/server", "/usr/bin"),
+            Err(ConfigError::NotExecutable { .. })
         ));
     }
 }
