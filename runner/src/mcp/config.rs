@@ -244,9 +244,12 @@ fn add_install(program: &mut Program, found: &Path) {
         program.path_dirs.push(dir.to_path_buf());
     }
     for path in [found.to_path_buf(), canonical(found)] {
+        // A program in a system directory is readable already.
+        if SYSTEM_DIRS.iter().any(|d| path.starts_with(d)) {
+            continue;
+        }
         let root = install_root(&path);
-        let system = SYSTEM_DIRS.iter().any(|d| root.starts_with(d));
-        if !system && !program.read_paths.contains(&root) {
+        if !program.read_paths.contains(&root) {
             program.read_paths.push(root);
         }
     }
