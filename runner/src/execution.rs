@@ -458,6 +458,16 @@ mod tests {
     }
 
     #[test]
+    fn no_tool_at_all_names_every_server_problem() {
+        let message = no_tools_message(&["MCP server 'a' did not start: x".into()]);
+        assert!(message.starts_with("no tool can be offered"), "{message}");
+        assert!(
+            message.contains("MCP server 'a' did not start: x"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn start_status_adds_the_human_message_once() {
         let s = start_status(AgentExecutionStatus::default(), "hello");
         assert_eq!(s.phase, ExecutionPhase::ExecutionInProgress as i32);

@@ -468,76 +468,49 @@ async fn server_failures_are_readable_and_the_execution_continues() {
     assert_no_process_left(&mark).await;
 }
 
-/// Cancelling an execution while an MCP call runs ends it, and the server with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelling_stops_the_server() {
-    let Some(dir) = servers_dir() else { return };
-    let mark = marker();
-    let llm = ScriptedLlm::start(vec![Reply::ToolCalls {
-        text: None,
-        calls: vec![(
-            "everything__trigger-long-running-operation".into(),
-            json!({"duration": 60, "steps": 2}),
-        )],
-    }])
-    .await;
-    let h = Harness::new(llm).await;
-    apply(
-        &h.cp,
-        agent(
-            "mcp-cancel",
-            &[],
-            vec![stdio(
-                "everything",
-                &bin(&dir, "mcp-server-everything"),
-                &["stdio", &mark],
-            )],
-        ),
-    )
-    .await
-    .expect("agent applied");
-    let runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
-    let created = h.cp.create_execution("mcp-cancel", "", "Wait").await;
-    let id = execution_id(&created);
-    wait_tool_running(&h, &id, "everything__trigger-long-running-operation").await;
-    assert!(!processes_with(&mark).is_empty(), "the server runs");
-    h.cp.executions()
-        .await
-        .cancel_execution(CancelExecutionRequest {
-            id: id.clone(),
-            reason: "user stop".into(),
-        })
-        .await
-        .expect("cancel");
-    let done = h.cp.wait_terminal(&id, RUN_TIMEOUT).await;
-    assert_eq!(
-        phase(&done),
-        ExecutionPhase::ExecutionCancelled,
-        "{}",
-        runner.output()
-    );
-    assert_no_process_left(&mark).await;
+/// How an execution with a running MCP call ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The user cancels it.
+    Cancel,
+    /// The runner drains (SIGTERM) and its drain timeout cancels the execution.
+    Drain,
+    /// The model fails (a 400 on the next turn): the execution is FAILED.
+    ModelFails,
+    /// The runner is killed outright (SIGKILL: no cleanup runs in the runner); the confined
+    /// server's helper sees its status channel's reader gone and ends it.
+    KillRunner,
 }
 
-/// A runner killed outright (SIGKILL: no cleanup runs) still leaves no server behind: the
-/// confined server's helper sees its status channel's reader gone and ends it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_runner_leaves_no_server() {
+/// However the execution ends, no process of its stdio server survives.
+async fn server_ends_with_the_execution(end: End) {
     let Some(dir) = servers_dir() else { return };
     let mark = marker();
-    let llm = ScriptedLlm::start(vec![Reply::ToolCalls {
-        text: None,
-        calls: vec![(
-            "everything__trigger-long-running-operation".into(),
-            json!({"duration": 60, "steps": 2}),
-        )],
-    }])
+    let (duration, next) = match end {
+        // A short call, then a model error.
+        End::ModelFails => (1, 400),
+        _ => (60, 200),
+    };
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls {
+            text: None,
+            calls: vec![(
+                "everything__trigger-long-running-operation".into(),
+                json!({"duration": duration, "steps": 1}),
+            )],
+        },
+        Reply::Error {
+            status: next,
+            retry_after: None,
+            message: "the model refuses".into(),
+        },
+    ])
     .await;
     let h = Harness::new(llm).await;
     apply(
         &h.cp,
         agent(
-            "mcp-kill",
+            "mcp-end",
             &[],
             vec![stdio(
                 "everything",
@@ -548,23 +521,66 @@ async fn a_killed_runner_leaves_no_server() {
     )
     .await
     .expect("agent applied");
-    let mut runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
+    let mut env = h.runner_env(Wire::Anthropic);
+    env.insert("STIGMER_DRAIN_TIMEOUT_SECS".into(), "1".into());
+    let mut runner = h.start_runner(&env).await;
     assert!(
         runner.stdout().contains("enforced:"),
         "confinement expected: {}",
         runner.output()
     );
-    let created = h.cp.create_execution("mcp-kill", "", "Wait").await;
-    wait_tool_running(
-        &h,
-        &execution_id(&created),
-        "everything__trigger-long-running-operation",
-    )
-    .await;
+    let created = h.cp.create_execution("mcp-end", "", "Wait").await;
+    let id = execution_id(&created);
+    wait_tool_running(&h, &id, "everything__trigger-long-running-operation").await;
     assert!(!processes_with(&mark).is_empty(), "the server runs");
-    runner.signal(nix::sys::signal::Signal::SIGKILL);
-    runner.wait_exit(Duration::from_secs(10)).await;
+    let expected = match end {
+        End::Cancel => {
+            h.cp.executions()
+                .await
+                .cancel_execution(CancelExecutionRequest {
+                    id: id.clone(),
+                    reason: "user stop".into(),
+                })
+                .await
+                .expect("cancel");
+            Some(ExecutionPhase::ExecutionCancelled)
+        }
+        End::Drain => {
+            runner.signal(nix::sys::signal::Signal::SIGTERM);
+            Some(ExecutionPhase::ExecutionCancelled)
+        }
+        End::ModelFails => Some(ExecutionPhase::ExecutionFailed),
+        End::KillRunner => {
+            runner.signal(nix::sys::signal::Signal::SIGKILL);
+            runner.wait_exit(Duration::from_secs(10)).await;
+            None
+        }
+    };
+    if let Some(expected) = expected {
+        let done = h.cp.wait_terminal(&id, RUN_TIMEOUT).await;
+        assert_eq!(phase(&done), expected, "{end:?}: {}", runner.output());
+    }
     assert_no_process_left(&mark).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_stops_the_server() {
+    server_ends_with_the_execution(End::Cancel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_stops_the_server() {
+    server_ends_with_the_execution(End::Drain).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_execution_stops_the_server() {
+    server_ends_with_the_execution(End::ModelFails).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runner_leaves_no_server() {
+    server_ends_with_the_execution(End::KillRunner).await;
 }
 
 /// The control plane in its cloud configuration refuses an agent with a stdio server, saying

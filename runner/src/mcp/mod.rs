@@ -489,3 +489,20 @@ async fn open<'a, S: SandboxSource>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_models_cannot_take_are_refused() {
+        // A built-in's name (a server cannot produce one through `__`, but the check stays
+        // should the separator ever change).
+        assert!(
+            refuse_name("run_command").is_some_and(|why| why.contains("name of a built-in tool"))
+        );
+        assert!(refuse_name(&format!("s__{}", "t".repeat(64))).is_some_and(|w| w.contains("64")));
+        assert!(refuse_name("s__get.file").is_some_and(|w| w.contains("characters")));
+        assert_eq!(refuse_name("everything__get-sum"), None);
+    }
+}
