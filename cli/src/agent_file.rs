@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-use stigmer_proto::agent::v1::{Agent, ModelConfig, NetworkAccess, SandboxPolicy};
+use stigmer_proto::agent::v1::mcp_server::Transport;
+use stigmer_proto::agent::v1::{
+    Agent, McpHttpServer, McpServer, McpStdioServer, ModelConfig, NetworkAccess, SandboxPolicy,
+};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +22,33 @@ pub struct AgentFile {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub sandbox: SandboxFile,
+    /// MCP tool servers by name; their tools are offered as `<name>__<tool>`.
+    #[serde(default)]
+    pub mcp_servers: BTreeMap<String, McpServerFile>,
+}
+
+/// One entry of `mcp_servers:`: a stdio server (`command`, `args`, `env`) or a Streamable
+/// HTTP one (`url`, `headers`). `${NAME}` in values is filled from the agent's `env` and the
+/// execution's runtime env by the runner.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerFile {
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The server's tool names the agent may call; omitted: all.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Stdio servers: whether the process may use the network (`none` or `allow`).
+    pub network: Option<NetworkFile>,
+    /// Seconds to start (or connect) and list tools; omitted: 30.
+    #[serde(default)]
+    pub start_timeout_secs: u32,
 }
 
 /// `sandbox:` of the agent file: how its tool commands are confined.
@@ -52,6 +82,11 @@ pub struct ModelFile {
 
 pub fn parse(text: &str) -> Result<Agent, String> {
     let file: AgentFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    let mcp_servers = file
+        .mcp_servers
+        .into_iter()
+        .map(|(name, server)| mcp_server(name, server))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Agent {
         name: file.name,
         instructions: file.instructions,
@@ -64,12 +99,64 @@ pub fn parse(text: &str) -> Result<Agent, String> {
         allowed_tools: file.tools,
         env: file.env.into_iter().collect(),
         sandbox: Some(SandboxPolicy {
-            network: match file.sandbox.network {
-                NetworkFile::None => NetworkAccess::None,
-                NetworkFile::Allow => NetworkAccess::Allow,
-            } as i32,
+            network: network(file.sandbox.network) as i32,
         }),
+        mcp_servers,
         ..Default::default()
+    })
+}
+
+fn network(file: NetworkFile) -> NetworkAccess {
+    match file {
+        NetworkFile::None => NetworkAccess::None,
+        NetworkFile::Allow => NetworkAccess::Allow,
+    }
+}
+
+fn mcp_server(name: String, file: McpServerFile) -> Result<McpServer, String> {
+    let transport = match (file.command, file.url) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "mcp_servers.{name}: give either command (a stdio server) or url (an HTTP \
+                 server), not both"
+            ));
+        }
+        (None, None) => {
+            return Err(format!(
+                "mcp_servers.{name}: give command (a stdio server) or url (an HTTP server)"
+            ));
+        }
+        (Some(command), None) => {
+            if !file.headers.is_empty() {
+                return Err(format!(
+                    "mcp_servers.{name}: headers apply to HTTP servers (url) only"
+                ));
+            }
+            Transport::Stdio(McpStdioServer {
+                command,
+                args: file.args,
+                env: file.env.into_iter().collect(),
+            })
+        }
+        (None, Some(url)) => {
+            if !file.args.is_empty() || !file.env.is_empty() || file.network.is_some() {
+                return Err(format!(
+                    "mcp_servers.{name}: args, env and network apply to stdio servers \
+                     (command) only; an HTTP server is reached by the runner"
+                ));
+            }
+            Transport::Http(McpHttpServer {
+                url,
+                headers: file.headers.into_iter().collect(),
+            })
+        }
+    };
+    Ok(McpServer {
+        name,
+        transport: Some(transport),
+        tools: file.tools,
+        network: network(file.network.unwrap_or_default()) as i32,
+        start_timeout_secs: file.start_timeout_secs,
     })
 }
 
@@ -109,6 +196,47 @@ mod tests {
         assert!(err.contains("none") && err.contains("allow"), "{err}");
         let err = parse("name: a\nsandbox:\n  netwrk: allow\n").expect_err("typo");
         assert!(err.contains("netwrk"), "{err}");
+    }
+
+    #[test]
+    fn mcp_servers_parse_by_name() {
+        let agent = parse(
+            "name: a\nmcp_servers:\n  files:\n    command: npx\n    args: [-y, pkg]\n    \
+             env: {TOKEN: \"${TOKEN}\"}\n    tools: [read_file]\n    network: allow\n    \
+             start_timeout_secs: 60\n  web:\n    url: https://h/mcp\n    headers: \
+             {Authorization: \"Bearer ${KEY}\"}\n",
+        )
+        .expect("valid");
+        let [files, web] = agent.mcp_servers.as_slice() else {
+            panic!("two servers: {:?}", agent.mcp_servers);
+        };
+        assert_eq!(files.name, "files");
+        assert_eq!(files.tools, ["read_file"]);
+        assert_eq!(files.network(), NetworkAccess::Allow);
+        assert_eq!(files.start_timeout_secs, 60);
+        let Some(Transport::Stdio(stdio)) = &files.transport else {
+            panic!("stdio: {files:?}");
+        };
+        assert_eq!(stdio.command, "npx");
+        assert_eq!(stdio.args, ["-y", "pkg"]);
+        assert_eq!(stdio.env.get("TOKEN").map(String::as_str), Some("${TOKEN}"));
+        let Some(Transport::Http(http)) = &web.transport else {
+            panic!("http: {web:?}");
+        };
+        assert_eq!(http.url, "https://h/mcp");
+        assert_eq!(web.network(), NetworkAccess::None);
+    }
+
+    #[test]
+    fn mcp_server_mistakes_are_refused() {
+        let err =
+            |yaml: &str| parse(&format!("name: a\nmcp_servers:\n  s:\n{yaml}")).expect_err(yaml);
+        assert!(err("    command: x\n    url: http://h\n").contains("not both"));
+        assert!(err("    tools: [a]\n").contains("give command"));
+        assert!(err("    command: x\n    comand: y\n").contains("comand"));
+        assert!(err("    url: http://h\n    env: {A: b}\n").contains("stdio servers"));
+        assert!(err("    command: x\n    headers: {A: b}\n").contains("HTTP servers"));
+        assert!(err("    command: x\n    network: internet\n").contains("allow"));
     }
 
     #[test]

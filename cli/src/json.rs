@@ -38,9 +38,27 @@ pub fn agent(a: &Agent) -> Value {
         },
         "tools": a.allowed_tools,
         "env": a.env,
+        "mcp_servers": a.mcp_servers.iter().map(mcp_server).collect::<Vec<_>>(),
         "created_at": a.created_at,
         "updated_at": a.updated_at,
     })
+}
+
+/// Header values are shown as given (`${NAME}` placeholders, not the secrets they name).
+fn mcp_server(s: &stigmer_proto::agent::v1::McpServer) -> Value {
+    use stigmer_proto::agent::v1::mcp_server::Transport;
+    let mut v = match &s.transport {
+        Some(Transport::Stdio(t)) => {
+            json!({"command": t.command, "args": t.args, "env": t.env})
+        }
+        Some(Transport::Http(t)) => json!({"url": t.url, "headers": t.headers}),
+        None => json!({}),
+    };
+    v["name"] = json!(s.name);
+    v["tools"] = json!(s.tools);
+    v["network"] = json!(s.network().as_str_name());
+    v["start_timeout_secs"] = json!(s.start_timeout_secs);
+    v
 }
 
 fn tool_call(c: &ToolCall) -> Value {

@@ -46,6 +46,36 @@ async fn run_shows_tool_calls_live_and_exits_by_phase() {
         .await;
     assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
 
+    // MCP servers: mistakes are refused with the reason, by the file parser or the server.
+    for (servers, reason) in [
+        ("  gh__x: {url: https://h/mcp}\n", "contains \"__\""),
+        ("  files: {command: \"\"}\n", "stdio.command is empty"),
+        (
+            "  web: {url: ftp://h/mcp}\n",
+            "not an http:// or https:// URL",
+        ),
+        ("  files: {command: x, netwrk: allow}\n", "netwrk"),
+        ("  files: {command: x, network: internet}\n", "allow"),
+    ] {
+        let bad = p.dir.path().join("bad-mcp.yaml");
+        std::fs::write(&bad, format!("name: mcp-agent\nmcp_servers:\n{servers}"))
+            .expect("agent file");
+        let refused = p
+            .cli(&["agent", "apply", "-f", &bad.display().to_string()])
+            .await;
+        assert_ne!(
+            refused.status.code(),
+            Some(0),
+            "{servers}: {}",
+            text(&refused)
+        );
+        assert!(
+            text(&refused).contains(reason),
+            "{servers}: {}",
+            text(&refused)
+        );
+    }
+
     // No --endpoint: `run` finds the platform through STIGMER_HOME.
     let mut args = vec!["run", "--agent", "writer", "Write a haiku to haiku.txt"];
     let out = p

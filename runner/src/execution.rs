@@ -16,6 +16,7 @@ use crate::agent::{
 use crate::context::WorkerCtx;
 use crate::conversation::{self, Message};
 use crate::inflight::{ExecHandle, Interrupt};
+use crate::mcp::{self, McpTools, StartContext};
 use crate::projection::StatusProjection;
 use crate::sandbox::Network;
 use crate::sandboxes::{Opener, SessionSandbox};
@@ -78,11 +79,14 @@ pub async fn run(
                     handle: &handle,
                     runner_id: &ctx.config.runner_id,
                 };
+                let sandbox = SessionSandbox::new(&ctx.sandboxes, opener, &session);
+                let mcp = start_mcp(&agent, &mut prepared, &sandbox, &reporter, &handle).await;
                 let tool_executor = SessionTools {
-                    sandbox: SessionSandbox::new(&ctx.sandboxes, opener, &session),
+                    sandbox,
                     env: prepared.env.clone(),
                     network: Network::of_agent(&agent),
                     limits: &ctx.tool_limits,
+                    mcp,
                 };
                 let events = StatusProjection::new(&reporter);
                 let run = AgentRun {
@@ -97,7 +101,13 @@ pub async fn run(
                     cancel: &handle.cancel,
                     metrics: &ctx.health.metrics,
                 };
-                let outcome = run.run(&mut prepared.conversation).await;
+                let outcome = if prepared.tools.is_empty() && !agent.mcp_servers.is_empty() {
+                    AgentOutcome::Failed(no_tools_message(&tool_executor.mcp.problems))
+                } else {
+                    run.run(&mut prepared.conversation).await
+                };
+                // However the loop ended: no server process outlives the execution.
+                tool_executor.mcp.shutdown().await;
                 (outcome, Some(prepared.conversation))
             }
             // Cancelled (reported below) or lost (nothing reported) before starting.
@@ -170,12 +180,76 @@ async fn prepare(
     })
 }
 
+/// Starts the agent's MCP servers (if any), adds their tools to the offered ones, and tells
+/// the model and the user about the servers that could not be used.
+async fn start_mcp(
+    agent: &Agent,
+    prepared: &mut Prepared,
+    sandbox: &SessionSandbox<'_>,
+    reporter: &StatusReporter,
+    handle: &ExecHandle,
+) -> McpTools {
+    if agent.mcp_servers.is_empty() {
+        return McpTools::default();
+    }
+    let Ok(http) = mcp::http_client() else {
+        let mut tools = McpTools::default();
+        tools
+            .problems
+            .push("MCP servers were not started: no HTTP client could be built".into());
+        return tools;
+    };
+    let mcp = McpTools::start(
+        &agent.mcp_servers,
+        &StartContext {
+            vars: &prepared.env,
+            sandboxes: sandbox,
+            http,
+            cancel: &handle.cancel,
+        },
+    )
+    .await;
+    prepared.tools.extend(mcp.specs().iter().cloned());
+    if !mcp.problems.is_empty() {
+        tracing::warn!(execution_id = %handle.execution_id, problems = ?mcp.problems, "MCP servers not fully available");
+        prepared.system.push_str(
+            "\n\nSome MCP tool servers of this agent could not be used, so their tools are not \
+             available:\n",
+        );
+        for problem in &mcp.problems {
+            prepared.system.push_str(&format!("- {problem}\n"));
+        }
+        let problems = mcp.problems.clone();
+        reporter.update(move |s| {
+            for problem in problems {
+                s.messages.push(AgentMessage {
+                    r#type: MessageType::MessageSystem as i32,
+                    content: problem,
+                    timestamp: now(),
+                    ..Default::default()
+                });
+            }
+        });
+    }
+    mcp
+}
+
+/// Why an execution whose agent has only MCP tools cannot run when none of them started.
+fn no_tools_message(problems: &[String]) -> String {
+    format!(
+        "no tool can be offered to the model: the agent has no built-in tools and none of its \
+         MCP servers could be used ({})",
+        problems.join("; ")
+    )
+}
+
 /// The agent's tools, run in the session's sandbox (opened on the first call).
 struct SessionTools<'a> {
     sandbox: SessionSandbox<'a>,
     env: BTreeMap<String, String>,
     network: Network,
     limits: &'a ToolLimits,
+    mcp: McpTools,
 }
 
 impl ToolExecutor for SessionTools<'_> {
@@ -185,6 +259,19 @@ impl ToolExecutor for SessionTools<'_> {
         input: &serde_json::Value,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<ToolOutcome, ToolFailure> {
+        if self.mcp.offers(name) {
+            return self
+                .mcp
+                .call(
+                    name,
+                    input,
+                    self.limits.command_timeout,
+                    self.limits.output_limit,
+                    cancel,
+                )
+                .await
+                .map_err(ToolFailure::Tool);
+        }
         let sandbox = self.sandbox.get().await.map_err(ToolFailure::Unavailable)?;
         let ctx = ToolContext {
             sandbox,
@@ -367,6 +454,16 @@ mod tests {
                 Some(Interrupt::Cancelled("late".into()))
             ),
             Ending::Completed
+        );
+    }
+
+    #[test]
+    fn no_tool_at_all_names_every_server_problem() {
+        let message = no_tools_message(&["MCP server 'a' did not start: x".into()]);
+        assert!(message.starts_with("no tool can be offered"), "{message}");
+        assert!(
+            message.contains("MCP server 'a' did not start: x"),
+            "{message}"
         );
     }
 

@@ -20,6 +20,7 @@ pub mod execution;
 pub mod http;
 pub mod inflight;
 pub mod llm;
+pub mod mcp;
 pub mod metrics;
 #[cfg(test)]
 mod numeric_config_tests;

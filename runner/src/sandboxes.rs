@@ -138,6 +138,11 @@ impl<'a> SessionSandbox<'a> {
         }
     }
 
+    /// Cloud mode: the session's sandbox is a Daytona one.
+    pub fn is_cloud(&self) -> bool {
+        matches!(self.sandboxes, Sandboxes::Daytona(_))
+    }
+
     pub async fn get(&self) -> Result<&Sandbox, String> {
         self.cell
             .get_or_try_init(|| self.sandboxes.open(self.session, &self.opener))

@@ -442,3 +442,75 @@ async fn cgroups_left_by_a_dead_runner_are_swept_at_start() {
     let out = w.run("echo still-works").await;
     assert!(out.output.contains("still-works"), "{out:?}");
 }
+
+/// A stdio server (an MCP server's shape: a long-lived process speaking over its stdin and
+/// stdout) runs under the same confinement as commands, with and without namespaces: it
+/// answers over its pipes, cannot read outside the session, and stopping it ends every process
+/// it started, a background one included.
+async fn stdio_server_is_confined_and_stopped(how: How) {
+    use runner::sandbox::ServerRequest;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let w = World::new(how).await;
+    let marker = format!("srv-marker-{}", std::process::id());
+    let secret = w.outside().join("secret.txt");
+    // Reads a line, answers with it and with what it could read of the secret; a background
+    // sleeper stands for a process the server left behind.
+    let script = format!(
+        "sleep 1000 {marker} & while read -r line; do echo \"got:$line\"; \
+         cat '{}' 2>/dev/null || echo denied; done",
+        secret.display()
+    );
+    let env = BTreeMap::new();
+    let mut server = w
+        .session()
+        .spawn_server(ServerRequest {
+            program: Path::new("/bin/sh"),
+            args: &["-c".to_string(), script],
+            env: &env,
+            network: Network::None,
+            read_paths: &[],
+        })
+        .await
+        .expect("server started");
+    let (stdout, mut stdin) = server.take_pipes().expect("pipes");
+    stdin.write_all(b"hello\n").await.expect("write");
+    let mut lines = BufReader::new(stdout).lines();
+    let read = async {
+        let first = lines.next_line().await.expect("read").expect("a line");
+        let second = lines.next_line().await.expect("read").expect("a line");
+        (first, second)
+    };
+    let (first, second) = tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the server answered");
+    assert_eq!(first, "got:hello");
+    assert_eq!(
+        second, "denied",
+        "{how:?}: the server read outside its session"
+    );
+    assert!(
+        !testkit::process::pids_running(&marker).is_empty(),
+        "the background process runs"
+    );
+    drop(stdin);
+    server.stop().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !testkit::process::pids_running(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{how:?}: a process of the server survived it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_server_confined_with_every_layer() {
+    stdio_server_is_confined_and_stopped(How::AllLayers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_server_confined_without_namespaces() {
+    stdio_server_is_confined_and_stopped(How::WithoutNamespaces).await;
+}

@@ -29,7 +29,7 @@ use super::confine::{self, CommandSpec, Confinement};
 use super::{CommandOutput, CommandRequest, SandboxError};
 
 const SHELL: &str = "/bin/sh";
-const BASE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+pub const BASE_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// How long to keep reading output once the command is over. Bounded because a process that
 /// left the group (setsid, daemons) may hold the pipe open indefinitely.
 const DRAIN_DEADLINE: Duration = Duration::from_millis(500);

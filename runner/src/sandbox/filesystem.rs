@@ -121,6 +121,21 @@ impl FsSandbox {
         command::run(&self.path, &tmp, req, &self.confinement).await
     }
 
+    pub async fn spawn_server(
+        &self,
+        req: super::ServerRequest<'_>,
+    ) -> Result<super::ServerProcess, SandboxError> {
+        self.blocking(|dir| {
+            if let Err(e) = dir.create_dir_all(TMP_DIR) {
+                tracing::warn!(error = %e, "could not create the server temp directory");
+            }
+            Ok(())
+        })
+        .await?;
+        let tmp = self.path.join(TMP_DIR);
+        super::server::spawn(&self.path, &tmp, req, &self.confinement)
+    }
+
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>, SandboxError> {
         let rel = relative_to_session(&self.path, path)?;
         // Only ever shown, in messages to the model.

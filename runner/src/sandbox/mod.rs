@@ -21,6 +21,7 @@ mod filesystem;
 #[cfg(test)]
 mod fs_tests;
 mod paths;
+mod server;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +30,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub use capped::{CappedBuffer, cap_text, truncation_marker};
+pub use command::BASE_PATH;
 pub use confine::{Confinement, Network};
 pub use daytona::DaytonaSandbox;
 pub use filesystem::{FsSandbox, MAX_READ_BYTES};
+pub use server::{ServerProcess, ServerRequest};
 
 /// A command for the sandbox to run with `sh -c` in the session directory.
 pub struct CommandRequest<'a> {
@@ -127,6 +130,12 @@ pub enum SandboxError {
     /// The command could not be confined as this runner requires, so it did not run.
     #[error("the sandbox could not confine the command, so it was not run: {reason}")]
     Confinement { reason: String },
+    /// Cloud mode cannot run a process that talks over stdin and stdout.
+    #[error(
+        "stdio MCP servers cannot run in cloud mode: the Daytona toolbox API runs one-shot \
+         commands only (no stdin to talk to a server over); use an HTTP MCP server"
+    )]
+    NoInteractiveProcess,
     /// Cloud mode: the Daytona API or the sandbox's toolbox failed.
     #[error(transparent)]
     Daytona(#[from] daytona::DaytonaError),
@@ -266,6 +275,17 @@ impl Sandbox {
         match self {
             Self::Filesystem(fs) => fs.run_command(req).await,
             Self::Daytona(remote) => remote.run_command(req).await,
+        }
+    }
+
+    /// Starts a long-lived server talking over stdin and stdout (local mode only).
+    pub async fn spawn_server(
+        &self,
+        req: ServerRequest<'_>,
+    ) -> Result<ServerProcess, SandboxError> {
+        match self {
+            Self::Filesystem(fs) => fs.spawn_server(req).await,
+            Self::Daytona(_) => Err(SandboxError::NoInteractiveProcess),
         }
     }
 

@@ -75,7 +75,7 @@ pub struct ToolOutcome {
 }
 
 impl ToolOutcome {
-    fn ok(output: impl Into<String>) -> Self {
+    pub(crate) fn ok(output: impl Into<String>) -> Self {
         Self {
             output: output.into(),
             is_error: false,
@@ -83,7 +83,7 @@ impl ToolOutcome {
         }
     }
 
-    fn error(output: impl Into<String>) -> Self {
+    pub(crate) fn error(output: impl Into<String>) -> Self {
         Self {
             output: output.into(),
             is_error: true,

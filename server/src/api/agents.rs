@@ -33,6 +33,8 @@ impl AgentService for AgentApi {
             .agent
             .ok_or_else(|| ApiError::invalid("agent is required"))?;
         validate(&agent).map_err(ApiError::InvalidArgument)?;
+        super::mcp::validate(&agent.mcp_servers, self.shared.cloud.is_some())
+            .map_err(ApiError::InvalidArgument)?;
         let now = Now::read().rfc3339();
         let agent = self
             .shared

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod executions;
+mod mcp;
 pub mod runner;
 
 use std::future::Future;

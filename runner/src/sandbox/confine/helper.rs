@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 
 use super::cgroup::CommandCgroup;
 use super::error::HelperError;
-use super::policy::{CommandPlan, EXIT_PREFIX, Layer, Network, SETUP_FAILED_EXIT};
+use super::policy::{CommandPlan, EXIT_PREFIX, Layer, Network, PLAN_ENV, SETUP_FAILED_EXIT};
 use super::reap;
 
 /// Extra time the helper gives the command past the runner's own deadline before it acts.
@@ -44,7 +44,11 @@ pub fn exec_main() -> i32 {
 
 fn run() -> Result<i32, HelperError> {
     let mut stdin = std::io::stdin().lock();
-    let plan = read_plan_line(&mut stdin)?;
+    // A stdio server's plan comes in a variable: our stdin is the server's.
+    let plan = match std::env::var(PLAN_ENV) {
+        Ok(json) => serde_json::from_str(&json).map_err(|e| HelperError::Plan(e.to_string()))?,
+        Err(_) => read_plan_line(&mut stdin)?,
+    };
     // Orphans of the command come to us (not to the runner or init) so that we can end them.
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| HelperError::sys("becoming a child subreaper", e))?;
@@ -71,12 +75,25 @@ fn run() -> Result<i32, HelperError> {
             .map_err(|e| HelperError::sys("creating a signalfd", e))?;
     let init = spawn_init(&plan)?;
     let init_pid = Pid::from_raw(i32::try_from(init.id()).map_err(|_| HelperError::NoPid)?);
-    let deadline = Instant::now() + Duration::from_millis(plan.timeout_ms) + DEADLINE_GRACE;
+    // A server has no deadline: it lives as long as the execution that started it.
+    let deadline = (!plan.stdio)
+        .then(|| {
+            Instant::now().checked_add(Duration::from_millis(plan.timeout_ms) + DEADLINE_GRACE)
+        })
+        .flatten();
     // Only the init and the command hold the output now: its end of file means they are done.
     let devnull =
         std::fs::File::open("/dev/null").map_err(|e| HelperError::io("opening /dev/null", e))?;
     nix::unistd::dup2_stdout(&devnull).map_err(|e| HelperError::sys("closing our output", e))?;
-    let code = supervise(&mut stdin, &child_exits, init_pid, deadline);
+    let lifeline = if plan.stdio {
+        // The server's input is the server's alone: were we to hold it, a runner writing to
+        // a dead server would block instead of failing.
+        nix::unistd::dup2_stdin(&devnull).map_err(|e| HelperError::sys("closing our input", e))?;
+        Lifeline::StatusReader
+    } else {
+        Lifeline::Stdin
+    };
+    let code = supervise(&mut stdin, lifeline, &child_exits, init_pid, deadline);
     // Without namespaces the survivors are ours to end; with them the kernel already has.
     if !plan.has(Layer::Namespaces) {
         reap::kill_descendants(cgroup.as_ref());
@@ -126,17 +143,27 @@ fn write_proc_self(file: &str, contents: &str) -> Result<(), HelperError> {
         .map_err(|e| HelperError::io("writing the user namespace's id maps", e))
 }
 
-/// Starts stage two from our own binary and hands it the plan.
+/// Starts stage two from our own binary and hands it the plan (a stdio server's in a
+/// variable, its stdin being the server's).
 fn spawn_init(plan: &CommandPlan) -> Result<std::process::Child, HelperError> {
-    let mut init = Command::new("/proc/self/exe")
-        .arg(super::INIT_ARG)
-        .stdin(Stdio::piped())
+    let json = serde_json::to_vec(plan).map_err(|e| HelperError::Plan(e.to_string()))?;
+    let mut init = Command::new("/proc/self/exe");
+    init.arg(super::INIT_ARG)
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
-        .env_clear()
+        .env_clear();
+    if plan.stdio {
+        let json = String::from_utf8(json).map_err(|e| HelperError::Plan(e.to_string()))?;
+        return init
+            .env(PLAN_ENV, json)
+            .stdin(Stdio::inherit())
+            .spawn()
+            .map_err(|e| HelperError::io("starting the sandbox init", e));
+    }
+    let mut init = init
+        .stdin(Stdio::piped())
         .spawn()
         .map_err(|e| HelperError::io("starting the sandbox init", e))?;
-    let json = serde_json::to_vec(plan).map_err(|e| HelperError::Plan(e.to_string()))?;
     if let Some(mut pipe) = init.stdin.take() {
         // A failed write means the init died; waiting for it reports why.
         let _ = pipe.write_all(&json);
@@ -144,29 +171,50 @@ fn spawn_init(plan: &CommandPlan) -> Result<std::process::Child, HelperError> {
     Ok(init)
 }
 
-/// Waits for the init to exit; kills it when the runner closes our stdin (cancellation, or
-/// the runner died) or when our own deadline passes. Returns its exit code.
-fn supervise(stdin: &mut impl Read, child_exits: &SignalFd, init: Pid, deadline: Instant) -> i32 {
-    let lifeline = std::io::stdin();
+/// How the runner tells us to end the command.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lifeline {
+    /// A command: our stdin, closed by the runner (or by its death).
+    Stdin,
+    /// A stdio server, whose stdin is its own: our status channel (stderr), whose read end the
+    /// runner closes (or its death does); poll reports that as an error on the write end.
+    StatusReader,
+}
+
+/// Waits for the init to exit; kills it when the runner cuts the lifeline (cancellation, or
+/// the runner died) or when our own deadline (if any) passes. Returns its exit code.
+fn supervise(
+    stdin: &mut impl Read,
+    kind: Lifeline,
+    child_exits: &SignalFd,
+    init: Pid,
+    deadline: Option<Instant>,
+) -> i32 {
+    let stdin_fd = std::io::stdin();
+    let status_fd = std::io::stderr();
     let mut watching_lifeline = true;
     let mut killed = false;
     loop {
         if let Some(code) = exit_code(init, WaitPidFlag::WNOHANG) {
             return code;
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() && !killed {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) && !killed {
             let _ = kill(init, Signal::SIGKILL);
             killed = true;
         }
-        let millis = if killed {
-            100
-        } else {
-            u16::try_from(left.as_millis()).unwrap_or(u16::MAX)
+        let millis = match left {
+            _ if killed => 100,
+            Some(left) => u16::try_from(left.as_millis()).unwrap_or(u16::MAX),
+            None => u16::MAX,
         };
         let mut fds = vec![PollFd::new(child_exits.as_fd(), PollFlags::POLLIN)];
         if watching_lifeline {
-            fds.push(PollFd::new(lifeline.as_fd(), PollFlags::POLLIN));
+            fds.push(match kind {
+                Lifeline::Stdin => PollFd::new(stdin_fd.as_fd(), PollFlags::POLLIN),
+                // No event asked for: POLLERR (reader gone) is always reported.
+                Lifeline::StatusReader => PollFd::new(status_fd.as_fd(), PollFlags::empty()),
+            });
         }
         match poll(&mut fds, PollTimeout::from(millis)) {
             Ok(0) | Err(_) => continue,
@@ -178,7 +226,11 @@ fn supervise(stdin: &mut impl Read, child_exits: &SignalFd, init: Pid, deadline:
             .is_some_and(|r| !r.is_empty());
         // Drain the signalfd; the exit itself is read by waitpid above.
         while let Ok(Some(_)) = child_exits.read_signal() {}
-        if lifeline_ready {
+        if lifeline_ready && kind == Lifeline::StatusReader {
+            watching_lifeline = false;
+            let _ = kill(init, Signal::SIGKILL);
+            killed = true;
+        } else if lifeline_ready {
             let mut buf = [0u8; 64];
             if matches!(stdin.read(&mut buf), Ok(0) | Err(_)) {
                 watching_lifeline = false;

@@ -15,7 +15,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::error::HelperError;
-use super::policy::{CommandPlan, Layer, REPORT_PREFIX, Report, SETUP_FAILED_EXIT};
+use super::policy::{CommandPlan, Layer, PLAN_ENV, REPORT_PREFIX, Report, SETUP_FAILED_EXIT};
 use super::{limits, lsm, syscalls, view};
 
 const SHELL: &str = "/bin/sh";
@@ -26,8 +26,12 @@ pub fn init_main() -> i32 {
 }
 
 fn run() -> Result<i32, HelperError> {
-    let plan: CommandPlan = serde_json::from_reader(std::io::stdin().lock())
-        .map_err(|e| HelperError::Plan(e.to_string()))?;
+    // A stdio server's plan comes in a variable: our stdin is the server's.
+    let plan: CommandPlan = match std::env::var(PLAN_ENV) {
+        Ok(json) => serde_json::from_str(&json),
+        Err(_) => serde_json::from_reader(std::io::stdin().lock()),
+    }
+    .map_err(|e| HelperError::Plan(e.to_string()))?;
     // If the first stage dies (SIGKILL from the runner), so do we, and with us the namespace.
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| HelperError::sys("setting the parent-death signal", e))?;
@@ -71,14 +75,21 @@ fn run() -> Result<i32, HelperError> {
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| HelperError::io("duplicating the output", e))?;
+    // A stdio server speaks over stdin and stdout; its stderr (logs) goes to the status
+    // channel, where the runner keeps the last lines for error messages.
+    let (stdin, stderr) = if plan.stdio {
+        (Stdio::inherit(), Stdio::inherit())
+    } else {
+        (Stdio::null(), Stdio::from(output))
+    };
     let shell = Command::new(SHELL)
         .arg("-c")
         .arg(&plan.command)
         .current_dir(&plan.session_dir)
         .env_clear()
         .envs(&plan.env)
-        .stdin(Stdio::null())
-        .stderr(Stdio::from(output))
+        .stdin(stdin)
+        .stderr(stderr)
         .spawn()
         .map_err(|e| HelperError::io("starting the shell", e))?;
     let shell_pid = Pid::from_raw(i32::try_from(shell.id()).map_err(|_| HelperError::NoPid)?);

@@ -36,8 +36,8 @@ mod view;
 use std::path::{Path, PathBuf};
 
 pub use policy::{
-    CgroupParent, CommandPlan, ERROR_PREFIX, EXIT_PREFIX, Layer, Limits, Network, REPORT_PREFIX,
-    Report, SETUP_FAILED_EXIT,
+    CgroupParent, CommandPlan, ERROR_PREFIX, EXIT_PREFIX, Layer, Limits, Network, PLAN_ENV,
+    REPORT_PREFIX, Report, SETUP_FAILED_EXIT,
 };
 pub use probe::{ConfineError, Missing, SandboxStatus};
 pub use settings::{SandboxMode, SandboxSettings};
@@ -185,6 +185,7 @@ impl Confinement {
             cgroup_name: next_cgroup_name(),
             timeout_ms: u64::try_from(command.timeout.as_millis()).unwrap_or(u64::MAX),
             report: false,
+            stdio: false,
         }
     }
 

@@ -146,6 +146,12 @@ pub struct CommandPlan {
     /// Print what was enforced (Landlock ABI, ...) as one line before running the command;
     /// used by the start-up probe only.
     pub report: bool,
+    /// A long-lived server talking over its stdin and stdout (an MCP stdio server) instead of
+    /// a one-shot command: the plan comes in [`PLAN_ENV`], the helper's stdin and stdout are
+    /// the server's, its stderr goes to the status channel, there is no deadline, and the
+    /// lifeline is the status channel itself (the runner closing its read end).
+    #[serde(default)]
+    pub stdio: bool,
 }
 
 impl CommandPlan {
@@ -153,6 +159,10 @@ impl CommandPlan {
         self.layers.contains(&layer)
     }
 }
+
+/// The variable a stdio plan is passed in (to the helper and to its init), because their
+/// stdin is the server's.
+pub const PLAN_ENV: &str = "STIGMER_SANDBOX_PLAN";
 
 /// The helper's status channel (its stderr, separate from the command's output) carries: the
 /// probe's report, a setup error, and finally the command's exit code. The runner takes the

@@ -196,6 +196,7 @@ async fn try_layers(
         cgroup_name: super::next_cgroup_name(),
         timeout_ms: u64::try_from(PROBE_TIMEOUT.as_millis()).unwrap_or(u64::MAX),
         report: true,
+        stdio: false,
     };
     let (status, output) = run_helper(&confinement.helper, &plan).await?;
     Ok(interpret(&status, &output))
