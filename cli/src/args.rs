@@ -181,6 +181,10 @@ pub struct StartArgs {
     /// The `stigmer-server` binary [default: next to `stigmer`, else on PATH].
     #[arg(long, env = "STIGMER_SERVER_BIN", value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
+    /// Where the runner keeps one directory per session (its SANDBOX_ROOT_DIR); created 0700
+    /// when missing. Must not contain the data directory [default: <data-dir>/workspace].
+    #[arg(long, env = "SANDBOX_ROOT_DIR", value_name = "DIR")]
+    pub sandbox_root: Option<PathBuf>,
     /// Seconds to wait for both to become healthy (1-86400).
     #[arg(long, default_value_t = 60, value_name = "SECS",
           value_parser = RangedU64ValueParser::<u64>::new().range(ranges::WAIT_TIMEOUT_SECS))]

@@ -223,7 +223,8 @@ async fn llama_cpp_timings_and_absent_usage() {
         }
     );
     let m = metrics(&runner).await;
-    let line = "stigmer_runner_llm_calls_without_usage_total{provider=\"openai\",model=\"test-model\"} 1";
+    let line =
+        "stigmer_runner_llm_calls_without_usage_total{provider=\"openai\",model=\"test-model\"} 1";
     assert!(m.contains(line), "{m}");
     assert!(
         m.contains("stigmer_runner_llm_tokens_total{provider=\"openai\",model=\"test-model\",kind=\"cache_read\"} 480"),
@@ -456,8 +457,9 @@ async fn the_control_plane_refuses_bad_tools_and_budgets() {
         let err = create(&h, "ok", Some(budget)).await.expect_err("refused");
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(
-            err.message()
-                .starts_with(&format!("spec.execution_config.token_budget {budget} is invalid")),
+            err.message().starts_with(&format!(
+                "spec.execution_config.token_budget {budget} is invalid"
+            )),
             "{}",
             err.message()
         );
