@@ -130,6 +130,10 @@ fn start_status(mut status: AgentExecutionStatus, message: &str) -> AgentExecuti
     if status.started_at.is_empty() {
         status.started_at = now();
     }
+    // Every execution the runner ends carries its usage, zero when no model call completed.
+    status
+        .usage
+        .get_or_insert_with(stigmer_proto::agentexecution::v1::TokenUsage::default);
     if status.messages.is_empty() {
         status.messages.push(AgentMessage {
             r#type: MessageType::MessageHuman as i32,
@@ -444,6 +448,7 @@ mod tests {
         assert_eq!(s.phase, ExecutionPhase::ExecutionInProgress as i32);
         assert_eq!(s.messages.len(), 1);
         assert!(!s.started_at.is_empty());
+        assert_eq!(s.usage, Some(Default::default()));
         let again = start_status(s.clone(), "hello");
         assert_eq!(again.messages.len(), 1);
         assert_eq!(again.started_at, s.started_at);

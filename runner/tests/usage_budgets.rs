@@ -331,6 +331,24 @@ async fn the_execution_budget_replaces_the_agent_budget() {
     assert_eq!(total(&done).input_tokens, 40);
 }
 
+/// An execution whose only model call fails still ends with its (zero) usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_model_call_leaves_zero_usage() {
+    let llm = ScriptedLlm::start(vec![Reply::Error {
+        status: 400,
+        retry_after: None,
+        message: "model not found".into(),
+    }])
+    .await;
+    let h = Harness::new(llm).await;
+    apply(&h, agent("unlucky")).await;
+    let _runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
+    let done = run(&h, "unlucky", None).await;
+    assert_eq!(phase(&done), ExecutionPhase::ExecutionFailed);
+    assert_eq!(total(&done), TokenUsage::default());
+    assert!(status(&done).usage_by_model.is_empty());
+}
+
 /// `tools: []` sends no tool schema to the model; a list sends exactly those tools.
 async fn exact_tool_lists(wire: Wire) {
     let llm = ScriptedLlm::start(vec![
