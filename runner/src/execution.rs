@@ -157,6 +157,9 @@ async fn prepare(
         .map_err(|e| format!("agent '{}': {e}", agent.name))?;
     let mut conversation = conversation::from_proto(&session.history)
         .map_err(|e| format!("session {} has an unreadable history: {e}", session.id))?;
+    if tools.is_empty() {
+        conversation::tool_blocks_as_text(&mut conversation);
+    }
     conversation.push(Message::user_text(spec.message.clone()));
     let mut env: BTreeMap<String, String> = agent.env.clone().into_iter().collect();
     env.extend(

@@ -407,6 +407,54 @@ async fn openai_exact_tool_lists() {
     exact_tool_lists(Wire::OpenAi).await;
 }
 
+/// A session that called tools continues under `tools: []` (the agent re-applied): its earlier
+/// tool calls reach the model as text, since the Anthropic API refuses tool blocks in a request
+/// that defines no tools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_tool_history_continues_without_tools() {
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls {
+            text: None,
+            calls: vec![(
+                "write_file".into(),
+                json!({"path": "n.txt", "content": "noted"}),
+            )],
+        },
+        Reply::Text("Saved.".into()),
+        Reply::Text("You had me save n.txt.".into()),
+    ])
+    .await;
+    let h = Harness::new(llm).await;
+    apply(&h, agent("shifty")).await;
+    let _runner = h.start_runner(&h.runner_env(Wire::Anthropic)).await;
+    let first = run(&h, "shifty", None).await;
+    assert_eq!(phase(&first), ExecutionPhase::ExecutionCompleted);
+    apply(
+        &h,
+        Agent {
+            tools: tools(&[]),
+            ..agent("shifty")
+        },
+    )
+    .await;
+    let second =
+        h.cp.create_execution("shifty", &session_id(&first), "What did you do?")
+            .await;
+    let done =
+        h.cp.wait_terminal(&execution_id(&second), RUN_TIMEOUT)
+            .await;
+    assert_eq!(phase(&done), ExecutionPhase::ExecutionCompleted);
+    let last = h.llm.requests().pop().expect("request").body;
+    assert!(last.get("tools").is_none(), "{last}");
+    let sent = last["messages"].to_string();
+    assert!(
+        !sent.contains("tool_use") && !sent.contains("tool_result"),
+        "{sent}"
+    );
+    assert!(sent.contains("[called the tool write_file with"), "{sent}");
+    assert!(sent.contains("[tool result: "), "{sent}");
+}
+
 /// Bad tool lists and budgets are refused by the control plane with a message that says what
 /// to change; nothing is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
