@@ -6,6 +6,7 @@ use serde::Deserialize;
 use stigmer_proto::agent::v1::mcp_server::Transport;
 use stigmer_proto::agent::v1::{
     Agent, McpHttpServer, McpServer, McpStdioServer, ModelConfig, NetworkAccess, SandboxPolicy,
+    ToolList,
 };
 
 #[derive(Debug, Deserialize)]
@@ -16,8 +17,12 @@ pub struct AgentFile {
     pub instructions: String,
     #[serde(default)]
     pub model: ModelFile,
+    /// Omitted: every built-in tool; `[]`: none.
     #[serde(default)]
-    pub tools: Vec<String>,
+    pub tools: Option<Vec<String>>,
+    /// Signed, so that a negative number gets the budget's own message, not a parse error.
+    #[serde(default)]
+    pub token_budget: Option<i64>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
@@ -82,6 +87,13 @@ pub struct ModelFile {
 
 pub fn parse(text: &str) -> Result<Agent, String> {
     let file: AgentFile = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    // Checked here too, so that a typo is named before anything is sent; the control plane
+    // checks again for other clients.
+    if let Some(names) = &file.tools {
+        stigmer_proto::rules::check_tool_names(names).map_err(|e| format!("tools: {e}"))?;
+    }
+    stigmer_proto::rules::check_token_budget("token_budget", file.token_budget.map(i128::from))
+        .map_err(|e| e.to_string())?;
     let mcp_servers = file
         .mcp_servers
         .into_iter()
@@ -96,7 +108,8 @@ pub fn parse(text: &str) -> Result<Agent, String> {
             max_tokens: file.model.max_tokens,
             temperature: file.model.temperature,
         }),
-        allowed_tools: file.tools,
+        tools: file.tools.map(|names| ToolList { names }),
+        token_budget: file.token_budget.and_then(|b| u64::try_from(b).ok()),
         env: file.env.into_iter().collect(),
         sandbox: Some(SandboxPolicy {
             network: network(file.sandbox.network) as i32,
@@ -174,7 +187,8 @@ mod tests {
         let model = agent.model.expect("model");
         assert_eq!(model.max_tokens, 10);
         assert_eq!(model.temperature, Some(0.3));
-        assert_eq!(agent.allowed_tools, ["read_file"]);
+        assert_eq!(agent.tools.expect("tools").names, ["read_file"]);
+        assert!(agent.allowed_tools.is_empty());
         assert_eq!(agent.env.get("A").map(String::as_str), Some("b"));
     }
 
@@ -237,6 +251,38 @@ mod tests {
         assert!(err("    url: http://h\n    env: {A: b}\n").contains("stdio servers"));
         assert!(err("    command: x\n    headers: {A: b}\n").contains("HTTP servers"));
         assert!(err("    command: x\n    network: internet\n").contains("allow"));
+    }
+
+    #[test]
+    fn omitted_tools_differ_from_no_tools() {
+        use stigmer_proto::rules::ToolChoice;
+        let all = parse("name: a\n").expect("valid");
+        assert_eq!(all.tool_choice(), ToolChoice::AllBuiltIn);
+        let none = parse("name: a\ntools: []\n").expect("valid");
+        assert_eq!(none.tool_choice(), ToolChoice::Only(&[]));
+        let err = parse("name: a\ntools: [read_file, shell]\n").expect_err("unknown tool");
+        assert!(
+            err.starts_with("tools: unknown tool 'shell'; the built-in tools are run_command"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn token_budget_is_read_and_checked() {
+        assert_eq!(parse("name: a\n").expect("valid").token_budget, None);
+        let agent = parse("name: a\ntoken_budget: 20000\n").expect("valid");
+        assert_eq!(agent.token_budget, Some(20_000));
+        for bad in ["0", "-5", "1000000001"] {
+            let err = parse(&format!("name: a\ntoken_budget: {bad}\n")).expect_err(bad);
+            assert_eq!(
+                err,
+                format!(
+                    "token_budget {bad} is invalid: use a whole number of tokens from 1 to \
+                     1000000000, or leave it out for no budget"
+                )
+            );
+        }
+        assert!(parse("name: a\ntoken_budget: lots\n").is_err());
     }
 
     #[test]

@@ -181,6 +181,10 @@ pub struct StartArgs {
     /// The `stigmer-server` binary [default: next to `stigmer`, else on PATH].
     #[arg(long, env = "STIGMER_SERVER_BIN", value_name = "PATH")]
     pub server_bin: Option<PathBuf>,
+    /// Where the runner keeps one directory per session (its SANDBOX_ROOT_DIR); created 0700
+    /// when missing. Must not contain the data directory [default: <data-dir>/workspace].
+    #[arg(long, env = "SANDBOX_ROOT_DIR", value_name = "DIR")]
+    pub sandbox_root: Option<PathBuf>,
     /// Seconds to wait for both to become healthy (1-86400).
     #[arg(long, default_value_t = 60, value_name = "SECS",
           value_parser = RangedU64ValueParser::<u64>::new().range(ranges::WAIT_TIMEOUT_SECS))]
@@ -279,7 +283,11 @@ pub enum AgentCommand {
         instructions: You write short notes.\n  \
         model: {provider: anthropic, name: claude-sonnet-4-5, max_tokens: 4096, temperature: 0.2}\n  \
         tools: [read_file, write_file, edit_file, list_directory, run_command, write_todos]\n  \
-        env: {GREETING: hello}")]
+        token_budget: 200000\n  \
+        env: {GREETING: hello}\n\n\
+        tools: omitted = every built-in tool, [] = none (no tool schemas are sent to the model).\n\
+        token_budget: most tokens (input, cached included, plus output, summed over its model\n\
+        calls) one execution may use before it fails; `stigmer run --token-budget` replaces it.")]
     Apply {
         /// The agent's YAML file (`-` for standard input).
         #[arg(short = 'f', long = "file")]
@@ -318,6 +326,10 @@ pub struct RunArgs {
     /// Override the agent's model for this execution.
     #[arg(long)]
     pub model: Option<String>,
+    /// Most tokens this execution may use (input, cached included, plus output, over all its
+    /// model calls); replaces the agent's token_budget. 1-1000000000.
+    #[arg(long, value_parser = RangedU64ValueParser::<u64>::new().range(1..=stigmer_proto::rules::MAX_TOKEN_BUDGET))]
+    pub token_budget: Option<u64>,
     /// The message for the agent.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
     pub message: Vec<String>,

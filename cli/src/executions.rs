@@ -46,10 +46,12 @@ pub async fn run(mut clients: Clients, args: RunArgs, output: Output) -> Result<
                 session_id: args.session.clone().unwrap_or_default(),
                 agent_id: args.agent.clone(),
                 message: args.message.join(" "),
-                execution_config: args
-                    .model
-                    .clone()
-                    .map(|model_name| ExecutionConfig { model_name }),
+                execution_config: (args.model.is_some() || args.token_budget.is_some()).then(
+                    || ExecutionConfig {
+                        model_name: args.model.clone().unwrap_or_default(),
+                        token_budget: args.token_budget,
+                    },
+                ),
                 runtime_env,
             }),
             labels: Default::default(),

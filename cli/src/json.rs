@@ -2,7 +2,8 @@
 
 use serde_json::{Map, Value, json};
 use stigmer_proto::agent::v1::Agent;
-use stigmer_proto::agentexecution::v1::{AgentExecution, AgentMessage, ToolCall};
+use stigmer_proto::agentexecution::v1::{AgentExecution, AgentMessage, TokenUsage, ToolCall};
+use stigmer_proto::rules::{BUILTIN_TOOLS, ToolChoice};
 
 pub fn struct_to_json(s: &prost_types::Struct) -> Value {
     Value::Object(
@@ -36,7 +37,12 @@ pub fn agent(a: &Agent) -> Value {
             "max_tokens": model.max_tokens,
             "temperature": model.temperature,
         },
-        "tools": a.allowed_tools,
+        // What the agent is offered, spelled out: all built-in tools when none were listed.
+        "tools": match a.tool_choice() {
+            ToolChoice::AllBuiltIn => BUILTIN_TOOLS.iter().map(|t| t.to_string()).collect(),
+            ToolChoice::Only(names) => names.to_vec(),
+        },
+        "token_budget": a.token_budget,
         "env": a.env,
         "mcp_servers": a.mcp_servers.iter().map(mcp_server).collect::<Vec<_>>(),
         "created_at": a.created_at,
@@ -59,6 +65,17 @@ fn mcp_server(s: &stigmer_proto::agent::v1::McpServer) -> Value {
     v["network"] = json!(s.network().as_str_name());
     v["start_timeout_secs"] = json!(s.start_timeout_secs);
     v
+}
+
+pub fn usage(u: &TokenUsage) -> Value {
+    json!({
+        "input_tokens": u.input_tokens,
+        "output_tokens": u.output_tokens,
+        "cache_read_tokens": u.cache_read_tokens,
+        "cache_write_tokens": u.cache_write_tokens,
+        "model_calls": u.model_calls,
+        "calls_without_usage": u.calls_without_usage,
+    })
 }
 
 fn tool_call(c: &ToolCall) -> Value {
@@ -104,6 +121,7 @@ pub fn execution(e: &AgentExecution) -> Value {
         "agent": spec.agent_id,
         "session_id": spec.session_id,
         "message": spec.message,
+        "token_budget": spec.execution_config.as_ref().and_then(|c| c.token_budget),
         "runtime_env": runtime_env,
         "phase": status.phase().as_str_name(),
         "error": status.error,
@@ -111,6 +129,12 @@ pub fn execution(e: &AgentExecution) -> Value {
         "completed_at": status.completed_at,
         "messages": status.messages.iter().map(message).collect::<Vec<_>>(),
         "tool_calls": status.tool_calls.iter().map(tool_call).collect::<Vec<_>>(),
+        "usage": status.usage.as_ref().map(usage),
+        "usage_by_model": status.usage_by_model.iter().map(|m| json!({
+            "provider": m.provider,
+            "model": m.model,
+            "usage": m.usage.as_ref().map(usage),
+        })).collect::<Vec<_>>(),
         "todos": status.todos.values().map(|t| json!({
             "id": t.id, "content": t.content, "status": t.status().as_str_name(),
         })).collect::<Vec<_>>(),

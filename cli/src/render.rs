@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use stigmer_proto::agentexecution::v1::{
-    AgentExecution, ExecutionPhase, MessageType, TodoStatus, ToolCall, ToolCallStatus,
+    AgentExecution, AgentExecutionStatus, ExecutionPhase, MessageType, TodoStatus, TokenUsage,
+    ToolCall, ToolCallStatus,
 };
 
 const RESULT_PREVIEW: usize = 120;
@@ -38,6 +39,7 @@ impl Renderer {
             self.finished = true;
             self.end_line(&mut out);
             let _ = writeln!(out, "{}", final_line(status.phase(), &status.error));
+            out.push_str(&usage_lines(status));
         }
         out
     }
@@ -152,6 +154,55 @@ fn final_line(phase: ExecutionPhase, error: &str) -> String {
     }
 }
 
+/// The end summary's token lines: the total, then each model when there were several.
+fn usage_lines(s: &AgentExecutionStatus) -> String {
+    let Some(total) = &s.usage else {
+        return String::new();
+    };
+    let mut out = format!("   tokens: {}\n", usage_text(total));
+    if s.usage_by_model.len() > 1 {
+        for m in &s.usage_by_model {
+            let usage = m.usage.unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "     {} ({}): {}",
+                m.model,
+                m.provider,
+                usage_text(&usage)
+            );
+        }
+    }
+    out
+}
+
+/// "1320 in (1000 cached, 300 written to cache), 42 out; 2 model calls".
+fn usage_text(u: &TokenUsage) -> String {
+    let mut cache = Vec::new();
+    if u.cache_read_tokens > 0 {
+        cache.push(format!("{} cached", u.cache_read_tokens));
+    }
+    if u.cache_write_tokens > 0 {
+        cache.push(format!("{} written to cache", u.cache_write_tokens));
+    }
+    let cache = if cache.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", cache.join(", "))
+    };
+    let calls = match u.model_calls {
+        1 => "1 model call".to_string(),
+        n => format!("{n} model calls"),
+    };
+    let unreported = match u.calls_without_usage {
+        0 => String::new(),
+        n => format!(", {n} without usage reported (not counted)"),
+    };
+    format!(
+        "{} in{cache}, {} out; {calls}{unreported}",
+        u.input_tokens, u.output_tokens
+    )
+}
+
 fn args_preview(call: &ToolCall) -> String {
     let json = call
         .args
@@ -201,6 +252,46 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_end_summary_shows_the_tokens() {
+        use stigmer_proto::agentexecution::v1::ModelUsage;
+        let mut r = Renderer::default();
+        let mut done = state(ExecutionPhase::ExecutionCompleted, vec![], vec![]);
+        let usage = |input, output, cache_read, calls| TokenUsage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            model_calls: calls,
+            ..Default::default()
+        };
+        if let Some(s) = done.status.as_mut() {
+            s.usage = Some(TokenUsage {
+                cache_write_tokens: 7,
+                calls_without_usage: 1,
+                ..usage(1320, 42, 1000, 3)
+            });
+            s.usage_by_model = vec![
+                ModelUsage {
+                    provider: "anthropic".into(),
+                    model: "big".into(),
+                    usage: Some(usage(1300, 40, 1000, 2)),
+                },
+                ModelUsage {
+                    provider: "anthropic".into(),
+                    model: "small".into(),
+                    usage: Some(usage(20, 2, 0, 1)),
+                },
+            ];
+        }
+        assert_eq!(
+            r.render(&done),
+            "== COMPLETED\n   tokens: 1320 in (1000 cached, 7 written to cache), 42 out; \
+             3 model calls, 1 without usage reported (not counted)\n     \
+             big (anthropic): 1300 in (1000 cached), 40 out; 2 model calls\n     \
+             small (anthropic): 20 in, 2 out; 1 model call\n"
+        );
     }
 
     #[test]

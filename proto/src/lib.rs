@@ -23,6 +23,8 @@ pub mod runner {
     }
 }
 
+pub mod rules;
+
 pub use agentexecution::v1::ExecutionPhase;
 
 impl ExecutionPhase {

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::conversation::{Block, Message, Role};
-use crate::llm::{AssistantTurn, LlmClient, LlmError, LlmRequest, StopReason, ToolSpec};
+use crate::llm::{AssistantTurn, LlmClient, LlmError, LlmRequest, StopReason, ToolSpec, Usage};
 use crate::metrics::{LlmLabels, Metrics, ToolLabels};
 use crate::tools::{ToolEffect, ToolError, ToolOutcome};
 
@@ -88,6 +88,12 @@ pub enum Event<'e> {
         id: &'e str,
         outcome: &'e ToolOutcome,
     },
+    /// The tokens of the model call that just ended.
+    Usage {
+        provider: &'e str,
+        model: &'e str,
+        usage: &'e Usage,
+    },
 }
 
 pub trait Events: Sync {
@@ -106,6 +112,40 @@ pub struct AgentRun<'a, M, T, E> {
     pub max_repeated_tool_calls: u32,
     pub cancel: &'a CancellationToken,
     pub metrics: &'a Metrics,
+    /// Checked after every model call.
+    pub token_budget: Option<TokenBudget>,
+}
+
+/// The most tokens an execution may use: input (cached included) plus output, summed over
+/// its model calls. Calls whose answer carried no usage count nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenBudget {
+    pub limit: u64,
+    /// Where the limit came from, named in the failure.
+    pub source: BudgetSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetSource {
+    Agent,
+    Execution,
+}
+
+impl TokenBudget {
+    /// The failure once `used` is past the limit.
+    fn exceeded(&self, used: u64) -> Option<String> {
+        let whose = match self.source {
+            BudgetSource::Agent => "the agent's token_budget",
+            BudgetSource::Execution => "the execution's token_budget",
+        };
+        (used > self.limit).then(|| {
+            format!(
+                "token budget exceeded: {used} tokens used of {} ({whose}; input and output \
+                 tokens of every model call)",
+                self.limit
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,17 +180,26 @@ impl<M: Model, T: ToolExecutor, E: Events> AgentRun<'_, M, T, E> {
     /// Runs until done; `conversation` ends with the last complete exchange.
     pub async fn run(&self, conversation: &mut Vec<Message>) -> AgentOutcome {
         let mut repeats = RepeatDetector::default();
+        let mut tokens_used: u64 = 0;
         for _ in 0..self.max_turns {
             let turn = match self.model_turn(conversation).await {
                 Ok(turn) => turn,
                 Err(outcome) => return outcome,
             };
+            tokens_used = tokens_used
+                .saturating_add(turn.usage.input_tokens)
+                .saturating_add(turn.usage.output_tokens);
             let message = Message {
                 role: Role::Assistant,
                 content: turn.content.clone(),
             };
             let has_tool_calls = message.tool_uses().next().is_some();
             conversation.push(message.clone());
+            // Before the turn's tool calls run: the budget stops work, not just reports it.
+            // (Unanswered tool calls are trimmed from the saved history.)
+            if let Some(failure) = self.token_budget.and_then(|b| b.exceeded(tokens_used)) {
+                return AgentOutcome::Failed(failure);
+            }
             match (&turn.stop_reason, has_tool_calls) {
                 (StopReason::PauseTurn, _) => continue,
                 (StopReason::MaxTokens, true) => {
@@ -212,6 +261,14 @@ impl<M: Model, T: ToolExecutor, E: Events> AgentRun<'_, M, T, E> {
             .observe(started.elapsed().as_secs_f64());
         let turn = result.map_err(|e| AgentOutcome::Failed(format!("LLM call failed: {e}")))?;
         self.events.record(Event::Turn(&turn));
+        let provider = self.llm.provider_name();
+        self.metrics
+            .llm_usage(provider, &self.params.model, &turn.usage);
+        self.events.record(Event::Usage {
+            provider,
+            model: &self.params.model,
+            usage: &turn.usage,
+        });
         Ok(turn)
     }
 
@@ -420,6 +477,8 @@ mod tests {
                 Event::Turn(t) => format!("turn done {:?}", t.stop_reason),
                 Event::ToolStarted { name, .. } => format!("tool {name}"),
                 Event::ToolFinished { outcome, .. } => format!("result {}", outcome.output),
+                // Asserted by the budget tests and the status projection's.
+                Event::Usage { .. } => return,
             };
             self.0.lock().expect("lock").push(line);
         }
@@ -481,6 +540,7 @@ mod tests {
             max_repeated_tool_calls: 3,
             cancel: &cancel,
             metrics: &metrics,
+            token_budget: None,
         };
         let mut conversation = vec![Message::user_text("go")];
         let outcome = run.run(&mut conversation).await;
@@ -509,6 +569,127 @@ mod tests {
             AgentOutcome::Failed(m) => m,
             other => panic!("expected a failure, got {other:?}"),
         }
+    }
+
+    fn with_usage(
+        turn: Result<AssistantTurn, LlmError>,
+        input: u64,
+        output: u64,
+    ) -> Result<AssistantTurn, LlmError> {
+        turn.map(|t| AssistantTurn {
+            usage: Usage {
+                input_tokens: input,
+                output_tokens: output,
+                reported: true,
+                ..Default::default()
+            },
+            ..t
+        })
+    }
+
+    /// Runs the script under a budget; returns the outcome, the model requests, the tools run
+    /// and the usage events seen.
+    async fn run_budgeted(
+        turns: Vec<Result<AssistantTurn, LlmError>>,
+        budget: TokenBudget,
+    ) -> (AgentOutcome, usize, Vec<String>, Vec<u64>) {
+        struct Usages(Mutex<Vec<u64>>);
+        impl Events for Usages {
+            fn record(&self, event: Event<'_>) {
+                if let Event::Usage {
+                    usage,
+                    model,
+                    provider,
+                } = event
+                {
+                    assert_eq!((provider, model), ("fake", "m"));
+                    self.0.lock().expect("lock").push(usage.input_tokens);
+                }
+            }
+        }
+        let model = FakeModel::new(turns);
+        let tools = FakeTools::answering(done);
+        let events = Usages(Mutex::new(Vec::new()));
+        let metrics = Metrics::new();
+        let cancel = CancellationToken::new();
+        let run = AgentRun {
+            llm: &model,
+            tool_executor: &tools,
+            events: &events,
+            params: ModelParams {
+                model: "m".into(),
+                max_tokens: 100,
+                temperature: None,
+            },
+            system: "sys".into(),
+            tools: crate::tools::specs(&[]).expect("specs"),
+            max_turns: 10,
+            max_repeated_tool_calls: 3,
+            cancel: &cancel,
+            metrics: &metrics,
+            token_budget: Some(budget),
+        };
+        let mut conversation = vec![Message::user_text("go")];
+        let outcome = run.run(&mut conversation).await;
+        let usages = events.0.lock().expect("lock").clone();
+        (outcome, model.requests(), tools.calls(), usages)
+    }
+
+    #[tokio::test]
+    async fn a_call_past_the_budget_fails_before_its_tools_run() {
+        let read = || {
+            call(
+                "t1",
+                "read_file",
+                serde_json::json!({"path": "a"}),
+                StopReason::ToolUse,
+            )
+        };
+        let budget = TokenBudget {
+            limit: 150,
+            source: BudgetSource::Execution,
+        };
+        let (outcome, requests, tools, usages) = run_budgeted(
+            vec![
+                with_usage(read(), 60, 10),
+                with_usage(read(), 70, 11),
+                text("never", StopReason::EndTurn),
+            ],
+            budget,
+        )
+        .await;
+        assert_eq!(
+            failure(&outcome),
+            "token budget exceeded: 151 tokens used of 150 (the execution's token_budget; \
+             input and output tokens of every model call)"
+        );
+        assert_eq!(requests, 2);
+        assert_eq!(
+            tools.len(),
+            1,
+            "the second turn's tool must not run: {tools:?}"
+        );
+        assert_eq!(usages, [60, 70]);
+    }
+
+    #[tokio::test]
+    async fn using_exactly_the_budget_is_allowed() {
+        let budget = TokenBudget {
+            limit: 150,
+            source: BudgetSource::Agent,
+        };
+        let (outcome, ..) = run_budgeted(
+            vec![with_usage(text("done", StopReason::EndTurn), 140, 10)],
+            budget,
+        )
+        .await;
+        assert_eq!(outcome, AgentOutcome::Completed);
+        let (outcome, ..) = run_budgeted(
+            vec![with_usage(text("done", StopReason::EndTurn), 140, 11)],
+            budget,
+        )
+        .await;
+        assert!(failure(&outcome).contains("of 150 (the agent's token_budget"));
     }
 
     #[tokio::test]

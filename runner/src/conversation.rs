@@ -63,6 +63,27 @@ impl Message {
     }
 }
 
+/// Rewrites earlier tool calls and results as text, for a request that offers no tools: the
+/// Anthropic API refuses tool blocks in a request without tool definitions, which a session
+/// would otherwise hit when its agent is re-applied with `tools: []`.
+pub fn tool_blocks_as_text(messages: &mut [Message]) {
+    for block in messages.iter_mut().flat_map(|m| m.content.iter_mut()) {
+        let text = match block {
+            Block::Text(_) => continue,
+            Block::ToolUse { name, input, .. } => {
+                format!("[called the tool {name} with {input}]\n")
+            }
+            Block::ToolResult {
+                content, is_error, ..
+            } => {
+                let error = if *is_error { " (an error)" } else { "" };
+                format!("[tool result{error}: {content}]\n")
+            }
+        };
+        *block = Block::Text(text);
+    }
+}
+
 /// Why a stored history message could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
@@ -186,6 +207,43 @@ mod tests {
         ];
         let back = from_proto(&to_proto(&messages)).expect("valid history");
         assert_eq!(back, messages);
+    }
+
+    #[test]
+    fn tool_blocks_become_text() {
+        let mut messages = vec![
+            Message {
+                role: Role::Assistant,
+                content: vec![
+                    Block::Text("Reading.".into()),
+                    Block::ToolUse {
+                        id: "t1".into(),
+                        name: "read_file".into(),
+                        input: serde_json::json!({"path": "a"}),
+                    },
+                ],
+            },
+            Message {
+                role: Role::User,
+                content: vec![Block::ToolResult {
+                    tool_use_id: "t1".into(),
+                    content: "no such file".into(),
+                    is_error: true,
+                }],
+            },
+        ];
+        tool_blocks_as_text(&mut messages);
+        assert_eq!(messages[0].role, Role::Assistant);
+        assert_eq!(
+            messages[0].text(),
+            "Reading.[called the tool read_file with {\"path\":\"a\"}]\n"
+        );
+        assert_eq!(messages[1].role, Role::User);
+        assert_eq!(
+            messages[1].text(),
+            "[tool result (an error): no such file]\n"
+        );
+        assert!(messages.iter().all(|m| m.tool_uses().next().is_none()));
     }
 
     #[test]

@@ -11,7 +11,8 @@ use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage, Mess
 use stigmer_proto::runner::v1::{ClaimedExecution, UpdateSessionRequest};
 
 use crate::agent::{
-    AgentOutcome, AgentRun, ModelParams, ToolExecutor, ToolFailure, trim_unanswered,
+    AgentOutcome, AgentRun, BudgetSource, ModelParams, TokenBudget, ToolExecutor, ToolFailure,
+    trim_unanswered,
 };
 use crate::context::WorkerCtx;
 use crate::conversation::{self, Message};
@@ -30,6 +31,7 @@ use crate::inflight::Ending;
 /// Everything resolved before the loop can start.
 struct Prepared {
     params: ModelParams,
+    token_budget: Option<TokenBudget>,
     system: String,
     tools: Vec<crate::llm::ToolSpec>,
     env: BTreeMap<String, String>,
@@ -100,6 +102,7 @@ pub async fn run(
                     max_repeated_tool_calls: ctx.config.max_repeated_tool_calls,
                     cancel: &handle.cancel,
                     metrics: &ctx.health.metrics,
+                    token_budget: prepared.token_budget,
                 };
                 let outcome = if prepared.tools.is_empty() && !agent.mcp_servers.is_empty() {
                     AgentOutcome::Failed(no_tools_message(&tool_executor.mcp.problems))
@@ -137,6 +140,10 @@ fn start_status(mut status: AgentExecutionStatus, message: &str) -> AgentExecuti
     if status.started_at.is_empty() {
         status.started_at = now();
     }
+    // Every execution the runner ends carries its usage, zero when no model call completed.
+    status
+        .usage
+        .get_or_insert_with(stigmer_proto::agentexecution::v1::TokenUsage::default);
     if status.messages.is_empty() {
         status.messages.push(AgentMessage {
             r#type: MessageType::MessageHuman as i32,
@@ -155,10 +162,14 @@ async fn prepare(
     spec: &stigmer_proto::agentexecution::v1::AgentExecutionSpec,
 ) -> Result<Prepared, String> {
     let params = model_params(ctx, agent, spec)?;
-    let tools =
-        tools::specs(&agent.allowed_tools).map_err(|e| format!("agent '{}': {e}", agent.name))?;
+    let token_budget = token_budget(agent, spec)?;
+    let tools = tools::specs_for(agent.tool_choice())
+        .map_err(|e| format!("agent '{}': {e}", agent.name))?;
     let mut conversation = conversation::from_proto(&session.history)
         .map_err(|e| format!("session {} has an unreadable history: {e}", session.id))?;
+    if tools.is_empty() {
+        conversation::tool_blocks_as_text(&mut conversation);
+    }
     conversation.push(Message::user_text(spec.message.clone()));
     let mut env: BTreeMap<String, String> = agent.env.clone().into_iter().collect();
     env.extend(
@@ -173,6 +184,7 @@ async fn prepare(
     };
     Ok(Prepared {
         params,
+        token_budget,
         system,
         tools,
         env,
@@ -324,6 +336,28 @@ fn model_params(
     })
 }
 
+/// The execution's budget replaces the agent's (as its model name does), whether larger or
+/// smaller. The control plane validated both; a bad value from elsewhere fails the execution
+/// before anything runs rather than running it without a cap.
+fn token_budget(
+    agent: &Agent,
+    spec: &stigmer_proto::agentexecution::v1::AgentExecutionSpec,
+) -> Result<Option<TokenBudget>, String> {
+    let from_execution = spec.execution_config.as_ref().and_then(|c| c.token_budget);
+    let (limit, source, field) = match (from_execution, agent.token_budget) {
+        (Some(limit), _) => (
+            limit,
+            BudgetSource::Execution,
+            "execution_config.token_budget",
+        ),
+        (None, Some(limit)) => (limit, BudgetSource::Agent, "the agent's token_budget"),
+        (None, None) => return Ok(None),
+    };
+    stigmer_proto::rules::check_token_budget(field, Some(i128::from(limit)))
+        .map_err(|e| e.to_string())?;
+    Ok(Some(TokenBudget { limit, source }))
+}
+
 fn decide(outcome: AgentOutcome, interrupt: Option<Interrupt>) -> Ending {
     match (interrupt, outcome) {
         (Some(Interrupt::Lost(r)), _) => Ending::Lost(r),
@@ -378,6 +412,7 @@ async fn report(reporter: StatusReporter, handle: &ExecHandle, ending: Ending) -
             s.phase = phase as i32;
             s.completed_at = now();
             mark_unfinished_tool_calls(s);
+            crate::projection::sync_message_copies(s, None);
             if let Some(error) = &error {
                 s.error = error.clone();
                 s.messages.push(AgentMessage {
@@ -468,11 +503,52 @@ mod tests {
     }
 
     #[test]
+    fn the_execution_budget_replaces_the_agent_budget() {
+        use stigmer_proto::agentexecution::v1::{AgentExecutionSpec, ExecutionConfig};
+        let agent = |budget| Agent {
+            token_budget: budget,
+            ..Default::default()
+        };
+        let spec = |budget| AgentExecutionSpec {
+            execution_config: Some(ExecutionConfig {
+                token_budget: budget,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(token_budget(&agent(None), &spec(None)), Ok(None));
+        let only_agent = token_budget(&agent(Some(500)), &spec(None)).expect("valid");
+        assert_eq!(
+            only_agent,
+            Some(TokenBudget {
+                limit: 500,
+                source: BudgetSource::Agent
+            })
+        );
+        for execution in [100, 900] {
+            let both = token_budget(&agent(Some(500)), &spec(Some(execution))).expect("valid");
+            assert_eq!(
+                both,
+                Some(TokenBudget {
+                    limit: execution,
+                    source: BudgetSource::Execution
+                })
+            );
+        }
+        let err = token_budget(&agent(Some(0)), &spec(None)).expect_err("zero");
+        assert!(
+            err.contains("the agent's token_budget 0 is invalid"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn start_status_adds_the_human_message_once() {
         let s = start_status(AgentExecutionStatus::default(), "hello");
         assert_eq!(s.phase, ExecutionPhase::ExecutionInProgress as i32);
         assert_eq!(s.messages.len(), 1);
         assert!(!s.started_at.is_empty());
+        assert_eq!(s.usage, Some(Default::default()));
         let again = start_status(s.clone(), "hello");
         assert_eq!(again.messages.len(), 1);
         assert_eq!(again.started_at, s.started_at);

@@ -24,6 +24,20 @@ pub struct ToolLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub provider: String,
+    pub model: String,
+    /// `input` (cached included), `output`, `cache_read` or `cache_write`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub provider: String,
+    pub model: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~65 s
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -38,6 +52,8 @@ pub struct Metrics {
     pub llm_calls: Family<LlmLabels, Histogram, fn() -> Histogram>,
     pub tool_calls: Family<ToolLabels, Histogram, fn() -> Histogram>,
     pub status_updates: Family<OutcomeLabels, Counter>,
+    pub llm_tokens: Family<TokenLabels, Counter>,
+    pub llm_calls_without_usage: Family<ModelLabels, Counter>,
 }
 
 impl Metrics {
@@ -87,6 +103,19 @@ impl Metrics {
             "Status updates sent to the control plane, by result",
             status_updates.clone(),
         );
+        let llm_tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "llm_tokens",
+            "Tokens of model calls as the provider reported them, by provider, model and kind \
+             (input, cached included; output; cache_read; cache_write)",
+            llm_tokens.clone(),
+        );
+        let llm_calls_without_usage = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "llm_calls_without_usage",
+            "Model calls whose answer reported no token usage (not in llm_tokens)",
+            llm_calls_without_usage.clone(),
+        );
         Self {
             registry,
             executions,
@@ -96,6 +125,35 @@ impl Metrics {
             llm_calls,
             tool_calls,
             status_updates,
+            llm_tokens,
+            llm_calls_without_usage,
+        }
+    }
+
+    /// Counts one model call's tokens.
+    pub fn llm_usage(&self, provider: &str, model: &str, usage: &crate::llm::Usage) {
+        if !usage.reported {
+            self.llm_calls_without_usage
+                .get_or_create(&ModelLabels {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                })
+                .inc();
+            return;
+        }
+        for (kind, n) in [
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ] {
+            self.llm_tokens
+                .get_or_create(&TokenLabels {
+                    provider: provider.to_string(),
+                    model: model.to_string(),
+                    kind: kind.to_string(),
+                })
+                .inc_by(n);
         }
     }
 

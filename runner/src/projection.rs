@@ -4,12 +4,13 @@
 use std::sync::{Mutex, PoisonError};
 
 use stigmer_proto::agentexecution::v1::{
-    AgentExecutionStatus, AgentMessage, MessageType, TodoItem, ToolCall, ToolCallStatus,
+    AgentExecutionStatus, AgentMessage, MessageType, ModelUsage, TodoItem, TokenUsage, ToolCall,
+    ToolCallStatus,
 };
 
 use crate::agent::{Event, Events};
 use crate::conversation::Block;
-use crate::llm::AssistantTurn;
+use crate::llm::{AssistantTurn, Usage};
 use crate::status::{StatusReporter, now};
 use crate::tools::{TodoUpdate, ToolEffect};
 
@@ -54,6 +55,11 @@ impl Events for StatusProjection<'_> {
             Event::ToolFinished { id, outcome } => self.status.update(|s| {
                 record_tool_result(s, id, &outcome.output, outcome.is_error, &outcome.effect)
             }),
+            Event::Usage {
+                provider,
+                model,
+                usage,
+            } => self.status.update(|s| add_usage(s, provider, model, usage)),
         }
     }
 }
@@ -124,6 +130,31 @@ fn upsert_tool_call(s: &mut AgentExecutionStatus, call: &mut ToolCall) {
         }
         None => s.tool_calls.push(call.clone()),
     }
+    sync_message_copies(s, Some(&call.id));
+}
+
+/// The AI message that asked for a tool call holds a copy of it; the copy follows the
+/// top-level call (status, times, result), so that readers of either see the same thing.
+/// `None` syncs every call (at the end of an execution).
+pub fn sync_message_copies(s: &mut AgentExecutionStatus, id: Option<&str>) {
+    let AgentExecutionStatus {
+        messages,
+        tool_calls,
+        ..
+    } = s;
+    for message in messages
+        .iter_mut()
+        .filter(|m| m.r#type == MessageType::MessageAi as i32)
+    {
+        for copy in &mut message.tool_calls {
+            if id.is_some_and(|id| id != copy.id) {
+                continue;
+            }
+            if let Some(call) = tool_calls.iter().find(|c| c.id == copy.id) {
+                copy.clone_from(call);
+            }
+        }
+    }
 }
 
 fn record_tool_result(
@@ -148,6 +179,7 @@ fn record_tool_result(
         call.completed_at = finished.clone();
         snapshot = Some(call.clone());
     }
+    sync_message_copies(s, Some(id));
     s.messages.push(AgentMessage {
         r#type: MessageType::MessageTool as i32,
         content: output.to_string(),
@@ -158,6 +190,45 @@ fn record_tool_result(
     if let ToolEffect::Todos(todos) = effect {
         apply_todos(s, todos, &finished);
     }
+}
+
+/// Adds one model call's tokens to the execution's totals and to its model's.
+fn add_usage(s: &mut AgentExecutionStatus, provider: &str, model: &str, usage: &Usage) {
+    add_to(s.usage.get_or_insert_with(TokenUsage::default), usage);
+    let index = match s
+        .usage_by_model
+        .iter()
+        .position(|m| m.provider == provider && m.model == model)
+    {
+        Some(i) => i,
+        None => {
+            s.usage_by_model.push(ModelUsage {
+                provider: provider.to_string(),
+                model: model.to_string(),
+                usage: None,
+            });
+            s.usage_by_model.len() - 1
+        }
+    };
+    if let Some(entry) = s.usage_by_model.get_mut(index) {
+        add_to(entry.usage.get_or_insert_with(TokenUsage::default), usage);
+    }
+}
+
+fn add_to(total: &mut TokenUsage, usage: &Usage) {
+    total.model_calls = total.model_calls.saturating_add(1);
+    if !usage.reported {
+        total.calls_without_usage = total.calls_without_usage.saturating_add(1);
+        return;
+    }
+    total.input_tokens = total.input_tokens.saturating_add(usage.input_tokens);
+    total.output_tokens = total.output_tokens.saturating_add(usage.output_tokens);
+    total.cache_read_tokens = total
+        .cache_read_tokens
+        .saturating_add(usage.cache_read_tokens);
+    total.cache_write_tokens = total
+        .cache_write_tokens
+        .saturating_add(usage.cache_write_tokens);
 }
 
 /// `write_todos` replaces the list; items keep their creation time across updates.
@@ -271,11 +342,17 @@ mod tests {
             s.tool_calls[0].status,
             ToolCallStatus::ToolCallRunning as i32
         );
+        assert_eq!(
+            s.messages[0].tool_calls[0], s.tool_calls[0],
+            "copy follows RUNNING"
+        );
         record_tool_result(&mut s, "t1", "wrote 1 bytes", false, &ToolEffect::None);
         let call = &s.tool_calls[0];
         assert_eq!(call.status, ToolCallStatus::ToolCallCompleted as i32);
         assert_eq!(call.result, "wrote 1 bytes");
         assert!(!call.completed_at.is_empty());
+        // The AI message's copy is the top-level call, result and times included.
+        assert_eq!(&s.messages[0].tool_calls[0], call);
         assert_eq!(s.messages[1].r#type, MessageType::MessageTool as i32);
         record_tool_result(&mut s, "t1", "boom\nmore", true, &ToolEffect::None);
         assert_eq!(
@@ -283,6 +360,44 @@ mod tests {
             ToolCallStatus::ToolCallFailed as i32
         );
         assert_eq!(s.tool_calls[0].error, "boom");
+    }
+
+    #[test]
+    fn usage_is_summed_in_total_and_per_model() {
+        let mut s = AgentExecutionStatus::default();
+        let call = |input, output, cache_read, cache_write| Usage {
+            input_tokens: input,
+            output_tokens: output,
+            cache_read_tokens: cache_read,
+            cache_write_tokens: cache_write,
+            reported: true,
+        };
+        add_usage(&mut s, "anthropic", "a", &call(100, 10, 80, 5));
+        add_usage(&mut s, "anthropic", "a", &call(200, 20, 150, 0));
+        add_usage(&mut s, "anthropic", "b", &call(1, 2, 0, 0));
+        add_usage(&mut s, "anthropic", "b", &Usage::default());
+        let total = s.usage.expect("usage");
+        assert_eq!(
+            (total.input_tokens, total.output_tokens),
+            (301, 32),
+            "{total:?}"
+        );
+        assert_eq!(
+            (total.cache_read_tokens, total.cache_write_tokens),
+            (230, 5)
+        );
+        assert_eq!((total.model_calls, total.calls_without_usage), (4, 1));
+        assert_eq!(s.usage_by_model.len(), 2);
+        let a = s.usage_by_model[0].usage.expect("a");
+        assert_eq!(
+            (s.usage_by_model[0].model.as_str(), a.input_tokens),
+            ("a", 300)
+        );
+        let b = s.usage_by_model[1].usage.expect("b");
+        assert_eq!(
+            (b.model_calls, b.calls_without_usage, b.output_tokens),
+            (2, 1, 2)
+        );
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub fn merge_status(
     if !update.todos.is_empty() {
         merged.todos = update.todos;
     }
+    // Cumulative on the runner, like the lists: set replaces, unset leaves it.
+    if update.usage.is_some() {
+        merged.usage = update.usage;
+    }
+    replace_if_non_empty(&mut merged.usage_by_model, update.usage_by_model);
     overwrite_if_set(&mut merged.error, update.error);
     overwrite_if_set(&mut merged.started_at, update.started_at);
     overwrite_if_set(&mut merged.completed_at, update.completed_at);
@@ -142,6 +147,32 @@ mod tests {
         // Scalars that were not set keep their stored values.
         assert_eq!(merged.error, "earlier");
         assert_eq!(merged.phase(), ExecutionPhase::ExecutionInProgress);
+    }
+
+    #[test]
+    fn usage_replaces_when_set_and_is_kept_when_not() {
+        use stigmer_proto::agentexecution::v1::{ModelUsage, TokenUsage};
+        let usage = TokenUsage {
+            input_tokens: 10,
+            output_tokens: 2,
+            model_calls: 1,
+            ..Default::default()
+        };
+        let update = AgentExecutionStatus {
+            usage: Some(usage),
+            usage_by_model: vec![ModelUsage {
+                provider: "openai".into(),
+                model: "m".into(),
+                usage: Some(usage),
+            }],
+            ..Default::default()
+        };
+        let merged = merge_status(&running(), update.clone(), NOW).unwrap();
+        assert_eq!(merged.usage, Some(usage));
+        assert_eq!(merged.usage_by_model, update.usage_by_model);
+        let again = merge_status(&merged, AgentExecutionStatus::default(), NOW).unwrap();
+        assert_eq!(again.usage, Some(usage));
+        assert_eq!(again.usage_by_model, update.usage_by_model);
     }
 
     #[test]

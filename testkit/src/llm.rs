@@ -55,6 +55,42 @@ pub enum Reply {
         content_type: String,
         body: String,
     },
+    /// The inner reply, reporting these token counts instead of the estimates.
+    WithUsage(ScriptedUsage, Box<Reply>),
+}
+
+impl Reply {
+    /// This reply, reporting `usage`.
+    pub fn with_usage(self, usage: ScriptedUsage) -> Self {
+        Reply::WithUsage(usage, Box::new(self))
+    }
+}
+
+/// Token counts a reply reports (see [`Reply::WithUsage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScriptedUsage {
+    /// Every prompt token, cached ones included.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Part of `input_tokens` read from the cache.
+    pub cache_read_tokens: u64,
+    /// Part of `input_tokens` written to the cache (reported on the Anthropic wire only).
+    pub cache_write_tokens: u64,
+    pub report: UsageReport,
+}
+
+/// How the counts are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageReport {
+    /// As each API documents it: Anthropic's `input_tokens` (uncached) beside
+    /// `cache_read_input_tokens` and `cache_creation_input_tokens`; OpenAI's `prompt_tokens`
+    /// with `prompt_tokens_details.cached_tokens` (when `include_usage` was asked for).
+    Documented,
+    /// OpenAI wire as llama.cpp's server without `prompt_tokens_details`: the cached count
+    /// only in the chunk's `timings.cache_n`. (Anthropic wire: as `Documented`.)
+    LlamaCppTimings,
+    /// No usage at all, as from a server that ignores `stream_options.include_usage`.
+    Absent,
 }
 
 /// One request as the server received it.
@@ -211,9 +247,19 @@ async fn handle(
         let body = error_json(wire, 500, "scripted LLM: script exhausted");
         return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response();
     };
-    while let Reply::Delay(wait, inner) = reply {
-        tokio::time::sleep(wait).await;
-        reply = *inner;
+    let mut usage = None;
+    loop {
+        match reply {
+            Reply::Delay(wait, inner) => {
+                tokio::time::sleep(wait).await;
+                reply = *inner;
+            }
+            Reply::WithUsage(scripted, inner) => {
+                usage = Some(scripted);
+                reply = *inner;
+            }
+            _ => break,
+        }
     }
     let ctx = Ctx {
         wire,
@@ -223,6 +269,7 @@ async fn handle(
             .to_owned(),
         input_tokens: estimate_tokens(&String::from_utf8_lossy(&body)),
         include_usage: request.body["stream_options"]["include_usage"] == json!(true),
+        usage,
         shared: &shared,
     };
     respond(&ctx, reply)
@@ -250,6 +297,7 @@ struct Ctx<'a> {
     model: String,
     input_tokens: u64,
     include_usage: bool,
+    usage: Option<ScriptedUsage>,
     shared: &'a Shared,
 }
 
@@ -295,7 +343,7 @@ fn respond(ctx: &Ctx<'_>, reply: Reply) -> Response {
             sse_response(ctx, stream::iter(events).boxed())
         }
         // Unwrapped by the caller; kept total so that a new nesting cannot panic.
-        Reply::Delay(_, inner) => respond(ctx, *inner),
+        Reply::Delay(_, inner) | Reply::WithUsage(_, inner) => respond(ctx, *inner),
     }
 }
 
@@ -435,11 +483,12 @@ fn stream_head(ctx: &Ctx<'_>, text: &str) -> Vec<String> {
 }
 
 fn full_stream(ctx: &Ctx<'_>, text: Option<&str>, calls: &[(String, Value)]) -> Vec<String> {
-    let output_tokens = estimate_tokens(text.unwrap_or(""))
+    let estimate = estimate_tokens(text.unwrap_or(""))
         + calls
             .iter()
             .map(|(_, input)| estimate_tokens(&input.to_string()))
             .sum::<u64>();
+    let output_tokens = ctx.usage.map_or(estimate, |u| u.output_tokens);
     match ctx.wire {
         Wire::Anthropic => anthropic_stream(ctx, text, calls, output_tokens),
         Wire::OpenAi => openai_stream(ctx, text, calls, output_tokens),
@@ -447,13 +496,37 @@ fn full_stream(ctx: &Ctx<'_>, text: Option<&str>, calls: &[(String, Value)]) -> 
 }
 
 fn anthropic_message_start(ctx: &Ctx<'_>) -> String {
+    let mut message = json!({
+        "id": format!("msg_{}", ctx.next_id()), "type": "message", "role": "assistant",
+        "model": ctx.model, "content": [], "stop_reason": null, "stop_sequence": null,
+        "usage": {"input_tokens": ctx.input_tokens, "output_tokens": 1}});
+    match ctx.usage {
+        None => {}
+        Some(u) if u.report == UsageReport::Absent => {
+            if let Some(m) = message.as_object_mut() {
+                m.remove("usage");
+            }
+        }
+        // Anthropic counts cache reads and writes apart from input_tokens.
+        Some(u) => {
+            message["usage"] = json!({
+                "input_tokens": u.input_tokens
+                    .saturating_sub(u.cache_read_tokens)
+                    .saturating_sub(u.cache_write_tokens),
+                "cache_read_input_tokens": u.cache_read_tokens,
+                "cache_creation_input_tokens": u.cache_write_tokens,
+                "output_tokens": 1,
+            });
+        }
+    }
     anthropic_event(
         "message_start",
-        &json!({"type": "message_start", "message": {
-            "id": format!("msg_{}", ctx.next_id()), "type": "message", "role": "assistant",
-            "model": ctx.model, "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": ctx.input_tokens, "output_tokens": 1}}}),
+        &json!({"type": "message_start", "message": message}),
     )
+}
+
+fn usage_absent(ctx: &Ctx<'_>) -> bool {
+    ctx.usage.is_some_and(|u| u.report == UsageReport::Absent)
 }
 
 fn anthropic_text_delta(index: usize, text: &str) -> String {
@@ -507,12 +580,15 @@ fn anthropic_stream(
     } else {
         "tool_use"
     };
-    events.push(anthropic_event(
-        "message_delta",
-        &json!({"type": "message_delta",
-                "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-                "usage": {"output_tokens": output_tokens}}),
-    ));
+    let mut delta = json!({"type": "message_delta",
+            "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+            "usage": {"output_tokens": output_tokens}});
+    if usage_absent(ctx)
+        && let Some(d) = delta.as_object_mut()
+    {
+        d.remove("usage");
+    }
+    events.push(anthropic_event("message_delta", &delta));
     events.push(anthropic_event(
         "message_stop",
         &json!({"type": "message_stop"}),
@@ -572,11 +648,25 @@ fn openai_stream(
         "tool_calls"
     };
     events.push(openai_chunk(ctx, &id, json!({}), Some(finish)));
-    if ctx.include_usage {
-        events.push(openai_data(&json!({
+    if ctx.include_usage && !usage_absent(ctx) {
+        let input = ctx.usage.map_or(ctx.input_tokens, |u| u.input_tokens);
+        let mut chunk = json!({
             "id": id, "object": "chat.completion.chunk", "created": 0, "model": ctx.model,
-            "choices": [], "usage": {"prompt_tokens": ctx.input_tokens,
-            "completion_tokens": output_tokens, "total_tokens": ctx.input_tokens + output_tokens}})));
+            "choices": [], "usage": {"prompt_tokens": input,
+            "completion_tokens": output_tokens, "total_tokens": input + output_tokens}});
+        match ctx.usage {
+            Some(u) if u.report == UsageReport::LlamaCppTimings => {
+                chunk["timings"] = json!({"cache_n": u.cache_read_tokens,
+                    "prompt_n": input.saturating_sub(u.cache_read_tokens),
+                    "predicted_n": output_tokens, "prompt_ms": 1.5, "predicted_ms": 2.5});
+            }
+            Some(u) => {
+                chunk["usage"]["prompt_tokens_details"] =
+                    json!({"cached_tokens": u.cache_read_tokens});
+            }
+            None => {}
+        }
+        events.push(openai_data(&chunk));
     }
     events.push("data: [DONE]\n\n".to_owned());
     events

@@ -57,9 +57,11 @@ fn prepare(paths: &Paths, args: &StartArgs) -> Result<Settings, LocalError> {
         "--runner-bin",
         "STIGMER_RUNNER_BIN",
     )?;
+    let sandbox_root = sandbox_root(paths, args.sandbox_root.as_deref())?;
     let llm = secrets::resolve(&|k| std::env::var(k).ok(), &mut Terminal)?;
     // After the LLM key: a start that cannot go on must leave nothing behind.
     paths.create_all()?;
+    create_private_dir(&sandbox_root)?;
     let keys = keys::ensure(paths)?;
     let settings = Settings {
         paths: paths.clone(),
@@ -68,6 +70,7 @@ fn prepare(paths: &Paths, args: &StartArgs) -> Result<Settings, LocalError> {
         port: args.port,
         runner_http_port: args.runner_http_port,
         llm,
+        sandbox_root,
         keys,
         policy: RestartPolicy {
             initial_backoff: Duration::from_millis(args.restart_backoff_ms),
@@ -86,6 +89,48 @@ fn prepare(paths: &Paths, args: &StartArgs) -> Result<Settings, LocalError> {
     // Checked here, before anything is stopped or started.
     detach_wait(args, &settings)?;
     Ok(settings)
+}
+
+/// `--sandbox-root` / `SANDBOX_ROOT_DIR`, made absolute (the runner runs elsewhere), or
+/// `<data-dir>/workspace`. A root that is, or holds, the data directory is refused: session
+/// directories would sit beside the database and the keys.
+fn sandbox_root(paths: &Paths, chosen: Option<&std::path::Path>) -> Result<PathBuf, LocalError> {
+    let Some(chosen) = chosen.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(paths.workspace());
+    };
+    let root = std::path::absolute(chosen).map_err(|e| LocalError::io(chosen, e))?;
+    // Lexically, without `..`, so that the check cannot be walked around.
+    let normal: PathBuf = root.components().collect();
+    if normal
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(LocalError::Config(format!(
+            "SANDBOX_ROOT_DIR / --sandbox-root {} must not contain '..'",
+            root.display()
+        )));
+    }
+    if paths.root().starts_with(&normal) {
+        return Err(LocalError::Config(format!(
+            "SANDBOX_ROOT_DIR / --sandbox-root {} is or contains the data directory {}; \
+             choose a directory of its own, e.g. {}",
+            normal.display(),
+            paths.root().display(),
+            paths.workspace().display()
+        )));
+    }
+    Ok(normal)
+}
+
+/// Creates the sandbox root 0700 when missing; an existing directory keeps its mode (it is
+/// the user's), but must be a directory.
+fn create_private_dir(dir: &std::path::Path) -> Result<(), LocalError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| LocalError::io(dir, e))
 }
 
 /// How long a detaching start waits for its supervisor: the start-up wait, plus the stops it
@@ -235,6 +280,8 @@ fn supervisor_args(paths: &Paths, args: &StartArgs, s: &Settings) -> Vec<String>
         s.server_bin.display().to_string(),
         "--runner-bin".into(),
         s.runner_bin.display().to_string(),
+        "--sandbox-root".into(),
+        s.sandbox_root.display().to_string(),
         "--wait-timeout".into(),
         args.wait_timeout.to_string(),
         "--health-interval-ms".into(),
@@ -279,6 +326,7 @@ fn banner(state: &State, llm: &LlmSettings, foreground: bool) -> String {
         ),
         format!("  LLM            {}", llm.summary()),
         format!("  data dir       {}", state.data_dir),
+        format!("  sandbox root   {}", state.sandbox_root),
         format!(
             "  logs           {}  (stigmer local logs -f)",
             state.logs_dir
@@ -329,6 +377,7 @@ mod tests {
             runner_bin: "/bin/runner".into(),
             port: 50099,
             runner_http_port: Some(8091),
+            sandbox_root: "/srv/sessions".into(),
             llm: LlmSettings {
                 provider: secrets::Provider::Ollama,
                 model: None,
@@ -446,5 +495,36 @@ mod tests {
             child.runner_bin.as_deref(),
             Some(std::path::Path::new("/bin/runner"))
         );
+        assert_eq!(
+            child.sandbox_root.as_deref(),
+            Some(std::path::Path::new("/srv/sessions"))
+        );
+    }
+
+    #[test]
+    fn the_sandbox_root_is_absolute_and_outside_the_data_dir() {
+        let paths = Paths::resolve(Some(std::path::Path::new("/tmp/sd"))).expect("paths");
+        let root = |p: Option<&str>| sandbox_root(&paths, p.map(std::path::Path::new));
+        assert_eq!(root(None).expect("default"), paths.workspace());
+        assert_eq!(root(Some("")).expect("empty is unset"), paths.workspace());
+        assert_eq!(
+            root(Some("/srv/sessions")).expect("own dir"),
+            PathBuf::from("/srv/sessions")
+        );
+        assert!(root(Some("rel")).expect("relative").is_absolute());
+        assert_eq!(
+            root(Some("/tmp/sd/other")).expect("inside the data dir is fine"),
+            PathBuf::from("/tmp/sd/other")
+        );
+        for bad in ["/tmp/sd", "/tmp", "/", "/tmp/sd/"] {
+            let err = root(Some(bad)).expect_err(bad);
+            assert_eq!(err.exit_code(), 2);
+            assert!(
+                err.to_string().contains("contains the data directory"),
+                "{err}"
+            );
+        }
+        let err = root(Some("/tmp/x/../sd")).expect_err("dot-dot");
+        assert!(err.to_string().contains("'..'"), "{err}");
     }
 }

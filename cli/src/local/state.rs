@@ -145,6 +145,9 @@ pub struct State {
     pub started_at: String,
     pub endpoint: String,
     pub data_dir: String,
+    /// Where session directories are (absent in files of older supervisors).
+    #[serde(default)]
+    pub sandbox_root: String,
     pub logs_dir: String,
     pub llm: String,
     pub server: ComponentState,
@@ -198,6 +201,7 @@ mod tests {
             supervisor_pid: 10,
             started_at: "2026-01-01T00:00:00Z".into(),
             endpoint: "http://127.0.0.1:50051".into(),
+            sandbox_root: "/tmp/sd/workspace".into(),
             data_dir: "/d".into(),
             logs_dir: "/d/logs".into(),
             llm: "anthropic; key set (ANTHROPIC_API_KEY)".into(),

@@ -143,6 +143,9 @@ fn print_text(state: &State, server: ServerHealth, ready: bool, runner: Option<&
     println!("  sandbox        {}", sandbox_line(runner));
     println!("  LLM            {}", state.llm);
     println!("  data dir       {}", state.data_dir);
+    if !state.sandbox_root.is_empty() {
+        println!("  sandbox root   {}", state.sandbox_root);
+    }
     println!("  logs           {}", state.logs_dir);
     if let Some(message) = &state.message {
         println!("  note           {message}");

@@ -148,10 +148,54 @@ struct StartMessage {
     usage: Option<WireUsage>,
 }
 
+/// `usage` of `message_start` and `message_delta`. Anthropic counts cache reads and writes
+/// apart from `input_tokens`; every field is cumulative, so the last value seen is the total.
 #[derive(Deserialize, Default)]
 struct WireUsage {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// The raw counts as far as the stream has told them.
+#[derive(Default)]
+struct UsageSeen {
+    reported: bool,
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+}
+
+impl UsageSeen {
+    fn apply(&mut self, usage: Option<WireUsage>) {
+        let Some(usage) = usage else { return };
+        self.reported = true;
+        let latest = |slot: &mut u64, value: Option<u64>| {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        };
+        latest(&mut self.input, usage.input_tokens);
+        latest(&mut self.output, usage.output_tokens);
+        latest(&mut self.cache_read, usage.cache_read_input_tokens);
+        latest(&mut self.cache_write, usage.cache_creation_input_tokens);
+    }
+
+    /// Normalised: `input_tokens` holds every prompt token, as OpenAI's `prompt_tokens` does.
+    fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self
+                .input
+                .saturating_add(self.cache_read)
+                .saturating_add(self.cache_write),
+            output_tokens: self.output,
+            cache_read_tokens: self.cache_read,
+            cache_write_tokens: self.cache_write,
+            reported: self.reported,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -211,7 +255,7 @@ enum Partial {
 pub(crate) struct TurnState {
     blocks: BTreeMap<usize, Partial>,
     stop_reason: Option<StopReason>,
-    usage: Usage,
+    usage: UsageSeen,
     finished: bool,
 }
 
@@ -225,7 +269,7 @@ impl TurnState {
         let event: StreamEvent = serde_json::from_str(data)
             .map_err(|e| LlmError::Decode(format!("Anthropic stream event {data:?}: {e}")))?;
         match event {
-            StreamEvent::MessageStart { message } => self.add_usage(message.usage),
+            StreamEvent::MessageStart { message } => self.usage.apply(message.usage),
             StreamEvent::ContentBlockStart {
                 index,
                 content_block,
@@ -236,7 +280,7 @@ impl TurnState {
                 if let Some(reason) = delta.stop_reason {
                     self.stop_reason = Some(stop_reason(&reason));
                 }
-                self.add_usage(usage);
+                self.usage.apply(usage);
             }
             StreamEvent::MessageStop => self.finished = true,
             StreamEvent::Error { error } => {
@@ -248,17 +292,6 @@ impl TurnState {
             StreamEvent::Ping | StreamEvent::Unknown => {}
         }
         Ok(())
-    }
-
-    fn add_usage(&mut self, usage: Option<WireUsage>) {
-        let usage = usage.unwrap_or_default();
-        if let Some(n) = usage.input_tokens {
-            self.usage.input_tokens = n;
-        }
-        // Counts in message_delta are cumulative, so the last one is the total.
-        if let Some(n) = usage.output_tokens {
-            self.usage.output_tokens = n;
-        }
     }
 
     fn start_block(
@@ -351,7 +384,7 @@ impl TurnState {
             stop_reason: self
                 .stop_reason
                 .unwrap_or_else(|| StopReason::Other("missing".to_owned())),
-            usage: self.usage,
+            usage: self.usage.usage(),
         })
     }
 }

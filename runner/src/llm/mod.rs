@@ -69,10 +69,20 @@ pub enum StopReason {
     Other(String),
 }
 
+/// Token counts of one model call, the same whatever the wire format.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Every prompt token the model read, cached ones included (OpenAI's `prompt_tokens`;
+    /// Anthropic's `input_tokens` plus its cache reads and writes, which it counts apart).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Part of `input_tokens` served from the provider's prompt cache.
+    pub cache_read_tokens: u64,
+    /// Part of `input_tokens` written to the prompt cache (Anthropic only).
+    pub cache_write_tokens: u64,
+    /// Whether the answer carried usage at all; servers that do not report it leave every
+    /// count at zero, which must not read as "free".
+    pub reported: bool,
 }
 
 /// One complete assistant turn, assembled from the stream.

@@ -146,6 +146,16 @@ struct Chunk {
     choices: Option<Vec<Choice>>,
     #[serde(default)]
     usage: Option<WireUsage>,
+    /// llama.cpp's server: `cache_n` is the prompt tokens it reused from its cache, the only
+    /// report of them in versions without `prompt_tokens_details`.
+    #[serde(default)]
+    timings: Option<LlamaTimings>,
+}
+
+#[derive(Deserialize)]
+struct LlamaTimings {
+    #[serde(default)]
+    cache_n: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -182,12 +192,62 @@ struct FunctionDelta {
     arguments: Option<String>,
 }
 
+/// `usage` of the last chunk when `stream_options.include_usage` is asked for. `prompt_tokens`
+/// includes the cached ones, which `prompt_tokens_details.cached_tokens` counts (OpenAI, vLLM,
+/// recent llama.cpp).
 #[derive(Deserialize)]
 struct WireUsage {
     #[serde(default)]
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+    #[serde(default)]
+    prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+#[derive(Deserialize)]
+struct PromptTokensDetails {
+    #[serde(default)]
+    cached_tokens: Option<u64>,
+}
+
+/// The usage as far as the stream has told it; servers may repeat it (vLLM's continuous
+/// usage stats), so the last report wins.
+#[derive(Default)]
+struct UsageSeen {
+    usage: Option<WireUsage>,
+    llama_cache_n: Option<u64>,
+}
+
+impl UsageSeen {
+    fn apply(&mut self, chunk_usage: Option<WireUsage>, timings: Option<LlamaTimings>) {
+        if let Some(usage) = chunk_usage {
+            self.usage = Some(usage);
+        }
+        if let Some(n) = timings.and_then(|t| t.cache_n) {
+            self.llama_cache_n = Some(n);
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        let Some(usage) = &self.usage else {
+            return Usage::default();
+        };
+        let cached = usage
+            .prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .or(self.llama_cache_n)
+            .unwrap_or(0);
+        Usage {
+            input_tokens: usage.prompt_tokens,
+            output_tokens: usage.completion_tokens,
+            // Part of the prompt, never more, whatever a server sends.
+            cache_read_tokens: cached.min(usage.prompt_tokens),
+            cache_write_tokens: 0,
+            reported: true,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -203,7 +263,7 @@ pub(crate) struct TurnState {
     text: String,
     calls: BTreeMap<usize, PartialCall>,
     finish_reason: Option<String>,
-    usage: Usage,
+    usage: UsageSeen,
     done: bool,
 }
 
@@ -225,12 +285,7 @@ impl TurnState {
         }
         let chunk: Chunk = serde_json::from_value(value)
             .map_err(|e| LlmError::Decode(format!("chat completion chunk {data:?}: {e}")))?;
-        if let Some(usage) = chunk.usage {
-            self.usage = Usage {
-                input_tokens: usage.prompt_tokens,
-                output_tokens: usage.completion_tokens,
-            };
-        }
+        self.usage.apply(chunk.usage, chunk.timings);
         // We ask for one choice; others (n > 1 by a proxy's default) are ignored.
         let Some(choice) = chunk.choices.and_then(|c| c.into_iter().next()) else {
             return Ok(());
@@ -310,7 +365,7 @@ impl TurnState {
         Ok(AssistantTurn {
             content,
             stop_reason: stop_reason(&reason),
-            usage: self.usage,
+            usage: self.usage.usage(),
         })
     }
 }

@@ -853,9 +853,142 @@ fn anthropic_stream_skips_unknown_blocks_and_events() {
         turn.usage,
         Usage {
             input_tokens: 12,
-            output_tokens: 7
+            output_tokens: 7,
+            reported: true,
+            ..Default::default()
         }
     );
+}
+
+/// Usage of a turn made of these SSE payloads, through each wire's parser.
+fn anthropic_usage(events: &[&str]) -> Usage {
+    let mut state = anthropic::TurnState::default();
+    for data in events {
+        state.apply(data, &mut |_| {}).expect("valid event");
+    }
+    state.finish().expect("complete turn").usage
+}
+
+fn openai_usage(events: &[&str]) -> Usage {
+    let mut state = openai::TurnState::default();
+    for data in events {
+        state.apply(data, &mut |_| {}).expect("valid chunk");
+    }
+    state.finish().expect("complete turn").usage
+}
+
+#[test]
+fn anthropic_cache_tokens_are_part_of_the_input() {
+    // As the API documents: cache reads and writes are counted apart from input_tokens, and
+    // message_delta repeats cumulative counts.
+    let usage = anthropic_usage(&[
+        r#"{"type":"message_start","message":{"usage":{"input_tokens":20,"cache_creation_input_tokens":300,"cache_read_input_tokens":1000,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":"hi"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":42}}"#,
+        r#"{"type":"message_stop"}"#,
+    ]);
+    assert_eq!(
+        usage,
+        Usage {
+            input_tokens: 1320,
+            output_tokens: 42,
+            cache_read_tokens: 1000,
+            cache_write_tokens: 300,
+            reported: true,
+        }
+    );
+    // Newer streams repeat every count in message_delta: the last value wins, nothing doubles.
+    let repeated = anthropic_usage(&[
+        r#"{"type":"message_start","message":{"usage":{"input_tokens":20,"cache_read_input_tokens":1000,"output_tokens":1}}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":20,"cache_read_input_tokens":1000,"output_tokens":5}}"#,
+        r#"{"type":"message_stop"}"#,
+    ]);
+    assert_eq!(
+        (
+            repeated.input_tokens,
+            repeated.cache_read_tokens,
+            repeated.output_tokens
+        ),
+        (1020, 1000, 5)
+    );
+}
+
+#[test]
+fn anthropic_stream_without_usage_says_so() {
+    let usage = anthropic_usage(&[
+        r#"{"type":"message_start","message":{"id":"m"}}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"}}"#,
+        r#"{"type":"message_stop"}"#,
+    ]);
+    assert_eq!(usage, Usage::default());
+    assert!(!usage.reported);
+}
+
+const OPENAI_TEXT: &str =
+    r#"{"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}],"usage":null}"#;
+const OPENAI_STOP: &str =
+    r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null}"#;
+
+#[test]
+fn openai_cached_tokens_come_from_prompt_tokens_details() {
+    let usage = openai_usage(&[
+        OPENAI_TEXT,
+        OPENAI_STOP,
+        r#"{"choices":[],"usage":{"prompt_tokens":2006,"completion_tokens":300,"total_tokens":2306,"prompt_tokens_details":{"cached_tokens":1920}}}"#,
+        "[DONE]",
+    ]);
+    assert_eq!(
+        usage,
+        Usage {
+            input_tokens: 2006,
+            output_tokens: 300,
+            cache_read_tokens: 1920,
+            cache_write_tokens: 0,
+            reported: true,
+        }
+    );
+}
+
+#[test]
+fn llama_cpp_cached_tokens_come_from_its_timings() {
+    // llama.cpp's server without prompt_tokens_details: the final chunk carries `timings`
+    // whose cache_n counts the prompt tokens reused from its cache.
+    let old_llama = openai_usage(&[
+        OPENAI_TEXT,
+        OPENAI_STOP,
+        r#"{"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":26,"total_tokens":29},"timings":{"cache_n":20,"prompt_n":6,"prompt_ms":11.2,"predicted_n":3,"predicted_ms":46.0}}"#,
+        "[DONE]",
+    ]);
+    assert_eq!(
+        (
+            old_llama.input_tokens,
+            old_llama.output_tokens,
+            old_llama.cache_read_tokens
+        ),
+        (26, 3, 20)
+    );
+    // Recent llama.cpp reports both; the documented field wins.
+    let new_llama = openai_usage(&[
+        OPENAI_STOP,
+        r#"{"choices":[],"usage":{"completion_tokens":3,"prompt_tokens":26,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":18}},"timings":{"cache_n":20,"prompt_n":6}}"#,
+        "[DONE]",
+    ]);
+    assert_eq!(new_llama.cache_read_tokens, 18);
+    // A server claiming more cached tokens than prompt tokens is capped at the prompt.
+    let odd = openai_usage(&[
+        OPENAI_STOP,
+        r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":9}}}"#,
+    ]);
+    assert_eq!(odd.cache_read_tokens, 5);
+}
+
+#[test]
+fn openai_stream_without_usage_says_so() {
+    // A server that ignores stream_options.include_usage: no usage chunk at all.
+    let usage = openai_usage(&[OPENAI_TEXT, OPENAI_STOP, "[DONE]"]);
+    assert_eq!(usage, Usage::default());
+    assert!(!usage.reported);
 }
 
 #[test]

@@ -19,19 +19,14 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use stigmer_proto::agentexecution::v1::TodoStatus;
+use stigmer_proto::rules::ToolChoice;
 use tokio_util::sync::CancellationToken;
 
 use crate::llm::ToolSpec;
 use crate::sandbox::{Sandbox, SandboxError, cap_text};
 
-pub const ALL_TOOLS: &[&str] = &[
-    "run_command",
-    "read_file",
-    "write_file",
-    "edit_file",
-    "list_directory",
-    "write_todos",
-];
+/// The contract's list, so that the control plane refuses exactly the names this runner lacks.
+pub const ALL_TOOLS: &[&str] = stigmer_proto::rules::BUILTIN_TOOLS;
 
 /// Bounds on what one tool call may cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +108,16 @@ pub enum ToolError {
     UnknownTool { name: String },
     #[error("the tool call was cancelled")]
     Cancelled,
+}
+
+/// The specs of the tools an agent chose: all built-in ones, or exactly the named ones (none
+/// for an empty list, so that no schema is sent to the model).
+pub fn specs_for(choice: ToolChoice<'_>) -> Result<Vec<ToolSpec>, ToolError> {
+    match choice {
+        ToolChoice::AllBuiltIn => specs(&[]),
+        ToolChoice::Only([]) => Ok(Vec::new()),
+        ToolChoice::Only(names) => specs(names),
+    }
 }
 
 /// The specs of the `allowed` tools, in the order given; all tools when `allowed` is empty.

@@ -120,6 +120,17 @@ fn specs_follow_the_allowed_list() {
 }
 
 #[test]
+fn an_explicit_empty_choice_offers_no_tool_and_unset_offers_all() {
+    use stigmer_proto::rules::ToolChoice;
+    assert!(specs_for(ToolChoice::Only(&[])).expect("none").is_empty());
+    let all = specs_for(ToolChoice::AllBuiltIn).expect("all");
+    assert_eq!(all.len(), ALL_TOOLS.len());
+    let one = specs_for(ToolChoice::Only(&["edit_file".to_owned()])).expect("one");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].name, "edit_file");
+}
+
+#[test]
 fn specs_refuse_unknown_tools_listing_the_known_ones() {
     let err = specs(&["read_file".to_owned(), "browse_web".to_owned()]).expect_err("unknown");
     assert!(matches!(&err, ToolError::UnknownTool { name } if name == "browse_web"));

@@ -121,6 +121,9 @@ pub fn validate(agent: &Agent) -> Result<(), String> {
             ));
         }
     }
+    stigmer_proto::rules::check_agent_tools(agent).map_err(|e| e.to_string())?;
+    stigmer_proto::rules::check_token_budget("token_budget", agent.token_budget.map(i128::from))
+        .map_err(|e| e.to_string())?;
     if let Some(sandbox) = &agent.sandbox
         && stigmer_proto::agent::v1::NetworkAccess::try_from(sandbox.network).is_err()
     {
@@ -195,6 +198,41 @@ mod tests {
         }
         let err = validate(&with_network(7)).expect_err("unknown value");
         assert!(err.contains("sandbox.network 7"), "{err}");
+    }
+
+    #[test]
+    fn tool_lists_and_budgets_are_checked() {
+        use stigmer_proto::agent::v1::ToolList;
+        let tools = |names: &[&str]| Agent {
+            tools: Some(ToolList {
+                names: names.iter().map(|n| n.to_string()).collect(),
+            }),
+            ..agent("a")
+        };
+        assert_eq!(validate(&tools(&[])), Ok(()));
+        assert_eq!(validate(&tools(&["read_file", "run_command"])), Ok(()));
+        let err = validate(&tools(&["read_file", "browse"])).expect_err("unknown");
+        assert!(err.contains("unknown tool 'browse'"), "{err}");
+        let old_style = Agent {
+            allowed_tools: vec!["shell".into()],
+            ..agent("a")
+        };
+        assert!(
+            validate(&old_style)
+                .expect_err("unknown")
+                .contains("'shell'")
+        );
+        let budget = |b| Agent {
+            token_budget: Some(b),
+            ..agent("a")
+        };
+        assert_eq!(validate(&budget(1)), Ok(()));
+        assert!(
+            validate(&budget(0))
+                .expect_err("zero")
+                .contains("token_budget 0 is invalid")
+        );
+        assert!(validate(&budget(u64::MAX)).is_err());
     }
 
     #[test]

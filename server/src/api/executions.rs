@@ -53,6 +53,12 @@ impl ExecutionService for ExecutionApi {
         if spec.message.trim().is_empty() {
             return Err(ApiError::invalid("spec.message must not be empty").into());
         }
+        let budget = spec.execution_config.as_ref().and_then(|c| c.token_budget);
+        stigmer_proto::rules::check_token_budget(
+            "spec.execution_config.token_budget",
+            budget.map(i128::from),
+        )
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let now = Now::read().rfc3339();
         let metadata = ExecutionMetadata {
             id: format!("exec-{}", uuid::Uuid::now_v7()),

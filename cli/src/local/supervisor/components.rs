@@ -102,7 +102,7 @@ fn runner_env(s: &Settings, endpoint: &str, http_addr: SocketAddr) -> Vec<(Strin
         (vars::API_KEY.into(), s.keys.runner.expose().to_string()),
         (
             vars::SANDBOX_ROOT_DIR.into(),
-            s.paths.workspace().display().to_string(),
+            s.sandbox_root.display().to_string(),
         ),
         (vars::HTTP_ADDR.into(), http_addr.to_string()),
         ("NO_COLOR".into(), "1".into()),

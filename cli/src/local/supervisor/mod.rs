@@ -47,6 +47,8 @@ pub struct Settings {
     pub port: u16,
     pub runner_http_port: Option<u16>,
     pub llm: LlmSettings,
+    /// The runner's `SANDBOX_ROOT_DIR`: absolute, outside the data directory's contents.
+    pub sandbox_root: PathBuf,
     /// The platform's keys: the control plane reads both from their files; the runner gets
     /// the runner key in its environment.
     pub keys: PlatformKeys,
@@ -218,6 +220,7 @@ impl Supervisor {
             started_at: jiff::Timestamp::now().to_string(),
             endpoint: String::new(),
             data_dir: paths.root().display().to_string(),
+            sandbox_root: settings.sandbox_root.display().to_string(),
             logs_dir: paths.logs().display().to_string(),
             llm: settings.llm.summary(),
             server: server.record.clone(),
