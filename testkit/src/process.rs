@@ -192,3 +192,26 @@ pub async fn wait_for_process(marker: &str, timeout: Duration) -> i32 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// `profile_dir` (`target/<profile>`, where cargo puts this build's binaries), after building
+/// `packages` there when one of `bins` is missing: `cargo test -p X` builds only X's own
+/// binaries (`cargo test --workspace` builds them all). `manifest_dir` is the calling crate's.
+pub fn ensure_built(profile_dir: &Path, packages: &[&str], bins: &[&str], manifest_dir: &str) {
+    if bins.iter().all(|b| profile_dir.join(b).exists()) {
+        return;
+    }
+    let target_dir = profile_dir.parent().expect("target dir");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.arg("build")
+        .env("CARGO_TARGET_DIR", target_dir)
+        .current_dir(manifest_dir);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of {packages:?} failed");
+}

@@ -43,30 +43,12 @@ fn bin_dir() -> &'static Path {
             .and_then(Path::parent)
             .expect("profile dir")
             .to_path_buf();
-        let wanted = ["runner", "runner-sandbox", "stigmer-server", "stigmer"];
-        if !wanted.iter().all(|b| dir.join(b).exists()) {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args([
-                "build",
-                "-p",
-                "runner",
-                "-p",
-                "stigmer-server",
-                "-p",
-                "stigmer",
-            ])
-            .env("CARGO_TARGET_DIR", dir.parent().expect("target dir"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(
-                status.success(),
-                "building runner, stigmer-server, stigmer failed"
-            );
-        }
+        testkit::process::ensure_built(
+            &dir,
+            &["runner", "stigmer-server", "stigmer"],
+            &["runner", "runner-sandbox", "stigmer-server", "stigmer"],
+            env!("CARGO_MANIFEST_DIR"),
+        );
         dir
     })
 }

@@ -23,22 +23,12 @@ pub fn bin_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = Path::new(STIGMER).parent().expect("bin dir").to_path_buf();
-        if !(dir.join("runner").exists() && dir.join("stigmer-server").exists()) {
-            let target_dir = dir.parent().expect("target dir");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args(["build", "-p", "runner", "-p", "stigmer-server"])
-                .env("CARGO_TARGET_DIR", target_dir)
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if dir.file_name().is_some_and(|n| n == "release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(
-                status.success(),
-                "cargo build -p runner -p stigmer-server failed"
-            );
-        }
+        testkit::process::ensure_built(
+            &dir,
+            &["runner", "stigmer-server"],
+            &["runner", "stigmer-server"],
+            env!("CARGO_MANIFEST_DIR"),
+        );
         dir
     })
 }
