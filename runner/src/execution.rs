@@ -16,6 +16,7 @@ use crate::agent::{
 use crate::context::WorkerCtx;
 use crate::conversation::{self, Message};
 use crate::inflight::{ExecHandle, Interrupt};
+use crate::live::ExecutionText;
 use crate::projection::StatusProjection;
 use crate::sandbox::Network;
 use crate::sandboxes::{Opener, SessionSandbox};
@@ -84,7 +85,8 @@ pub async fn run(
                     network: Network::of_agent(&agent),
                     limits: &ctx.tool_limits,
                 };
-                let events = StatusProjection::new(&reporter);
+                let text = ExecutionText::new(ctx.live.clone(), handle.execution_id.clone());
+                let events = StatusProjection::new(&reporter).with_live_text(text);
                 let run = AgentRun {
                     llm: &ctx.llm,
                     tool_executor: &tool_executor,

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub llm_calls: Family<LlmLabels, Histogram, fn() -> Histogram>,
     pub tool_calls: Family<ToolLabels, Histogram, fn() -> Histogram>,
     pub status_updates: Family<OutcomeLabels, Counter>,
+    pub live_text: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -87,6 +88,12 @@ impl Metrics {
             "Status updates sent to the control plane, by result",
             status_updates.clone(),
         );
+        let live_text = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "live_text_deltas",
+            "Live text deltas by outcome (sent, dropped: queue full, failed: call failed)",
+            live_text.clone(),
+        );
         Self {
             registry,
             executions,
@@ -96,7 +103,24 @@ impl Metrics {
             llm_calls,
             tool_calls,
             status_updates,
+            live_text,
         }
+    }
+
+    pub fn live_text(&self, outcome: &str) {
+        self.live_text
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn live_text_sent(&self, deltas: u64) {
+        self.live_text
+            .get_or_create(&OutcomeLabels {
+                outcome: "sent".to_string(),
+            })
+            .inc_by(deltas);
     }
 
     pub fn execution_finished(&self, outcome: &str) {

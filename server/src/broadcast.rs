@@ -27,6 +27,12 @@ pub struct Snapshot {
     execution: Option<Arc<AgentExecution>>,
 }
 
+impl Snapshot {
+    pub(crate) fn execution(&self) -> Option<Arc<AgentExecution>> {
+        self.execution.clone()
+    }
+}
+
 #[derive(Default)]
 pub struct Broadcaster {
     channels: Mutex<HashMap<String, watch::Sender<Snapshot>>>,

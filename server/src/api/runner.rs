@@ -7,7 +7,8 @@ use stigmer_proto::agentexecution::v1::{AgentExecution, Session};
 use stigmer_proto::runner::v1::runner_service_server::RunnerService;
 use stigmer_proto::runner::v1::{
     CancellationRequest, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse,
-    HeldExecution, LostLease, UpdateSessionRequest, UpdateStatusRequest,
+    HeldExecution, LostLease, PublishTextRequest, PublishTextResponse, UpdateSessionRequest,
+    UpdateStatusRequest,
 };
 use tonic::{Request, Response};
 
@@ -202,7 +203,37 @@ impl RunnerService for RunnerApi {
             .await?;
         Ok(Response::new(session))
     }
+
+    /// Never touches the store: live text is news only (the cumulative status stores it), so
+    /// it costs one map lookup per delta. The lease is not checked per delta for the same
+    /// reason; only callers with the runner role get here.
+    async fn publish_text(
+        &self,
+        request: Request<PublishTextRequest>,
+    ) -> ApiResult<PublishTextResponse> {
+        let PublishTextRequest { runner_id, deltas } = request.into_inner();
+        required("runner_id", &runner_id)?;
+        if deltas.len() > MAX_TEXT_DELTAS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_TEXT_DELTAS} deltas per call, got {}",
+                deltas.len()
+            ))
+            .into());
+        }
+        if let Some(position) = deltas.iter().position(|d| d.execution_id.is_empty()) {
+            return Err(
+                ApiError::invalid(format!("deltas[{position}].execution_id is required")).into(),
+            );
+        }
+        for delta in deltas {
+            self.shared.publish_text(delta);
+        }
+        Ok(Response::new(PublishTextResponse {}))
+    }
 }
+
+/// Deltas one `PublishText` call may carry; a runner sends what queued up since its last call.
+pub const MAX_TEXT_DELTAS: usize = 4096;
 
 /// The execution, if the runner presenting `lease_id` still holds it.
 fn held_execution(
