@@ -28,6 +28,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    #[cfg(test)]
+    pub(crate) fn new(version: i64, execution: AgentExecution) -> Self {
+        Self {
+            version,
+            execution: Some(Arc::new(execution)),
+        }
+    }
+
     pub(crate) fn execution(&self) -> Option<Arc<AgentExecution>> {
         self.execution.clone()
     }

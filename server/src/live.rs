@@ -237,6 +237,62 @@ mod tests {
         assert!(!check.before(&delta(3, 90, "after a reset")));
     }
 
+    fn state(version: i64, phase: stigmer_proto::ExecutionPhase) -> Snapshot {
+        use stigmer_proto::agentexecution::v1::{AgentExecution, AgentExecutionStatus};
+        Snapshot::new(
+            version,
+            AgentExecution {
+                status: Some(AgentExecutionStatus {
+                    phase: phase.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn kind(event: &ExecutionEvent) -> &'static str {
+        match event.event {
+            Some(execution_event::Event::Execution(_)) => "state",
+            Some(execution_event::Event::Text(_)) => "text",
+            Some(execution_event::Event::Gap(_)) => "gap",
+            None => "none",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_falls_behind_gets_a_gap_then_the_next_state() {
+        use futures_util::StreamExt;
+        use stigmer_proto::ExecutionPhase;
+        let live = LiveText::default();
+        let (states, receiver) = watch::channel(state(1, ExecutionPhase::ExecutionInProgress));
+        let mut stream = stream(receiver, live.subscribe("e"), CancellationToken::new());
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(kind(&first), "state", "a subscriber starts with a state");
+        // The publisher never waits: far more deltas than the buffer holds.
+        for i in 0..(TEXT_BUFFER as u64 + 10) {
+            live.publish(delta(1, i, "x"));
+        }
+        let next = stream.next().await.unwrap().unwrap();
+        assert_eq!(kind(&next), "gap");
+        assert!(matches!(
+            next.event,
+            Some(execution_event::Event::Gap(LiveGap { skipped: 10 }))
+        ));
+        let text = stream.next().await.unwrap().unwrap();
+        assert_eq!(kind(&text), "text", "then the newest deltas, in order");
+        states.send_replace(state(2, ExecutionPhase::ExecutionCompleted));
+        let mut rest = Vec::new();
+        while let Some(event) = stream.next().await {
+            rest.push(kind(&event.unwrap()));
+        }
+        assert_eq!(rest.last(), Some(&"state"), "ends with the terminal state");
+        assert_eq!(
+            rest.iter().filter(|k| **k == "text").count(),
+            TEXT_BUFFER - 1
+        );
+    }
+
     #[test]
     fn channels_exist_only_while_followed() {
         let live = LiveText::default();
