@@ -2,6 +2,8 @@
 //! process, real gRPC on loopback), a scripted model streaming pieces at a fixed pace, and
 //! `SubscribeLive` clients; in local mode and in cloud mode through a real `redis-server`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
