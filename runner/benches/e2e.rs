@@ -62,12 +62,25 @@ fn dispatch_latencies(created_at: &Times, first_call: &Times) -> Vec<f64> {
         .collect()
 }
 
+/// Summary rows (figure, aim, measured), printed as a Markdown table at the end.
+static ROWS: std::sync::Mutex<Vec<(String, &'static str, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn row(figure: String, aim: &'static str, value: String) {
+    ROWS.lock().expect("rows").push((figure, aim, value));
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(bench());
+    println!("| figure | aim | measured |");
+    println!("|---|---|---|");
+    for (figure, aim, value) in ROWS.lock().expect("rows").iter() {
+        println!("| {figure} | {aim} | {value} |");
+    }
 }
 
 fn runner_env(cp: &TestControlPlane, llm: &ScriptedLlm, root: &Path) -> BTreeMap<String, String> {
@@ -147,13 +160,23 @@ async fn bench() {
         percentile(&mut ready_ms, 100.0)
     );
     println!("runner idle RSS:         {idle_rss:.1} MiB (after load: {busy_rss:.1} MiB)");
-    print_load("concurrency 1 ", c1, c1_rate);
+    row(
+        "runner start to ready".into(),
+        "< 50 ms",
+        format!("median {:.1} ms", percentile(&mut ready_ms, 50.0)),
+    );
+    row(
+        "runner idle RSS".into(),
+        "< 20 MiB",
+        format!("{idle_rss:.1} MiB ({busy_rss:.1} MiB after load)"),
+    );
+    print_load("local, concurrency 1", c1, c1_rate);
     println!(
         "concurrency 1 dispatch: create -> first LLM request p50 {:.2} ms, p99 {:.2} ms",
         percentile(&mut c1_dispatch, 50.0),
         percentile(&mut c1_dispatch, 99.0)
     );
-    print_load("concurrency 32", c32, c32_rate);
+    print_load("local, concurrency 32", c32, c32_rate);
 
     cloud_dispatch(&dir, bin).await;
 }
@@ -249,6 +272,19 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
         }
         let rate = total as f64 / started.elapsed().as_secs_f64();
         let mut dispatch = dispatch_latencies(&created_at, &first_call);
+        row(
+            format!("cloud {}, {RUNNERS} runners", label.trim()),
+            if workers == 1 {
+                "p50 < 5 ms"
+            } else {
+                "1,500/s"
+            },
+            format!(
+                "create -> first LLM request p50 {:.2} ms, p99 {:.2} ms; {rate:.0} executions/s",
+                percentile(&mut dispatch, 50.0),
+                percentile(&mut dispatch, 99.0)
+            ),
+        );
         println!(
             "cloud {label} ({RUNNERS} runners): create -> first LLM request p50 {:.2} ms, p99 {:.2} ms; {:.0} executions/s ({total})",
             percentile(&mut dispatch, 50.0),
@@ -263,13 +299,20 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
 }
 
 fn print_load(label: &str, mut latencies: Vec<f64>, rate: f64) {
-    println!(
-        "{label}:          p50 {:.2} ms, p99 {:.2} ms, {:.0} executions/s ({} executions)",
+    let value = format!(
+        "p50 {:.2} ms, p99 {:.2} ms, {:.0} executions/s ({} executions)",
         percentile(&mut latencies, 50.0),
         percentile(&mut latencies, 99.0),
         rate,
         latencies.len()
     );
+    println!("{label}: {value}");
+    let aim = if label.ends_with("32") {
+        "2,000/s, p99 < 40 ms"
+    } else {
+        "p50 < 5 ms"
+    };
+    row(format!("{label}, create -> terminal seen"), aim, value);
 }
 
 /// `workers` clients each create an execution and wait for its terminal state, until `total`.
