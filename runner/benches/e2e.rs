@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stigmer_proto::agentexecution::v1::ExecutionPhase;
-use testkit::control_plane::{TestControlPlane, phase};
+use testkit::control_plane::{Executions, TestControlPlane, phase};
 use testkit::llm::{Reply, ScriptedLlm};
 use testkit::process::{ChildProcess, free_addr, http_get};
 
@@ -148,6 +148,10 @@ async fn bench() {
     let created_at: Times = Arc::default();
     let (c1, c1_rate) = load(&cp, 1, SEQUENTIAL, &created_at).await;
     let mut c1_dispatch = dispatch_latencies(&created_at, &first_call);
+    if let Ok(path) = std::env::var("BENCH_PIDS") {
+        // Profiling hook: where a profiler finds the runner while the concurrency-32 load runs.
+        let _ = std::fs::write(path, format!("{} {}", std::process::id(), runner.pid().as_raw()));
+    }
     let (c32, c32_rate) = load(&cp, CONCURRENT_WORKERS, CONCURRENT_TOTAL, &Times::default()).await;
     let busy_rss = rss_mib(runner.pid().as_raw());
     runner.signal(nix::sys::signal::Signal::SIGTERM);
@@ -178,6 +182,9 @@ async fn bench() {
     );
     print_load("local, concurrency 32", c32, c32_rate);
 
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "local") {
+        return;
+    }
     cloud_dispatch(&dir, bin).await;
 }
 
@@ -240,6 +247,8 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
         for w in 0..workers {
             let (cp, created_at, remaining) = (cp.clone(), created_at.clone(), remaining.clone());
             tasks.push(tokio::spawn(async move {
+                // One connection per client, as a real client keeps.
+                let mut client = cp.executions().await;
                 let mut n = 0;
                 while remaining
                     .fetch_update(
@@ -255,9 +264,8 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
                         .lock()
                         .expect("lock")
                         .insert(tag.clone(), Instant::now());
-                    let created = cp.create_execution("bench", "", &tag).await;
-                    let id = created.metadata.expect("metadata").id;
-                    let done = cp.wait_terminal(&id, Duration::from_secs(60)).await;
+                    let id = create(&mut client, &tag).await;
+                    let done = wait_terminal(&mut client, &id).await;
                     assert_eq!(
                         phase(&done),
                         ExecutionPhase::ExecutionCompleted,
@@ -331,6 +339,8 @@ async fn load(
         let remaining = remaining.clone();
         let created_at = created_at.clone();
         tasks.push(tokio::spawn(async move {
+            // One connection per client, as a real client keeps.
+            let mut client = cp.executions().await;
             let mut lat = Vec::new();
             while remaining
                 .fetch_update(
@@ -343,9 +353,8 @@ async fn load(
                 let tag = format!("bench-local-{w}-{}", lat.len());
                 let t = Instant::now();
                 created_at.lock().expect("lock").insert(tag.clone(), t);
-                let created = cp.create_execution("bench", "", &tag).await;
-                let id = created.metadata.expect("metadata").id;
-                let done = cp.wait_terminal(&id, Duration::from_secs(30)).await;
+                let id = create(&mut client, &tag).await;
+                let done = wait_terminal(&mut client, &id).await;
                 assert_eq!(phase(&done), ExecutionPhase::ExecutionCompleted);
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -373,4 +382,44 @@ fn rss_mib(pid: i32) -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn create(client: &mut Executions, tag: &str) -> String {
+    use stigmer_proto::agentexecution::v1::{AgentExecutionSpec, CreateExecutionRequest};
+    let created = client
+        .create_execution(CreateExecutionRequest {
+            spec: Some(AgentExecutionSpec {
+                agent_id: "bench".into(),
+                message: tag.into(),
+                ..Default::default()
+            }),
+            labels: Default::default(),
+        })
+        .await
+        .expect("create execution")
+        .into_inner();
+    created.metadata.expect("metadata").id
+}
+
+/// Follows the execution's `Subscribe` stream to its terminal state.
+async fn wait_terminal(
+    client: &mut Executions,
+    id: &str,
+) -> stigmer_proto::agentexecution::v1::AgentExecution {
+    use stigmer_proto::agentexecution::v1::SubscribeExecutionRequest;
+    let follow = async {
+        let mut stream = client
+            .subscribe(SubscribeExecutionRequest { id: id.into() })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let mut last = None;
+        while let Some(state) = stream.message().await.expect("stream item") {
+            last = Some(state);
+        }
+        last.expect("a state")
+    };
+    tokio::time::timeout(Duration::from_secs(60), follow)
+        .await
+        .unwrap_or_else(|_| panic!("execution {id} not terminal within 60 s"))
 }
