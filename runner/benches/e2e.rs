@@ -150,7 +150,10 @@ async fn bench() {
     let mut c1_dispatch = dispatch_latencies(&created_at, &first_call);
     if let Ok(path) = std::env::var("BENCH_PIDS") {
         // Profiling hook: where a profiler finds the runner while the concurrency-32 load runs.
-        let _ = std::fs::write(path, format!("{} {}", std::process::id(), runner.pid().as_raw()));
+        let _ = std::fs::write(
+            path,
+            format!("{} {}", std::process::id(), runner.pid().as_raw()),
+        );
     }
     let (c32, c32_rate) = load(&cp, CONCURRENT_WORKERS, CONCURRENT_TOTAL, &Times::default()).await;
     let busy_rss = rss_mib(runner.pid().as_raw());

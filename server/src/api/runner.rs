@@ -118,10 +118,13 @@ impl RunnerService for RunnerApi {
             execution_id,
             lease_id,
             status,
+            session_history,
+            replace_session_history,
         } = request.into_inner();
         required("execution_id", &execution_id)?;
         required("lease_id", &lease_id)?;
         let status = status.ok_or_else(|| ApiError::invalid("status is required"))?;
+        let history = replace_session_history.then_some(session_history);
         let shared = Arc::clone(&self.shared);
         let record = to_completion(async move {
             let ttl = shared.lease_ttl;
@@ -131,6 +134,9 @@ impl RunnerService for RunnerApi {
                     let now = Now::read();
                     let mut record = held_execution(tx, &execution_id, &lease_id, now)?;
                     let now_text = now.rfc3339();
+                    if let Some(history) = history {
+                        save_history(tx, &record, history, &now_text)?;
+                    }
                     record.status = merge_status(&record.status, status, &now_text)
                         .map_err(|err| ApiError::invalid(err.to_string()))?;
                     // An accepted update from the lease holder is the start, whatever it
@@ -230,6 +236,25 @@ impl RunnerService for RunnerApi {
         }
         Ok(Response::new(PublishTextResponse {}))
     }
+}
+
+/// Stores the history carried by a status update. The status must still land when the session
+/// is gone (deleted meanwhile): a missing session is logged, not an error.
+fn save_history(
+    tx: &Tx<'_>,
+    record: &ExecutionRecord,
+    history: Vec<stigmer_proto::agentexecution::v1::ConversationMessage>,
+    now: &str,
+) -> Result<(), ApiError> {
+    let session_id = &record.spec.session_id;
+    let Some(mut session) = tx.session(session_id)? else {
+        tracing::warn!(execution = %record.id(), session = %session_id, "session gone; history not saved");
+        return Ok(());
+    };
+    session.history = history;
+    session.updated_at = now.to_string();
+    tx.put_session(&session)?;
+    Ok(())
 }
 
 /// Deltas one `PublishText` call may carry; a runner sends what queued up since its last call.
