@@ -101,7 +101,10 @@ impl GapCheck {
     }
 }
 
-pub fn text_event(delta: TextDelta) -> ExecutionEvent {
+/// The delta as a subscriber gets it: without the execution id, which its stream already names
+/// (most of a short delta's bytes).
+pub fn text_event(mut delta: TextDelta) -> ExecutionEvent {
+    delta.execution_id.clear();
     ExecutionEvent {
         event: Some(execution_event::Event::Text(delta)),
     }
