@@ -6,7 +6,7 @@ use stigmer_proto::agent::v1::{Agent, ApplyAgentRequest, GetAgentRequest};
 use stigmer_proto::agentexecution::v1::{
     AgentExecution, AgentExecutionSpec, CancelExecutionRequest, CreateExecutionRequest,
     ExecutionConfig, ExecutionPhase, GetExecutionRequest, ListExecutionsRequest, RuntimeEnvValue,
-    SubscribeExecutionRequest,
+    SubscribeExecutionRequest, execution_event,
 };
 
 use crate::args::{ExecutionCommand, Output, PhaseArg, RunArgs};
@@ -110,9 +110,10 @@ async fn follow(
     output: Output,
     cancel_on_interrupt: bool,
 ) -> Result<u8, CliError> {
+    // Text output follows the live stream (model text as it streams); JSON prints states.
     let mut stream = clients
         .executions
-        .subscribe(SubscribeExecutionRequest { id: id.to_string() })
+        .subscribe_live(SubscribeExecutionRequest { id: id.to_string() })
         .await?
         .into_inner();
     let mut renderer = Renderer::default();
@@ -121,9 +122,19 @@ async fn follow(
     loop {
         tokio::select! {
             item = stream.message() => {
-                let Some(execution) = item? else { break };
-                show(&mut renderer, &execution, output);
-                last = Some(execution);
+                let Some(event) = item? else { break };
+                match event.event {
+                    Some(execution_event::Event::Execution(execution)) => {
+                        show(&mut renderer, &execution, output);
+                        last = Some(execution);
+                    }
+                    Some(execution_event::Event::Text(delta)) if output == Output::Text => {
+                        print!("{}", renderer.text(&delta));
+                        let _ = std::io::stdout().flush();
+                    }
+                    // Gaps need nothing: the next state carries the missing text.
+                    _ => {}
+                }
             }
             _ = tokio::signal::ctrl_c() => {
                 interrupts += 1;

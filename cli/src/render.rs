@@ -1,23 +1,34 @@
 //! Turns successive (cumulative) execution states into what a person watching should see:
 //! streamed AI text, tool calls with arguments and short results, todo changes, and the final
 //! phase. Pure: it only remembers what it already printed.
+//!
+//! Live text deltas (`SubscribeLive`) print ahead of the states: each names its message and
+//! byte offset, so text already printed is skipped, text past a hole waits for the next state
+//! (which holds all of it), and text of a later message waits until the states before it
+//! were shown (so tool results stay in order).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use stigmer_proto::agentexecution::v1::{
-    AgentExecution, AgentExecutionStatus, ExecutionPhase, MessageType, TodoStatus, TokenUsage,
-    ToolCall, ToolCallStatus,
+    AgentExecution, AgentExecutionStatus, ExecutionPhase, MessageType, TextDelta, TodoStatus,
+    TokenUsage, ToolCall, ToolCallStatus,
 };
 
 const RESULT_PREVIEW: usize = 120;
+
+/// Bytes of live text kept for messages the states have not reached yet; beyond it the text
+/// comes from the states alone.
+const AHEAD_LIMIT: usize = 1 << 20;
 
 #[derive(Default)]
 pub struct Renderer {
     /// Index of the first message not completely printed.
     message: usize,
-    /// Characters of that message already printed.
+    /// Bytes of that message already printed.
     offset: usize,
+    /// Live text of later messages, waiting for the states before it.
+    ahead: Vec<TextDelta>,
     tool_calls: HashMap<String, i32>,
     todos: Vec<(String, String, i32)>,
     finished: bool,
@@ -37,11 +48,42 @@ impl Renderer {
         self.todos(&mut out, status);
         if status.phase().is_terminal() && !self.finished {
             self.finished = true;
+            self.ahead.clear();
             self.end_line(&mut out);
             let _ = writeln!(out, "{}", final_line(status.phase(), &status.error));
             out.push_str(&usage_lines(status));
         }
+        let waiting = std::mem::take(&mut self.ahead);
+        for delta in waiting {
+            out.push_str(&self.text(&delta));
+        }
         out
+    }
+
+    /// The text to print for a live delta, given everything printed before.
+    pub fn text(&mut self, delta: &TextDelta) -> String {
+        let index = usize::try_from(delta.message_index).unwrap_or(usize::MAX);
+        if self.finished || index < self.message {
+            return String::new();
+        }
+        if index > self.message {
+            let held: usize = self.ahead.iter().map(|d| d.text.len()).sum();
+            if held + delta.text.len() <= AHEAD_LIMIT {
+                self.ahead.push(delta.clone());
+            }
+            return String::new();
+        }
+        let offset = usize::try_from(delta.offset).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(delta.text.len());
+        // A hole before it (the next state fills it), or nothing new.
+        if offset > self.offset || end <= self.offset {
+            return String::new();
+        }
+        let Some(new) = delta.text.get(self.offset - offset..) else {
+            return String::new();
+        };
+        self.offset = end;
+        new.to_string()
     }
 
     fn messages(
@@ -53,9 +95,9 @@ impl Renderer {
             let is_last = self.message + 1 == s.messages.len();
             match m.r#type() {
                 MessageType::MessageAi => {
-                    let text: String = m.content.chars().skip(self.offset).collect();
-                    out.push_str(&text);
-                    self.offset += text.chars().count();
+                    let text = unprinted(&m.content, self.offset);
+                    out.push_str(text);
+                    self.offset += text.len();
                     if is_last && !s.phase().is_terminal() {
                         return;
                     }
@@ -143,6 +185,14 @@ impl Renderer {
         }
         self.todos = todos;
     }
+}
+
+/// `content` from byte `offset` on (from the next character when the offset falls inside one:
+/// the final text may differ from what streamed).
+fn unprinted(content: &str, offset: usize) -> &str {
+    (offset..=content.len())
+        .find_map(|at| content.get(at..))
+        .unwrap_or_default()
 }
 
 fn final_line(phase: ExecutionPhase, error: &str) -> String {
@@ -329,6 +379,61 @@ mod tests {
             r.render(&state(ExecutionPhase::ExecutionCompleted, vec![], vec![])),
             ""
         );
+    }
+
+    fn delta(index: u32, offset: u64, text: &str) -> TextDelta {
+        TextDelta {
+            execution_id: "e".into(),
+            message_index: index,
+            offset,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn live_text_prints_once_in_order_with_the_states() {
+        let mut r = Renderer::default();
+        let p = ExecutionPhase::ExecutionInProgress;
+        assert_eq!(
+            r.render(&state(p, vec![(MessageType::MessageHuman, "hi")], vec![])),
+            "> hi\n"
+        );
+        assert_eq!(r.text(&delta(1, 0, "Héllo")), "Héllo");
+        assert_eq!(
+            r.text(&delta(1, 3, "llo, w")),
+            ", w",
+            "overlap printed once"
+        );
+        assert_eq!(
+            r.text(&delta(1, 30, "later")),
+            "",
+            "text after a hole waits"
+        );
+        assert_eq!(r.text(&delta(3, 0, "Next")), "", "a later message waits");
+        let s = state(
+            p,
+            vec![
+                (MessageType::MessageHuman, "hi"),
+                (MessageType::MessageAi, "Héllo, world"),
+                (MessageType::MessageTool, "result"),
+            ],
+            vec![],
+        );
+        // The state fills the hole, ends the message, then the waiting text follows.
+        assert_eq!(r.render(&s), "orld\nNext");
+        assert_eq!(r.text(&delta(3, 4, " turn")), " turn");
+        let done = state(
+            ExecutionPhase::ExecutionCompleted,
+            vec![
+                (MessageType::MessageHuman, "hi"),
+                (MessageType::MessageAi, "Héllo, world"),
+                (MessageType::MessageTool, "result"),
+                (MessageType::MessageAi, "Next turn."),
+            ],
+            vec![],
+        );
+        assert_eq!(r.render(&done), ".\n== COMPLETED\n");
+        assert_eq!(r.text(&delta(3, 10, "late")), "");
     }
 
     #[test]

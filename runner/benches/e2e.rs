@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stigmer_proto::agentexecution::v1::ExecutionPhase;
-use testkit::control_plane::{TestControlPlane, phase};
+use testkit::control_plane::{Executions, TestControlPlane, phase};
 use testkit::llm::{Reply, ScriptedLlm};
 use testkit::process::{ChildProcess, free_addr, http_get};
 
@@ -62,12 +62,25 @@ fn dispatch_latencies(created_at: &Times, first_call: &Times) -> Vec<f64> {
         .collect()
 }
 
+/// Summary rows (figure, aim, measured), printed as a Markdown table at the end.
+static ROWS: std::sync::Mutex<Vec<(String, &'static str, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn row(figure: String, aim: &'static str, value: String) {
+    ROWS.lock().expect("rows").push((figure, aim, value));
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(bench());
+    println!("| figure | aim | measured |");
+    println!("|---|---|---|");
+    for (figure, aim, value) in ROWS.lock().expect("rows").iter() {
+        println!("| {figure} | {aim} | {value} |");
+    }
 }
 
 fn runner_env(cp: &TestControlPlane, llm: &ScriptedLlm, root: &Path) -> BTreeMap<String, String> {
@@ -135,6 +148,13 @@ async fn bench() {
     let created_at: Times = Arc::default();
     let (c1, c1_rate) = load(&cp, 1, SEQUENTIAL, &created_at).await;
     let mut c1_dispatch = dispatch_latencies(&created_at, &first_call);
+    if let Ok(path) = std::env::var("BENCH_PIDS") {
+        // Profiling hook: where a profiler finds the runner while the concurrency-32 load runs.
+        let _ = std::fs::write(
+            path,
+            format!("{} {}", std::process::id(), runner.pid().as_raw()),
+        );
+    }
     let (c32, c32_rate) = load(&cp, CONCURRENT_WORKERS, CONCURRENT_TOTAL, &Times::default()).await;
     let busy_rss = rss_mib(runner.pid().as_raw());
     runner.signal(nix::sys::signal::Signal::SIGTERM);
@@ -147,14 +167,27 @@ async fn bench() {
         percentile(&mut ready_ms, 100.0)
     );
     println!("runner idle RSS:         {idle_rss:.1} MiB (after load: {busy_rss:.1} MiB)");
-    print_load("concurrency 1 ", c1, c1_rate);
+    row(
+        "runner start to ready".into(),
+        "< 50 ms",
+        format!("median {:.1} ms", percentile(&mut ready_ms, 50.0)),
+    );
+    row(
+        "runner idle RSS".into(),
+        "< 20 MiB",
+        format!("{idle_rss:.1} MiB ({busy_rss:.1} MiB after load)"),
+    );
+    print_load("local, concurrency 1", c1, c1_rate);
     println!(
         "concurrency 1 dispatch: create -> first LLM request p50 {:.2} ms, p99 {:.2} ms",
         percentile(&mut c1_dispatch, 50.0),
         percentile(&mut c1_dispatch, 99.0)
     );
-    print_load("concurrency 32", c32, c32_rate);
+    print_load("local, concurrency 32", c32, c32_rate);
 
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "local") {
+        return;
+    }
     cloud_dispatch(&dir, bin).await;
 }
 
@@ -217,6 +250,8 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
         for w in 0..workers {
             let (cp, created_at, remaining) = (cp.clone(), created_at.clone(), remaining.clone());
             tasks.push(tokio::spawn(async move {
+                // One connection per client, as a real client keeps.
+                let mut client = cp.executions().await;
                 let mut n = 0;
                 while remaining
                     .fetch_update(
@@ -232,9 +267,8 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
                         .lock()
                         .expect("lock")
                         .insert(tag.clone(), Instant::now());
-                    let created = cp.create_execution("bench", "", &tag).await;
-                    let id = created.metadata.expect("metadata").id;
-                    let done = cp.wait_terminal(&id, Duration::from_secs(60)).await;
+                    let id = create(&mut client, &tag).await;
+                    let done = wait_terminal(&mut client, &id).await;
                     assert_eq!(
                         phase(&done),
                         ExecutionPhase::ExecutionCompleted,
@@ -249,6 +283,19 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
         }
         let rate = total as f64 / started.elapsed().as_secs_f64();
         let mut dispatch = dispatch_latencies(&created_at, &first_call);
+        row(
+            format!("cloud {}, {RUNNERS} runners", label.trim()),
+            if workers == 1 {
+                "p50 < 5 ms"
+            } else {
+                "1,500/s"
+            },
+            format!(
+                "create -> first LLM request p50 {:.2} ms, p99 {:.2} ms; {rate:.0} executions/s",
+                percentile(&mut dispatch, 50.0),
+                percentile(&mut dispatch, 99.0)
+            ),
+        );
         println!(
             "cloud {label} ({RUNNERS} runners): create -> first LLM request p50 {:.2} ms, p99 {:.2} ms; {:.0} executions/s ({total})",
             percentile(&mut dispatch, 50.0),
@@ -263,13 +310,20 @@ async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
 }
 
 fn print_load(label: &str, mut latencies: Vec<f64>, rate: f64) {
-    println!(
-        "{label}:          p50 {:.2} ms, p99 {:.2} ms, {:.0} executions/s ({} executions)",
+    let value = format!(
+        "p50 {:.2} ms, p99 {:.2} ms, {:.0} executions/s ({} executions)",
         percentile(&mut latencies, 50.0),
         percentile(&mut latencies, 99.0),
         rate,
         latencies.len()
     );
+    println!("{label}: {value}");
+    let aim = if label.ends_with("32") {
+        "2,000/s, p99 < 40 ms"
+    } else {
+        "p50 < 5 ms"
+    };
+    row(format!("{label}, create -> terminal seen"), aim, value);
 }
 
 /// `workers` clients each create an execution and wait for its terminal state, until `total`.
@@ -288,6 +342,8 @@ async fn load(
         let remaining = remaining.clone();
         let created_at = created_at.clone();
         tasks.push(tokio::spawn(async move {
+            // One connection per client, as a real client keeps.
+            let mut client = cp.executions().await;
             let mut lat = Vec::new();
             while remaining
                 .fetch_update(
@@ -300,9 +356,8 @@ async fn load(
                 let tag = format!("bench-local-{w}-{}", lat.len());
                 let t = Instant::now();
                 created_at.lock().expect("lock").insert(tag.clone(), t);
-                let created = cp.create_execution("bench", "", &tag).await;
-                let id = created.metadata.expect("metadata").id;
-                let done = cp.wait_terminal(&id, Duration::from_secs(30)).await;
+                let id = create(&mut client, &tag).await;
+                let done = wait_terminal(&mut client, &id).await;
                 assert_eq!(phase(&done), ExecutionPhase::ExecutionCompleted);
                 lat.push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -330,4 +385,44 @@ fn rss_mib(pid: i32) -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+async fn create(client: &mut Executions, tag: &str) -> String {
+    use stigmer_proto::agentexecution::v1::{AgentExecutionSpec, CreateExecutionRequest};
+    let created = client
+        .create_execution(CreateExecutionRequest {
+            spec: Some(AgentExecutionSpec {
+                agent_id: "bench".into(),
+                message: tag.into(),
+                ..Default::default()
+            }),
+            labels: Default::default(),
+        })
+        .await
+        .expect("create execution")
+        .into_inner();
+    created.metadata.expect("metadata").id
+}
+
+/// Follows the execution's `Subscribe` stream to its terminal state.
+async fn wait_terminal(
+    client: &mut Executions,
+    id: &str,
+) -> stigmer_proto::agentexecution::v1::AgentExecution {
+    use stigmer_proto::agentexecution::v1::SubscribeExecutionRequest;
+    let follow = async {
+        let mut stream = client
+            .subscribe(SubscribeExecutionRequest { id: id.into() })
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let mut last = None;
+        while let Some(state) = stream.message().await.expect("stream item") {
+            last = Some(state);
+        }
+        last.expect("a state")
+    };
+    tokio::time::timeout(Duration::from_secs(60), follow)
+        .await
+        .unwrap_or_else(|_| panic!("execution {id} not terminal within 60 s"))
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 use stigmer_proto::agentexecution::v1::{AgentExecution, Session};
 use stigmer_proto::runner::v1::runner_service_client::RunnerServiceClient;
 use stigmer_proto::runner::v1::{
-    ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, UpdateSessionRequest,
-    UpdateStatusRequest,
+    ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, PublishTextRequest,
+    UpdateSessionRequest, UpdateStatusRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -193,5 +193,10 @@ impl ControlPlane {
         req: UpdateSessionRequest,
     ) -> Result<Session, tonic::Status> {
         Ok(self.inner.clone().update_session(req).await?.into_inner())
+    }
+
+    pub async fn publish_text(&self, req: PublishTextRequest) -> Result<(), tonic::Status> {
+        self.inner.clone().publish_text(req).await?;
+        Ok(())
     }
 }

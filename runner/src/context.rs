@@ -6,6 +6,7 @@ use crate::client::ControlPlane;
 use crate::config::Config;
 use crate::dispatch::Dispatch;
 use crate::http::Health;
+use crate::live::LiveText;
 use crate::llm::LlmClient;
 use crate::sandboxes::Sandboxes;
 use crate::tools::ToolLimits;
@@ -20,4 +21,6 @@ pub struct WorkerCtx {
     pub sandboxes: Sandboxes,
     pub tool_limits: ToolLimits,
     pub health: Arc<Health>,
+    /// Model text on its way to live subscribers.
+    pub live: LiveText,
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use stigmer_proto::ExecutionPhase;
 use stigmer_proto::agent::v1::Agent;
-use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage, MessageType, Session};
-use stigmer_proto::runner::v1::{ClaimedExecution, UpdateSessionRequest};
+use stigmer_proto::agentexecution::v1::{
+    AgentExecutionStatus, AgentMessage, ConversationMessage, MessageType, Session,
+};
+use stigmer_proto::runner::v1::ClaimedExecution;
 
 use crate::agent::{
     AgentOutcome, AgentRun, BudgetSource, ModelParams, TokenBudget, ToolExecutor, ToolFailure,
@@ -17,6 +19,7 @@ use crate::agent::{
 use crate::context::WorkerCtx;
 use crate::conversation::{self, Message};
 use crate::inflight::{ExecHandle, Interrupt};
+use crate::live::ExecutionText;
 use crate::mcp::{self, McpTools, StartContext};
 use crate::projection::StatusProjection;
 use crate::sandbox::Network;
@@ -90,7 +93,8 @@ pub async fn run(
                     limits: &ctx.tool_limits,
                     mcp,
                 };
-                let events = StatusProjection::new(&reporter);
+                let text = ExecutionText::new(ctx.live.clone(), handle.execution_id.clone());
+                let events = StatusProjection::new(&reporter).with_live_text(text);
                 let run = AgentRun {
                     llm: &ctx.llm,
                     tool_executor: &tool_executor,
@@ -129,10 +133,13 @@ pub async fn run(
         reporter.abandon().await;
         return ending;
     }
-    if let Some(mut conversation) = conversation {
-        save_history(&ctx, &handle, &session, &mut conversation).await;
-    }
-    report(reporter, &handle, ending).await
+    // The history rides on the final status: stored in the same transaction, before the
+    // session is freed, in one call.
+    let history = conversation.map(|mut conversation| {
+        trim_unanswered(&mut conversation);
+        conversation::to_proto(&conversation)
+    });
+    report(reporter, &handle, ending, history).await
 }
 
 fn start_status(mut status: AgentExecutionStatus, message: &str) -> AgentExecutionStatus {
@@ -370,37 +377,12 @@ fn decide(outcome: AgentOutcome, interrupt: Option<Interrupt>) -> Ending {
     }
 }
 
-/// Saves the conversation before the terminal status, because the terminal status is what
-/// lets the control plane hand out the session's next execution.
-async fn save_history(
-    ctx: &WorkerCtx,
+async fn report(
+    reporter: StatusReporter,
     handle: &ExecHandle,
-    session: &Session,
-    conversation: &mut Vec<Message>,
-) {
-    trim_unanswered(conversation);
-    let result = ctx
-        .client
-        .update_session(UpdateSessionRequest {
-            execution_id: handle.execution_id.clone(),
-            lease_id: handle.lease_id.clone(),
-            session_id: session.id.clone(),
-            sandbox_id: String::new(),
-            history: conversation::to_proto(conversation),
-            replace_history: true,
-        })
-        .await;
-    if let Err(e) = result {
-        tracing::warn!(
-            execution_id = %handle.execution_id,
-            session_id = %session.id,
-            error = %e,
-            "could not save the session's conversation; the next execution starts without it"
-        );
-    }
-}
-
-async fn report(reporter: StatusReporter, handle: &ExecHandle, ending: Ending) -> Ending {
+    ending: Ending,
+    history: Option<Vec<ConversationMessage>>,
+) -> Ending {
     let (phase, error) = match &ending {
         Ending::Completed => (ExecutionPhase::ExecutionCompleted, None),
         Ending::Failed(m) => (ExecutionPhase::ExecutionFailed, Some(m.clone())),
@@ -408,7 +390,7 @@ async fn report(reporter: StatusReporter, handle: &ExecHandle, ending: Ending) -
         Ending::Lost(_) => return ending,
     };
     let result = reporter
-        .finish(|s| {
+        .finish(history, |s| {
             s.phase = phase as i32;
             s.completed_at = now();
             mark_unfinished_tool_calls(s);

@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod execution;
 pub mod http;
 pub mod inflight;
+pub mod live;
 pub mod llm;
 pub mod mcp;
 pub mod metrics;

@@ -54,6 +54,7 @@ pub struct Metrics {
     pub status_updates: Family<OutcomeLabels, Counter>,
     pub llm_tokens: Family<TokenLabels, Counter>,
     pub llm_calls_without_usage: Family<ModelLabels, Counter>,
+    pub live_text: Family<OutcomeLabels, Counter>,
 }
 
 impl Metrics {
@@ -116,6 +117,12 @@ impl Metrics {
             "Model calls whose answer reported no token usage (not in llm_tokens)",
             llm_calls_without_usage.clone(),
         );
+        let live_text = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "live_text_deltas",
+            "Live text deltas by outcome (sent, dropped: queue full, failed: call failed)",
+            live_text.clone(),
+        );
         Self {
             registry,
             executions,
@@ -125,6 +132,7 @@ impl Metrics {
             llm_calls,
             tool_calls,
             status_updates,
+            live_text,
             llm_tokens,
             llm_calls_without_usage,
         }
@@ -155,6 +163,22 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    pub fn live_text(&self, outcome: &str) {
+        self.live_text
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn live_text_sent(&self, deltas: u64) {
+        self.live_text
+            .get_or_create(&OutcomeLabels {
+                outcome: "sent".to_string(),
+            })
+            .inc_by(deltas);
     }
 
     pub fn execution_finished(&self, outcome: &str) {

@@ -10,6 +10,7 @@ use stigmer_proto::agentexecution::v1::{
 
 use crate::agent::{Event, Events};
 use crate::conversation::Block;
+use crate::live::ExecutionText;
 use crate::llm::{AssistantTurn, Usage};
 use crate::status::{StatusReporter, now};
 use crate::tools::{TodoUpdate, ToolEffect};
@@ -19,6 +20,8 @@ pub struct StatusProjection<'a> {
     status: &'a StatusReporter,
     /// The current turn's AI message in the status, once it has one.
     ai_index: Mutex<Option<usize>>,
+    /// Where streamed text also goes at once, for live subscribers.
+    live: Option<ExecutionText>,
 }
 
 impl<'a> StatusProjection<'a> {
@@ -26,7 +29,13 @@ impl<'a> StatusProjection<'a> {
         Self {
             status,
             ai_index: Mutex::new(None),
+            live: None,
         }
+    }
+
+    pub fn with_live_text(mut self, live: ExecutionText) -> Self {
+        self.live = Some(live);
+        self
     }
 }
 
@@ -35,9 +44,12 @@ impl Events for StatusProjection<'_> {
         let mut ai_index = self.ai_index.lock().unwrap_or_else(PoisonError::into_inner);
         match event {
             Event::TurnStarted => *ai_index = None,
-            Event::TextDelta(delta) => self
-                .status
-                .update(|s| append_ai_text(s, &mut ai_index, delta)),
+            Event::TextDelta(delta) => self.status.update(|s| {
+                let (index, offset) = append_ai_text(s, &mut ai_index, delta);
+                if let Some(live) = &self.live {
+                    live.appended(index, offset, delta);
+                }
+            }),
             Event::Turn(turn) => self
                 .status
                 .update(|s| record_ai_message(s, &mut ai_index, turn)),
@@ -64,7 +76,13 @@ impl Events for StatusProjection<'_> {
     }
 }
 
-fn append_ai_text(s: &mut AgentExecutionStatus, ai_index: &mut Option<usize>, delta: &str) {
+/// Appends to the turn's AI message (created on the first text); returns the message's index
+/// and the byte offset the text landed at.
+fn append_ai_text(
+    s: &mut AgentExecutionStatus,
+    ai_index: &mut Option<usize>,
+    delta: &str,
+) -> (usize, usize) {
     let index = *ai_index.get_or_insert_with(|| {
         s.messages.push(AgentMessage {
             r#type: MessageType::MessageAi as i32,
@@ -73,9 +91,12 @@ fn append_ai_text(s: &mut AgentExecutionStatus, ai_index: &mut Option<usize>, de
         });
         s.messages.len() - 1
     });
+    let mut offset = 0;
     if let Some(m) = s.messages.get_mut(index) {
+        offset = m.content.len();
         m.content.push_str(delta);
     }
+    (index, offset)
 }
 
 /// Makes the AI message exact (the streamed text may have been partial) and lists the tool

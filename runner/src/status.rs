@@ -12,7 +12,9 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use stigmer_proto::agentexecution::v1::{AgentExecution, AgentExecutionStatus};
+use stigmer_proto::agentexecution::v1::{
+    AgentExecution, AgentExecutionStatus, ConversationMessage,
+};
 use stigmer_proto::runner::v1::UpdateStatusRequest;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -55,13 +57,19 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn send(&self, status: AgentExecutionStatus) -> Result<AgentExecution, tonic::Status> {
+    async fn send(
+        &self,
+        status: AgentExecutionStatus,
+        history: Option<Vec<ConversationMessage>>,
+    ) -> Result<AgentExecution, tonic::Status> {
         let result = self
             .client
             .update_status(UpdateStatusRequest {
                 execution_id: self.handle.execution_id.clone(),
                 lease_id: self.handle.lease_id.clone(),
                 status: Some(status),
+                replace_session_history: history.is_some(),
+                session_history: history.unwrap_or_default(),
             })
             .await;
         self.health
@@ -149,6 +157,7 @@ impl StatusReporter {
         deliver(
             &self.shared,
             status,
+            None,
             budget,
             Some(&cancel),
             "start not recorded yet; nothing runs until it is",
@@ -195,9 +204,11 @@ impl StatusReporter {
     }
 
     /// Applies the terminal change and delivers it, retrying while the control plane is
-    /// unreachable, so that a terminal state is not lost to a blip.
+    /// unreachable, so that a terminal state is not lost to a blip. `history`, when given, is
+    /// the session's new conversation, stored with it (before the session is freed).
     pub async fn finish(
         mut self,
+        history: Option<Vec<ConversationMessage>>,
         change: impl FnOnce(&mut AgentExecutionStatus),
     ) -> Result<AgentExecution, ReportError> {
         self.stop_flusher().await;
@@ -210,6 +221,7 @@ impl StatusReporter {
         deliver(
             &self.shared,
             status,
+            history,
             FINAL_RETRY_BUDGET,
             None,
             "final status not delivered yet",
@@ -243,6 +255,7 @@ enum Failure {
 async fn deliver(
     shared: &Shared,
     status: AgentExecutionStatus,
+    history: Option<Vec<ConversationMessage>>,
     budget: Duration,
     cancel: Option<&CancellationToken>,
     waiting: &'static str,
@@ -258,7 +271,7 @@ async fn deliver(
     let mut backoff = Duration::from_millis(100);
     loop {
         let sent = tokio::select! {
-            sent = shared.send(status.clone()) => sent,
+            sent = shared.send(status.clone(), history.clone()) => sent,
             () = &mut interrupted => return Err(Failure::Interrupted),
         };
         match sent {
@@ -291,17 +304,18 @@ impl Drop for StatusReporter {
 }
 
 async fn flush_loop(shared: Arc<Shared>, stop: CancellationToken) {
-    let mut last_sent: Option<Instant> = None;
+    // The start was just sent: it counts as this interval's update, so an execution that ends
+    // within one interval costs the control plane two updates (start and end), not three. Its
+    // text reaches live subscribers meanwhile (`live`).
+    let mut last_sent = Instant::now();
     loop {
         tokio::select! {
             _ = shared.notify.notified() => {}
             _ = stop.cancelled() => return,
         }
-        if let Some(t) = last_sent {
-            tokio::select! {
-                _ = tokio::time::sleep_until(t + shared.interval) => {}
-                _ = stop.cancelled() => return,
-            }
+        tokio::select! {
+            _ = tokio::time::sleep_until(last_sent + shared.interval) => {}
+            _ = stop.cancelled() => return,
         }
         let snapshot = {
             let mut state = shared.state();
@@ -311,8 +325,8 @@ async fn flush_loop(shared: Arc<Shared>, stop: CancellationToken) {
             state.dirty = false;
             state.status.clone()
         };
-        last_sent = Some(Instant::now());
-        match shared.send(snapshot).await {
+        last_sent = Instant::now();
+        match shared.send(snapshot, None).await {
             Ok(_) => {}
             Err(s) if is_lease_lost(&s) => {
                 shared

@@ -19,6 +19,7 @@ use crate::dispatch::{Claimed, Dispatch};
 use crate::execution;
 use crate::http::{self, BindError, Health};
 use crate::inflight::{ExecHandle, InFlight, Interrupt, cancel_reason};
+use crate::live::LiveText;
 use crate::llm::{LlmClient, LlmError, LlmSettings};
 use crate::sandbox::confine::ConfineError;
 use crate::sandbox::{Confinement, SandboxError, SandboxRoot};
@@ -144,6 +145,7 @@ impl Worker {
             health.clone(),
             stop_background.clone(),
         ));
+        let live = LiveText::start(client.clone(), config.runner_id.clone(), health.clone());
         let ctx = Arc::new(WorkerCtx {
             config,
             client,
@@ -152,6 +154,7 @@ impl Worker {
             sandboxes,
             tool_limits,
             health,
+            live,
         });
         let inflight = Arc::new(InFlight::default());
         let heartbeat_task = tokio::spawn(heartbeat_loop(

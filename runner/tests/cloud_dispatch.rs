@@ -76,6 +76,7 @@ async fn report(client: &ControlPlane, id: &str, lease: &str, phase: ExecutionPh
                 phase: phase.into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap();

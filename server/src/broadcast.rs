@@ -27,6 +27,20 @@ pub struct Snapshot {
     execution: Option<Arc<AgentExecution>>,
 }
 
+impl Snapshot {
+    #[cfg(test)]
+    pub(crate) fn new(version: i64, execution: AgentExecution) -> Self {
+        Self {
+            version,
+            execution: Some(Arc::new(execution)),
+        }
+    }
+
+    pub(crate) fn execution(&self) -> Option<Arc<AgentExecution>> {
+        self.execution.clone()
+    }
+}
+
 #[derive(Default)]
 pub struct Broadcaster {
     channels: Mutex<HashMap<String, watch::Sender<Snapshot>>>,

@@ -11,12 +11,15 @@ use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, Client};
-use stigmer_proto::agentexecution::v1::AgentExecution;
+use stigmer_proto::agentexecution::v1::{
+    AgentExecution, ExecutionEvent, TextDelta, execution_event,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::ExecutionStream;
 use crate::config::RedisSettings;
+use crate::live::{self, EventStream, GapCheck};
 use crate::secrets;
 use crate::store::{ExecutionRecord, Store, StoreError};
 
@@ -48,13 +51,34 @@ fn command(op: &'static str) -> impl FnOnce(redis::RedisError) -> CloudError {
     move |source| CloudError::Command { op, source }
 }
 
-/// A state change to append to an execution's events stream.
+/// What to append to an execution's events stream.
 struct Event {
     id: String,
-    version: i64,
-    /// The masked execution, protobuf-encoded.
-    execution: Vec<u8>,
-    terminal: bool,
+    kind: EventKind,
+}
+
+enum EventKind {
+    State {
+        version: i64,
+        /// The masked execution, protobuf-encoded.
+        execution: Vec<u8>,
+        terminal: bool,
+    },
+    /// A protobuf-encoded `TextDelta` (live text, for `SubscribeLive`).
+    Text(Vec<u8>),
+}
+
+/// Events written to Redis in one pipeline (one round trip) when they queue up.
+const EVENTS_BATCH: usize = 256;
+
+/// What a follower of an events stream passes on.
+enum Item {
+    State {
+        terminal: bool,
+        execution: Box<AgentExecution>,
+    },
+    Text(TextDelta),
+    Gap,
 }
 
 pub struct Cloud {
@@ -237,14 +261,28 @@ impl Cloud {
 
     /// Appends the record's state to its events stream (in order, by a background task).
     pub fn publish_event(&self, record: &ExecutionRecord) {
-        let event = Event {
+        self.queue_event(Event {
             id: record.id().to_string(),
-            version: record.version,
-            execution: secrets::masked(record.to_execution()).encode_to_vec(),
-            terminal: record.phase().is_terminal(),
-        };
-        // Full only while Redis is unreachable: dropping then bounds memory, and subscribers
-        // still reach every state through their periodic store check.
+            kind: EventKind::State {
+                version: record.version,
+                execution: secrets::masked(record.to_execution()).encode_to_vec(),
+                terminal: record.phase().is_terminal(),
+            },
+        });
+    }
+
+    /// Appends live text to the execution's events stream, behind the states before it.
+    pub fn publish_text(&self, delta: &TextDelta) {
+        self.queue_event(Event {
+            id: delta.execution_id.clone(),
+            kind: EventKind::Text(delta.encode_to_vec()),
+        });
+    }
+
+    fn queue_event(&self, event: Event) {
+        // Full only while Redis is slow or unreachable: dropping then bounds memory, live
+        // followers see a gap in the text offsets, and subscribers still reach every state
+        // through their periodic store check.
         if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
             tracing::warn!(execution = %event.id, "events backlog full; dropping a live event");
         }
@@ -290,31 +328,76 @@ impl Cloud {
         store: Arc<Store>,
         shutdown: CancellationToken,
     ) -> ExecutionStream {
-        let state = Follow {
+        let follow = self.follower(current, cursor, store, shutdown, false);
+        Box::pin(futures_util::stream::unfold(
+            Some(follow),
+            |state| async move {
+                let mut state = state?;
+                loop {
+                    return match state.next().await {
+                        Ok(Some(Item::State { execution, .. })) => {
+                            Some((Ok(*execution), Some(state)))
+                        }
+                        Ok(Some(Item::Text(_) | Item::Gap)) => continue,
+                        Ok(None) => None,
+                        Err(status) => Some((Err(status), None)),
+                    };
+                }
+            },
+        ))
+    }
+
+    /// `SubscribeLive` in cloud mode: as [`Cloud::follow`], with the text deltas between the
+    /// states and a gap marker where the stream's offsets show text missing.
+    pub fn follow_live(
+        self: &Arc<Self>,
+        current: ExecutionRecord,
+        cursor: String,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) -> EventStream {
+        let follow = self.follower(current, cursor, store, shutdown, true);
+        Box::pin(futures_util::stream::unfold(
+            Some(follow),
+            |state| async move {
+                let mut state = state?;
+                let event = match state.next().await {
+                    Ok(Some(Item::State { execution, .. })) => ExecutionEvent {
+                        event: Some(execution_event::Event::Execution(*execution)),
+                    },
+                    Ok(Some(Item::Text(delta))) => live::text_event(delta),
+                    Ok(Some(Item::Gap)) => live::gap_event(0),
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(status), None)),
+                };
+                Some((Ok(event), Some(state)))
+            },
+        ))
+    }
+
+    fn follower(
+        self: &Arc<Self>,
+        current: ExecutionRecord,
+        cursor: String,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+        live: bool,
+    ) -> Follow {
+        Follow {
             cloud: Arc::clone(self),
             store,
             id: current.id().to_string(),
             cursor,
             version: current.version,
             ended: false,
-            queued: VecDeque::from([(
-                current.phase().is_terminal(),
-                secrets::masked(current.to_execution()),
-            )]),
+            queued: VecDeque::from([Item::State {
+                terminal: current.phase().is_terminal(),
+                execution: Box::new(secrets::masked(current.to_execution())),
+            }]),
             conn: None,
             shutdown,
-        };
-        Box::pin(futures_util::stream::unfold(
-            Some(state),
-            |state| async move {
-                let mut state = state?;
-                match state.next().await {
-                    Ok(Some(execution)) => Some((Ok(execution), Some(state))),
-                    Ok(None) => None,
-                    Err(status) => Some((Err(status), None)),
-                }
-            },
-        ))
+            live: live.then(GapCheck::default),
+        }
     }
 }
 
@@ -326,20 +409,22 @@ struct Follow {
     /// Newest version sent; older or equal entries are skipped.
     version: i64,
     ended: bool,
-    queued: VecDeque<(bool, AgentExecution)>,
+    queued: VecDeque<Item>,
     conn: Option<MultiplexedConnection>,
     shutdown: CancellationToken,
+    /// `SubscribeLive`: pass text on, checking its offsets; `None` skips text entries.
+    live: Option<GapCheck>,
 }
 
 impl Follow {
-    async fn next(&mut self) -> Result<Option<AgentExecution>, tonic::Status> {
+    async fn next(&mut self) -> Result<Option<Item>, tonic::Status> {
         loop {
-            if let Some((terminal, execution)) = self.queued.pop_front() {
-                if terminal {
+            if let Some(item) = self.queued.pop_front() {
+                if let Item::State { terminal: true, .. } = item {
                     self.ended = true;
                     self.queued.clear();
                 }
-                return Ok(Some(execution));
+                return Ok(Some(item));
             }
             if self.ended {
                 return Ok(None);
@@ -409,6 +494,20 @@ impl Follow {
         }
         for entry in entries {
             self.cursor = entry.id.clone();
+            if let Some(gaps) = self.live.as_mut()
+                && let Some(bytes) = entry.get::<Vec<u8>>("text")
+            {
+                match TextDelta::decode(bytes.as_slice()) {
+                    Ok(delta) => {
+                        if gaps.before(&delta) {
+                            self.queued.push_back(Item::Gap);
+                        }
+                        self.queued.push_back(Item::Text(delta));
+                    }
+                    Err(_) => tracing::warn!(execution = %self.id, "skipping undecodable text"),
+                }
+                continue;
+            }
             let version = entry.get::<i64>("version").unwrap_or_default();
             let Some(bytes) = entry.get::<Vec<u8>>("execution") else {
                 continue;
@@ -425,7 +524,10 @@ impl Follow {
                 .status
                 .as_ref()
                 .is_some_and(|s| s.phase().is_terminal());
-            self.queued.push_back((terminal, execution));
+            self.queued.push_back(Item::State {
+                terminal,
+                execution: Box::new(execution),
+            });
             if terminal {
                 break;
             }
@@ -447,10 +549,10 @@ impl Follow {
             && record.version > self.version
         {
             self.version = record.version;
-            self.queued.push_back((
-                record.phase().is_terminal(),
-                secrets::masked(record.to_execution()),
-            ));
+            self.queued.push_back(Item::State {
+                terminal: record.phase().is_terminal(),
+                execution: Box::new(secrets::masked(record.to_execution())),
+            });
         }
         Ok(())
     }
@@ -468,32 +570,51 @@ async fn write_events(
     shutdown: CancellationToken,
 ) {
     let ttl_secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(1);
+    let mut batch = Vec::with_capacity(EVENTS_BATCH);
     loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            () = shutdown.cancelled() => None,
+        // Whatever queued up while the last pipeline was on its way goes in the next one, in
+        // order: one round trip for many events under load, no waiting when idle.
+        let received = tokio::select! {
+            received = events.recv_many(&mut batch, EVENTS_BATCH) => received,
+            () = shutdown.cancelled() => 0,
         };
-        let Some(event) = event else { return };
-        let key = events_key(&prefix, &event.id);
+        if received == 0 {
+            return;
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("XADD")
-            .arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(EVENTS_MAXLEN)
-            .arg("*")
-            .arg("version")
-            .arg(event.version)
-            .arg("execution")
-            .arg(event.execution)
-            .ignore();
-        if event.terminal {
-            // Late subscribers still find the end for a while; then the key goes away.
-            pipe.cmd("EXPIRE").arg(&key).arg(ttl_secs).ignore();
+        for event in batch.drain(..) {
+            let key = events_key(&prefix, &event.id);
+            let xadd = pipe
+                .cmd("XADD")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(EVENTS_MAXLEN)
+                .arg("*");
+            match event.kind {
+                EventKind::State {
+                    version,
+                    execution,
+                    terminal,
+                } => {
+                    xadd.arg("version")
+                        .arg(version)
+                        .arg("execution")
+                        .arg(execution)
+                        .ignore();
+                    if terminal {
+                        // Late subscribers still find the end for a while; then the key goes.
+                        pipe.cmd("EXPIRE").arg(&key).arg(ttl_secs).ignore();
+                    }
+                }
+                EventKind::Text(delta) => {
+                    xadd.arg("text").arg(delta).ignore();
+                }
+            }
         }
         let result: Result<(), _> = pipe.query_async(&mut conn).await;
         if let Err(err) = result {
-            tracing::warn!(execution = %event.id, error = %err, "cannot write to the events stream; subscribers fall back to the store");
+            tracing::warn!(events = received, error = %err, "cannot write to the events streams; subscribers fall back to the store");
         }
     }
 }

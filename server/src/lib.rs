@@ -13,6 +13,7 @@ mod config;
 mod data_dir;
 mod dispatch;
 mod leases;
+mod live;
 mod merge;
 mod secrets;
 mod server;

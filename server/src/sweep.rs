@@ -24,6 +24,7 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
             tracing::error!(error = %err, "lease sweep failed; retrying on the next tick");
         }
         shared.broadcaster.prune();
+        shared.live.prune();
         if let Some(cloud) = &shared.cloud
             && last_reconcile.elapsed() >= cloud.reconcile_interval
         {

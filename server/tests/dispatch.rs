@@ -336,6 +336,7 @@ async fn heartbeat_reports_cancellation_and_the_runner_reports_cancelled() {
                 error: "user pressed stop".into(),
                 ..Default::default()
             }),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -49,6 +49,12 @@ pub enum Reply {
     StreamError { message: String },
     /// Streams this text, then closes the body without `message_stop` / `[DONE]`.
     EndsEarly { text: String },
+    /// A text answer streamed one piece per event, `every` apart (a model producing tokens at
+    /// a fixed pace); when each piece left is kept (`ScriptedLlm::sent_pieces`).
+    Paced {
+        pieces: Vec<String>,
+        every: Duration,
+    },
     /// Exactly this status, content type and body, in one piece.
     Raw {
         status: u16,
@@ -123,6 +129,8 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     next_id: AtomicU64,
     open_streams: Arc<AtomicUsize>,
+    /// Pieces of `Reply::Paced` answers and when they were handed to the connection.
+    sent: Arc<Mutex<Vec<(String, Instant)>>>,
     shutdown: CancellationToken,
 }
 
@@ -170,6 +178,7 @@ impl ScriptedLlm {
             requests: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             open_streams: Arc::new(AtomicUsize::new(0)),
+            sent: Arc::default(),
             shutdown: CancellationToken::new(),
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -194,6 +203,11 @@ impl ScriptedLlm {
 
     pub fn request_count(&self) -> usize {
         lock(&self.shared.requests).len()
+    }
+
+    /// Every piece of a `Reply::Paced` answer sent so far, with when it left.
+    pub fn sent_pieces(&self) -> Vec<(String, Instant)> {
+        lock(&self.shared.sent).clone()
     }
 
     /// Streamed response bodies currently open; drops to zero once clients hang up.
@@ -334,6 +348,7 @@ fn respond(ctx: &Ctx<'_>, reply: Reply) -> Response {
             events.push(stream_error_event(ctx.wire, &message));
             sse_response(ctx, stream::iter(events).boxed())
         }
+        Reply::Paced { pieces, every } => sse_response(ctx, paced_stream(ctx, pieces, every)),
         Reply::Text(text) => {
             let events = full_stream(ctx, Some(&text), &[]);
             sse_response(ctx, stream::iter(events).boxed())
@@ -453,6 +468,50 @@ fn json_pieces(input: &Value) -> Vec<String> {
     let chars: Vec<char> = input.to_string().chars().collect();
     let size = chars.len().div_ceil(3).max(1);
     chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// A text answer whose pieces leave `every` apart, each recorded when it is handed over.
+fn paced_stream(ctx: &Ctx<'_>, pieces: Vec<String>, every: Duration) -> BoxStream<'static, String> {
+    let head = stream_head(ctx, "");
+    let text: String = pieces.concat();
+    let output_tokens = estimate_tokens(&text);
+    let (wire, model) = (ctx.wire, ctx.model.clone());
+    let tail = match wire {
+        Wire::Anthropic => vec![
+            anthropic_block_stop(0),
+            anthropic_event(
+                "message_delta",
+                &json!({"type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+                        "usage": {"output_tokens": output_tokens}}),
+            ),
+            anthropic_event("message_stop", &json!({"type": "message_stop"})),
+        ],
+        Wire::OpenAi => vec![
+            openai_chunk(ctx, "chatcmpl-paced", json!({}), Some("stop")),
+            "data: [DONE]\n\n".to_owned(),
+        ],
+    };
+    let sent = ctx.shared.sent.clone();
+    let body = stream::iter(pieces).then(move |piece| {
+        let (sent, model) = (sent.clone(), model.clone());
+        async move {
+            tokio::time::sleep(every).await;
+            let event = match wire {
+                Wire::Anthropic => anthropic_text_delta(0, &piece),
+                Wire::OpenAi => openai_data(&json!({
+                    "id": "chatcmpl-paced", "object": "chat.completion.chunk", "created": 0,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]})),
+            };
+            lock(&sent).push((piece, Instant::now()));
+            event
+        }
+    });
+    stream::iter(head)
+        .chain(body)
+        .chain(stream::iter(tail))
+        .boxed()
 }
 
 /// The opening of a stream that has started one text block: used by the replies that do not

@@ -18,8 +18,8 @@ use stigmer_proto::agentexecution::v1::{AgentExecution, Session};
 use stigmer_proto::runner::v1::runner_service_client::RunnerServiceClient;
 use stigmer_proto::runner::v1::runner_service_server::{RunnerService, RunnerServiceServer};
 use stigmer_proto::runner::v1::{
-    ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, UpdateSessionRequest,
-    UpdateStatusRequest,
+    ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse, PublishTextRequest,
+    PublishTextResponse, UpdateSessionRequest, UpdateStatusRequest,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +37,7 @@ pub enum Call<'a> {
     Heartbeat(&'a HeartbeatRequest),
     UpdateStatus(&'a UpdateStatusRequest),
     UpdateSession(&'a UpdateSessionRequest),
+    PublishText(&'a PublishTextRequest),
 }
 
 /// The kinds of call.
@@ -46,6 +47,7 @@ pub enum Rpc {
     Heartbeat,
     UpdateStatus,
     UpdateSession,
+    PublishText,
 }
 
 impl Call<'_> {
@@ -55,6 +57,7 @@ impl Call<'_> {
             Call::Heartbeat(_) => Rpc::Heartbeat,
             Call::UpdateStatus(_) => Rpc::UpdateStatus,
             Call::UpdateSession(_) => Rpc::UpdateSession,
+            Call::PublishText(_) => Rpc::PublishText,
         }
     }
 }
@@ -329,6 +332,18 @@ impl RunnerService for Proxy {
         self.0
             .forward(Call::UpdateSession(&body), request, |mut c, r| async move {
                 c.update_session(r).await
+            })
+            .await
+    }
+
+    async fn publish_text(
+        &self,
+        request: Request<PublishTextRequest>,
+    ) -> Result<Response<PublishTextResponse>, Status> {
+        let body = request.get_ref().clone();
+        self.0
+            .forward(Call::PublishText(&body), request, |mut c, r| async move {
+                c.publish_text(r).await
             })
             .await
     }

@@ -14,6 +14,7 @@ use tonic::{Request, Response};
 use super::{ApiError, ApiResult, Shared, required, to_completion};
 use crate::broadcast::{self, ExecutionStream};
 use crate::clock::Now;
+use crate::live::{self, EventStream};
 use crate::secrets::masked;
 use crate::store::{ExecutionFilter, ExecutionRecord, Tx};
 use crate::transitions::{self, DEFAULT_CANCEL_REASON};
@@ -28,6 +29,15 @@ pub struct ExecutionApi {
 impl ExecutionApi {
     pub fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    async fn read_execution(&self, id: &str) -> Result<ExecutionRecord, ApiError> {
+        let lookup = id.to_string();
+        self.shared
+            .store
+            .read(move |tx| tx.execution(&lookup).map_err(ApiError::from))
+            .await?
+            .ok_or_else(|| execution_not_found(id))
     }
 }
 
@@ -177,13 +187,7 @@ impl ExecutionService for ExecutionApi {
                 tracing::warn!(execution = %id, error = %err, "cannot read the events stream");
                 tonic::Status::unavailable("live events are unavailable")
             })?;
-            let lookup = id.clone();
-            let record = self
-                .shared
-                .store
-                .read(move |tx| tx.execution(&lookup).map_err(ApiError::from))
-                .await?
-                .ok_or_else(|| execution_not_found(&id))?;
+            let record = self.read_execution(&id).await?;
             return Ok(Response::new(cloud.follow(
                 record,
                 cursor,
@@ -207,6 +211,53 @@ impl ExecutionService for ExecutionApi {
         self.shared.broadcaster.publish(&record);
         Ok(Response::new(broadcast::stream(
             receiver,
+            self.shared.shutdown.clone(),
+        )))
+    }
+
+    type SubscribeLiveStream = EventStream;
+
+    async fn subscribe_live(
+        &self,
+        request: Request<SubscribeExecutionRequest>,
+    ) -> ApiResult<Self::SubscribeLiveStream> {
+        let id = required("id", &request.get_ref().id)?.to_string();
+        if let Some(cloud) = &self.shared.cloud {
+            // As `subscribe`: the cursor before the store read. Text entries share the stream.
+            let cursor = cloud.events_cursor(&id).await.map_err(|err| {
+                tracing::warn!(execution = %id, error = %err, "cannot read the events stream");
+                tonic::Status::unavailable("live events are unavailable")
+            })?;
+            let record = self.read_execution(&id).await?;
+            return Ok(Response::new(cloud.follow_live(
+                record,
+                cursor,
+                Arc::clone(&self.shared.store),
+                self.shared.shutdown.clone(),
+            )));
+        }
+        // Both channels before the read, so that nothing after it is missed.
+        let receiver = self.shared.broadcaster.subscribe(&id);
+        let text = self.shared.live.subscribe(&id);
+        let lookup = id.clone();
+        let record = self
+            .shared
+            .store
+            .read(move |tx| tx.execution(&lookup).map_err(ApiError::from))
+            .await?;
+        let Some(record) = record else {
+            drop((receiver, text));
+            self.shared.broadcaster.forget(&id);
+            self.shared.live.prune();
+            return Err(execution_not_found(&id).into());
+        };
+        self.shared.broadcaster.publish(&record);
+        if record.phase().is_terminal() {
+            self.shared.live.end(&id);
+        }
+        Ok(Response::new(live::stream(
+            receiver,
+            text,
             self.shared.shutdown.clone(),
         )))
     }

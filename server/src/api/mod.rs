@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stigmer_proto::agentexecution::v1::TextDelta;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -16,12 +17,15 @@ use crate::broadcast::Broadcaster;
 use crate::cloud::Cloud;
 use crate::dispatch::Dispatcher;
 use crate::leases::LeaseRefusal;
+use crate::live::LiveText;
 use crate::store::{ExecutionRecord, Store, StoreError};
 
 /// State behind every service.
 pub struct Shared {
     pub store: Arc<Store>,
     pub broadcaster: Broadcaster,
+    /// Local mode's live text (cloud mode carries it on the events streams).
+    pub live: LiveText,
     pub dispatcher: Dispatcher,
     pub lease_ttl: Duration,
     pub max_claim_wait: Duration,
@@ -41,6 +45,7 @@ impl Shared {
             dispatcher: Dispatcher::new(Arc::clone(&store), lease_ttl, shutdown.clone()),
             store,
             broadcaster: Broadcaster::default(),
+            live: LiveText::default(),
             lease_ttl,
             max_claim_wait,
             shutdown,
@@ -52,8 +57,20 @@ impl Shared {
     /// stream for subscribers on any replica.
     pub fn publish(&self, record: &ExecutionRecord) {
         self.broadcaster.publish(record);
+        if record.phase().is_terminal() {
+            self.live.end(record.id());
+        }
         if let Some(cloud) = &self.cloud {
             cloud.publish_event(record);
+        }
+    }
+
+    /// Live model text from a runner: to local live subscribers, or in cloud mode onto the
+    /// execution's events stream (in order with its states) for subscribers on any replica.
+    pub fn publish_text(&self, delta: TextDelta) {
+        match &self.cloud {
+            Some(cloud) => cloud.publish_text(&delta),
+            None => self.live.publish(delta),
         }
     }
 

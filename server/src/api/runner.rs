@@ -7,7 +7,8 @@ use stigmer_proto::agentexecution::v1::{AgentExecution, Session};
 use stigmer_proto::runner::v1::runner_service_server::RunnerService;
 use stigmer_proto::runner::v1::{
     CancellationRequest, ClaimRequest, ClaimResponse, HeartbeatRequest, HeartbeatResponse,
-    HeldExecution, LostLease, UpdateSessionRequest, UpdateStatusRequest,
+    HeldExecution, LostLease, PublishTextRequest, PublishTextResponse, UpdateSessionRequest,
+    UpdateStatusRequest,
 };
 use tonic::{Request, Response};
 
@@ -117,10 +118,13 @@ impl RunnerService for RunnerApi {
             execution_id,
             lease_id,
             status,
+            session_history,
+            replace_session_history,
         } = request.into_inner();
         required("execution_id", &execution_id)?;
         required("lease_id", &lease_id)?;
         let status = status.ok_or_else(|| ApiError::invalid("status is required"))?;
+        let history = replace_session_history.then_some(session_history);
         let shared = Arc::clone(&self.shared);
         let record = to_completion(async move {
             let ttl = shared.lease_ttl;
@@ -130,6 +134,9 @@ impl RunnerService for RunnerApi {
                     let now = Now::read();
                     let mut record = held_execution(tx, &execution_id, &lease_id, now)?;
                     let now_text = now.rfc3339();
+                    if let Some(history) = history {
+                        save_history(tx, &record, history, &now_text)?;
+                    }
                     record.status = merge_status(&record.status, status, &now_text)
                         .map_err(|err| ApiError::invalid(err.to_string()))?;
                     // An accepted update from the lease holder is the start, whatever it
@@ -202,7 +209,56 @@ impl RunnerService for RunnerApi {
             .await?;
         Ok(Response::new(session))
     }
+
+    /// Never touches the store: live text is news only (the cumulative status stores it), so
+    /// it costs one map lookup per delta. The lease is not checked per delta for the same
+    /// reason; only callers with the runner role get here.
+    async fn publish_text(
+        &self,
+        request: Request<PublishTextRequest>,
+    ) -> ApiResult<PublishTextResponse> {
+        let PublishTextRequest { runner_id, deltas } = request.into_inner();
+        required("runner_id", &runner_id)?;
+        if deltas.len() > MAX_TEXT_DELTAS {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_TEXT_DELTAS} deltas per call, got {}",
+                deltas.len()
+            ))
+            .into());
+        }
+        if let Some(position) = deltas.iter().position(|d| d.execution_id.is_empty()) {
+            return Err(
+                ApiError::invalid(format!("deltas[{position}].execution_id is required")).into(),
+            );
+        }
+        for delta in deltas {
+            self.shared.publish_text(delta);
+        }
+        Ok(Response::new(PublishTextResponse {}))
+    }
 }
+
+/// Stores the history carried by a status update. The status must still land when the session
+/// is gone (deleted meanwhile): a missing session is logged, not an error.
+fn save_history(
+    tx: &Tx<'_>,
+    record: &ExecutionRecord,
+    history: Vec<stigmer_proto::agentexecution::v1::ConversationMessage>,
+    now: &str,
+) -> Result<(), ApiError> {
+    let session_id = &record.spec.session_id;
+    let Some(mut session) = tx.session(session_id)? else {
+        tracing::warn!(execution = %record.id(), session = %session_id, "session gone; history not saved");
+        return Ok(());
+    };
+    session.history = history;
+    session.updated_at = now.to_string();
+    tx.put_session(&session)?;
+    Ok(())
+}
+
+/// Deltas one `PublishText` call may carry; a runner sends what queued up since its last call.
+pub const MAX_TEXT_DELTAS: usize = 4096;
 
 /// The execution, if the runner presenting `lease_id` still holds it.
 fn held_execution(

@@ -250,6 +250,7 @@ pub fn phase_update(
             messages,
             ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

@@ -1,0 +1,405 @@
+//! What a user of a runner feels: token-to-screen latency of live text, and how many slow
+//! executions one runner holds. The real control plane (in this process, real gRPC on
+//! loopback), the real `runner` binary (release build), a scripted model.
+//!
+//! - Token to subscriber: the model streams numbered pieces at a fixed pace; a `SubscribeLive`
+//!   client notes when each piece arrives. Latency = arrival - the moment the scripted model
+//!   handed the piece to its connection. Local mode, and cloud mode (3 runners, real
+//!   `redis-server`). Also the bytes the subscriber received per byte of text, for two text
+//!   lengths (linear: the ratio stays flat).
+//! - Capacity: one runner with `STIGMER_MAX_CONCURRENCY=1000`, 1000 executions against a model
+//!   that takes 10 s per answer: RSS per in-flight execution and the runner's CPU while all wait.
+//!
+//! Run: `cargo bench -p runner --bench live` (or `scripts/bench`). Prints a Markdown table.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use stigmer_proto::agentexecution::v1::{SubscribeExecutionRequest, execution_event};
+use testkit::control_plane::TestControlPlane;
+use testkit::llm::{Reply, ScriptedLlm};
+use testkit::process::{ChildProcess, free_addr};
+
+const PACE: Duration = Duration::from_millis(20);
+const EXECUTIONS: usize = 10;
+const PIECES: usize = 50;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(bench());
+}
+
+fn rows() -> &'static std::sync::Mutex<Vec<(String, String, String)>> {
+    static ROWS: std::sync::OnceLock<std::sync::Mutex<Vec<(String, String, String)>>> =
+        std::sync::OnceLock::new();
+    ROWS.get_or_init(Default::default)
+}
+
+fn row(figure: &str, aim: &str, value: String) {
+    eprintln!("{figure}: {value}");
+    rows()
+        .lock()
+        .expect("rows")
+        .push((figure.into(), aim.into(), value));
+}
+
+async fn bench() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = Path::new(env!("CARGO_BIN_EXE_runner"));
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "latency" {
+        token_latency_local(&dir, bin).await;
+        token_latency_cloud(&dir, bin).await;
+    }
+    if only.is_empty() || only == "capacity" {
+        capacity(&dir, bin).await;
+    }
+    println!("| figure | aim | measured |");
+    println!("|---|---|---|");
+    for (figure, aim, value) in rows().lock().expect("rows").iter() {
+        println!("| {figure} | {aim} | {value} |");
+    }
+}
+
+/// Each execution's pieces name it (`e3p017 `), so arrivals can be matched to departures.
+fn paced_llm_pieces(tag: &str, count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("{tag}p{i:03} ")).collect()
+}
+
+async fn paced_llm(count: usize) -> ScriptedLlm {
+    ScriptedLlm::with_handler(move |req| {
+        let body = req.body.to_string();
+        let tag = body
+            .find("live-")
+            .map(|at| {
+                body[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        Reply::Paced {
+            pieces: paced_llm_pieces(&tag, count),
+            every: PACE,
+        }
+    })
+    .await
+}
+
+fn local_env(cp: &TestControlPlane, llm: &ScriptedLlm, root: &Path) -> BTreeMap<String, String> {
+    [
+        ("MODE", "local".to_string()),
+        ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
+        (
+            "SANDBOX_ROOT_DIR",
+            root.join("workspace").display().to_string(),
+        ),
+        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+        ("ANTHROPIC_API_KEY", "bench-key".into()),
+        ("STIGMER_LLM_BASE_URL", llm.base_url()),
+        ("LOG_LEVEL", "warn".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Runs `EXECUTIONS` executions one after the other, each followed live; returns the
+/// token latencies (ms) and the bytes of text events received per byte of text (states, which
+/// are cumulative and coalesced as for `Subscribe`, are not counted).
+async fn follow_live(
+    cp: &Arc<TestControlPlane>,
+    llm: &ScriptedLlm,
+    prefix: &str,
+) -> (Vec<f64>, f64) {
+    let mut arrivals: HashMap<String, Instant> = HashMap::new();
+    let mut received_bytes = 0usize;
+    let mut text_bytes = 0usize;
+    for n in 0..EXECUTIONS {
+        let tag = format!("live-{prefix}{n}");
+        let created = cp.create_execution("bench", "", &tag).await;
+        let id = created.metadata.expect("metadata").id;
+        let mut stream = cp
+            .executions()
+            .await
+            .subscribe_live(SubscribeExecutionRequest { id })
+            .await
+            .expect("subscribe live")
+            .into_inner();
+        while let Some(event) = stream.message().await.expect("live event") {
+            let now = Instant::now();
+            let size = event.encoded_len();
+            match event.event {
+                Some(execution_event::Event::Text(delta)) => {
+                    received_bytes += size;
+                    text_bytes += delta.text.len();
+                    for piece in delta.text.split_inclusive(' ') {
+                        arrivals.entry(piece.to_string()).or_insert(now);
+                    }
+                }
+                Some(execution_event::Event::Execution(_))
+                | Some(execution_event::Event::Gap(_))
+                | None => {}
+            }
+        }
+    }
+    let latencies = llm
+        .sent_pieces()
+        .into_iter()
+        .filter(|(piece, _)| piece.starts_with(&format!("live-{prefix}")))
+        .filter_map(|(piece, sent)| {
+            arrivals
+                .get(&piece)
+                .map(|at| at.saturating_duration_since(sent).as_secs_f64() * 1e3)
+        })
+        .collect();
+    let ratio = received_bytes as f64 / text_bytes.max(1) as f64;
+    (latencies, ratio)
+}
+
+async fn token_latency_local(dir: &tempfile::TempDir, bin: &Path) {
+    let cp = Arc::new(TestControlPlane::start(&dir.path().join("local-data")).await);
+    cp.apply_agent("bench", "").await;
+    let llm = paced_llm(PIECES).await;
+    let env = local_env(&cp, &llm, dir.path());
+    let mut runner = ChildProcess::spawn(bin, &env, &dir.path().join("logs"), "live-local");
+    runner.wait_ready(Duration::from_secs(20)).await;
+    let (mut latencies, ratio) = follow_live(&cp, &llm, "l").await;
+    row(
+        "token to subscriber, local (model piece every 20 ms)",
+        "p50 < 20 ms, p99 < 50 ms",
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms ({} pieces)",
+            percentile(&mut latencies, 50.0),
+            percentile(&mut latencies, 99.0),
+            latencies.len()
+        ),
+    );
+    // Linear bytes: the same ratio for a text four times as long.
+    let long = paced_llm(PIECES * 4).await;
+    drop(runner);
+    let env = local_env(&cp, &long, dir.path());
+    let mut runner = ChildProcess::spawn(bin, &env, &dir.path().join("logs"), "live-local-long");
+    runner.wait_ready(Duration::from_secs(20)).await;
+    let (_, long_ratio) = follow_live(&cp, &long, "x").await;
+    row(
+        "live text events: bytes received per byte of text (50 / 200 pieces of about 12 bytes)",
+        "linear (flat ratio)",
+        format!("{ratio:.2} / {long_ratio:.2}"),
+    );
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    runner.wait_exit(Duration::from_secs(10)).await;
+}
+
+async fn token_latency_cloud(dir: &tempfile::TempDir, bin: &Path) {
+    use testkit::daytona::{DaytonaOptions, DaytonaServer};
+    use testkit::redis::RedisServer;
+    let redis = RedisServer::start();
+    let daytona = DaytonaServer::start(DaytonaOptions::new("bench-key")).await;
+    let llm = paced_llm(PIECES).await;
+    let jwt = testkit::pki::unsigned_jwt("bench");
+    let mut config = stigmer_server::ServerConfig::local(dir.path().join("cloud-data"));
+    config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
+    config.redis = Some(stigmer_server::RedisSettings::new(
+        stigmer_server::RedisTarget::Url(redis.url()),
+    ));
+    let cp = Arc::new(TestControlPlane::start_with(config, None).await);
+    cp.apply_agent("bench", "").await;
+    let mut runners = Vec::new();
+    for i in 0..3 {
+        let env: BTreeMap<String, String> = [
+            ("MODE", "cloud".to_string()),
+            ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
+            ("STIGMER_BACKEND_INSECURE", "true".into()),
+            ("STIGMER_API_KEY", jwt.clone()),
+            ("REDIS_URL", redis.url()),
+            ("DAYTONA_API_URL", daytona.api_url()),
+            ("DAYTONA_API_KEY", "bench-key".into()),
+            ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "bench".into()),
+            ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+            ("ANTHROPIC_API_KEY", "bench-key".into()),
+            ("STIGMER_LLM_BASE_URL", llm.base_url()),
+            ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+            ("LOG_LEVEL", "warn".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let mut runner = ChildProcess::spawn(
+            bin,
+            &env,
+            &dir.path().join("logs"),
+            &format!("live-cloud-{i}"),
+        );
+        runner.wait_ready(Duration::from_secs(20)).await;
+        runners.push(runner);
+    }
+    let (mut latencies, _) = follow_live(&cp, &llm, "c").await;
+    row(
+        "token to subscriber, cloud via Redis (3 runners)",
+        "p50 < 20 ms, p99 < 50 ms",
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms ({} pieces)",
+            percentile(&mut latencies, 50.0),
+            percentile(&mut latencies, 99.0),
+            latencies.len()
+        ),
+    );
+    for mut r in runners {
+        r.signal(nix::sys::signal::Signal::SIGTERM);
+        r.wait_exit(Duration::from_secs(10)).await;
+    }
+}
+
+async fn capacity(dir: &tempfile::TempDir, bin: &Path) {
+    const HELD: usize = 1000;
+    let cp = Arc::new(TestControlPlane::start(&dir.path().join("capacity-data")).await);
+    cp.apply_agent("bench", "").await;
+    let llm = ScriptedLlm::with_handler(|_| {
+        Reply::Delay(
+            Duration::from_secs(10),
+            Box::new(Reply::Text("done".into())),
+        )
+    })
+    .await;
+    let mut env = local_env(&cp, &llm, dir.path());
+    env.insert("STIGMER_MAX_CONCURRENCY".into(), HELD.to_string());
+    // A profiling hook: a program that runs the runner (it gets the runner's path and must exec
+    // it, keeping the pid), e.g. a script that sets allocator variables.
+    let wrapper = std::env::var_os("BENCH_RUNNER_WRAPPER").map(std::path::PathBuf::from);
+    if wrapper.is_some() {
+        env.insert("BENCH_RUNNER".into(), bin.display().to_string());
+    }
+    let bin = wrapper.as_deref().unwrap_or(bin);
+    let mut runner = ChildProcess::spawn(bin, &env, &dir.path().join("logs"), "capacity");
+    runner.wait_ready(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = runner.pid().as_raw();
+    let idle = rss_kib(pid);
+    let mut ids = Vec::new();
+    for n in 0..HELD {
+        let created = cp.create_execution("bench", "", &format!("cap-{n}")).await;
+        ids.push(created.metadata.expect("metadata").id);
+    }
+    let started = Instant::now();
+    while llm.request_count() < HELD {
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "only {} of {HELD} executions reached the model",
+            llm.request_count()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all_waiting = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let cpu_before = cpu_ticks(pid);
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let cpu =
+        (cpu_ticks(pid) - cpu_before) as f64 / ticks_per_second() / window.elapsed().as_secs_f64();
+    let held = rss_kib(pid);
+    eprintln!(
+        "largest mappings with 1000 held (kB):\n{}",
+        largest_mappings(pid)
+    );
+    for id in &ids {
+        cp.wait_terminal(id, Duration::from_secs(60)).await;
+    }
+    row(
+        "capacity: RSS per in-flight execution (1000 held, model 10 s)",
+        "<= 128 KiB",
+        format!(
+            "{:.1} KiB ({:.1} MiB idle, {:.1} MiB with 1000 waiting; the last reached the model {:.2} s after the last create)",
+            (held - idle) / HELD as f64,
+            idle / 1024.0,
+            held / 1024.0,
+            all_waiting.as_secs_f64()
+        ),
+    );
+    row(
+        "capacity: runner CPU while 1000 wait",
+        "< 5% of one core",
+        format!("{:.2}% of one core (5 s window, 10 ms ticks)", cpu * 100.0),
+    );
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    runner.wait_exit(Duration::from_secs(30)).await;
+}
+
+fn percentile(values: &mut [f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let idx = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
+    values[idx.min(values.len() - 1)]
+}
+
+fn rss_kib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// utime + stime of the process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    field(11) + field(12)
+}
+
+fn ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+/// The runner's five largest resident mappings, to tell heap from stacks and files.
+fn largest_mappings(pid: i32) -> String {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut mappings = Vec::new();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        if let Some(rss) = line.strip_prefix("Rss:") {
+            let kb: u64 = rss
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            mappings.push((kb, name.clone()));
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            name = line.to_string();
+        }
+    }
+    mappings.sort_by_key(|m| std::cmp::Reverse(m.0));
+    mappings
+        .iter()
+        .take(5)
+        .map(|(kb, name)| format!("  {kb} {name}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
