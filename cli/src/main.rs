@@ -9,6 +9,7 @@ mod executions;
 mod json;
 mod local;
 mod render;
+mod terminal;
 
 use std::process::ExitCode;
 

@@ -1,6 +1,8 @@
 //! Turns successive (cumulative) execution states into what a person watching should see:
 //! streamed AI text, tool calls with arguments and short results, todo changes, and the final
-//! phase. Pure: it only remembers what it already printed.
+//! phase. Pure: it only remembers what it already printed. What it returns is safe for a
+//! terminal (see [`crate::terminal`]): the model and its tools are not trusted to send
+//! escape sequences to the user's screen.
 //!
 //! Live text deltas (`SubscribeLive`) print ahead of the states: each names its message and
 //! byte offset, so text already printed is skipped, text past a hole waits for the next state
@@ -10,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+use crate::terminal;
 use stigmer_proto::agentexecution::v1::{
     AgentExecution, AgentExecutionStatus, ExecutionPhase, MessageType, TextDelta, TodoStatus,
     TokenUsage, ToolCall, ToolCallStatus,
@@ -55,13 +58,18 @@ impl Renderer {
         }
         let waiting = std::mem::take(&mut self.ahead);
         for delta in waiting {
-            out.push_str(&self.text(&delta));
+            out.push_str(&self.new_text(&delta));
         }
-        out
+        terminal::safe(&out).into_owned()
     }
 
     /// The text to print for a live delta, given everything printed before.
     pub fn text(&mut self, delta: &TextDelta) -> String {
+        terminal::safe(&self.new_text(delta)).into_owned()
+    }
+
+    /// The part of `delta` not printed yet, as the model sent it.
+    fn new_text(&mut self, delta: &TextDelta) -> String {
         let index = usize::try_from(delta.message_index).unwrap_or(usize::MAX);
         if self.finished || index < self.message {
             return String::new();
@@ -476,5 +484,32 @@ mod tests {
             st.error = "boom".into();
         }
         assert_eq!(r.render(&s), "== FAILED: boom\n");
+    }
+
+    #[test]
+    fn a_hostile_model_cannot_send_escape_sequences_to_the_terminal() {
+        let mut r = Renderer::default();
+        let p = ExecutionPhase::ExecutionInProgress;
+        // Live text: clear the screen, then a window-title sequence split across two deltas.
+        assert_eq!(
+            r.text(&delta(0, 0, "hi\x1b[2J\x1b]0;")),
+            "hi\\x1b[2J\\x1b]0;"
+        );
+        assert_eq!(r.text(&delta(0, 10, "t\x07\r")), "t\\x07\\x0d");
+        // The cumulative state carries the same text plus more; only the rest is printed.
+        let ai = "hi\x1b[2J\x1b]0;t\x07\r\u{202e}!";
+        let out = r.render(&state(p, vec![(MessageType::MessageAi, ai)], vec![]));
+        assert_eq!(out, "\\u{202e}!");
+        // A tool result (a crafted file the model had `cat`) is shown escaped too.
+        let call = ToolCall {
+            id: "t1".into(),
+            name: "run_command".into(),
+            status: ToolCallStatus::ToolCallCompleted as i32,
+            result: "\x1b[8mhidden\x1b[0m".into(),
+            ..Default::default()
+        };
+        let out = r.render(&state(p, vec![(MessageType::MessageAi, ai)], vec![call]));
+        assert!(!out.contains('\x1b'), "{out:?}");
+        assert!(out.contains("\\x1b[8mhidden\\x1b[0m"), "{out:?}");
     }
 }

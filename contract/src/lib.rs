@@ -10,6 +10,7 @@ pub mod env;
 mod errors;
 mod provider;
 mod secret;
+pub mod text;
 
 pub use errors::error_chain;
 pub use provider::Provider;

@@ -55,22 +55,9 @@ fn push_byte(out: &mut String, byte: u8) {
     let _ = write!(out, "\\x{byte:02x}");
 }
 
-/// Characters that are invisible or move text around when printed: C1 controls, the Unicode
-/// line and paragraph separators (some readers break lines there), and the bidirectional
-/// formatting characters ("Trojan Source").
+/// The characters the CLI escapes on a terminal too (`stigmer_contract::text`).
 fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{2028}'
-                | '\u{2029}'
-                | '\u{061c}'
-                | '\u{200e}'
-                | '\u{200f}'
-                | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{feff}'
-        )
+    stigmer_contract::text::hides_or_reorders(c)
 }
 
 #[cfg(test)]
