@@ -433,13 +433,38 @@ impl TestNs {
         Ok(())
     }
 
-    /// The in-process operator's `/metrics` text; `None` for an installed operator.
+    /// The operator's `/metrics` text: the in-process operator's, or the installed one's
+    /// through the API server's proxy to its metrics Service (`<deployment>-metrics`, as the
+    /// chart names it); `None` (with the reason on stderr) when it cannot be read.
     pub async fn operator_metrics(&self) -> Option<String> {
-        self.operator
-            .lock()
-            .await
-            .as_ref()
-            .map(|op| op.metrics.encode())
+        let (namespace, deployment) = match &self.cluster.operator {
+            OperatorMode::InProcess => {
+                return self
+                    .operator
+                    .lock()
+                    .await
+                    .as_ref()
+                    .map(|op| op.metrics.encode());
+            }
+            OperatorMode::Installed {
+                namespace,
+                deployment,
+            } => (namespace, deployment),
+        };
+        let path = format!(
+            "/api/v1/namespaces/{namespace}/services/{deployment}-metrics:metrics/proxy/metrics"
+        );
+        let request = http::Request::get(&path).body(Vec::new()).ok()?;
+        match self.client().request_text(request).await {
+            Ok(text) => Some(text),
+            Err(e) => {
+                skip(
+                    "operator metrics",
+                    &format!("cannot read the installed operator's metrics at {path}: {e}"),
+                );
+                None
+            }
+        }
     }
 
     /// Stops the in-process operator and waits until it has finished.

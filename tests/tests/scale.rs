@@ -172,8 +172,7 @@ async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
             );
         }
         _ => eprintln!(
-            "API requests per AgentRunner: read agentrunner_operator_api_requests_total on the \
-             installed operator's /metrics"
+            "API requests per AgentRunner: not measured (the operator's metrics could not be read)"
         ),
     }
     match t.cluster.operator {
