@@ -9,11 +9,13 @@ use stigmer_proto::agentexecution::v1::{
     GetExecutionRequest, GetSessionRequest, ListExecutionsRequest, ListExecutionsResponse, Session,
     SubscribeExecutionRequest,
 };
+use tokio::sync::watch;
 use tonic::{Request, Response};
 
 use super::{ApiError, ApiResult, Shared, required, to_completion};
-use crate::broadcast::{self, ExecutionStream};
+use crate::broadcast::{self, ExecutionStream, Snapshot};
 use crate::clock::Now;
+use crate::cloud::Cloud;
 use crate::live::{self, EventStream};
 use crate::secrets::masked;
 use crate::store::{ExecutionFilter, ExecutionRecord, Tx};
@@ -38,6 +40,35 @@ impl ExecutionApi {
             .read(move |tx| tx.execution(&lookup).map_err(ApiError::from))
             .await?
             .ok_or_else(|| execution_not_found(id))
+    }
+
+    /// Cloud mode: a cursor on the execution's events stream, taken before the store read so
+    /// that nothing committed after it is missed (any replica may have stored the next state).
+    async fn events_cursor(&self, cloud: &Cloud, id: &str) -> Result<String, tonic::Status> {
+        cloud.events_cursor(id).await.map_err(|err| {
+            tracing::warn!(execution = %id, error = %err, "cannot read the events stream");
+            tonic::Status::unavailable("live events are unavailable")
+        })
+    }
+
+    /// Local mode: the stored execution and a state receiver subscribed before the read, so an
+    /// update committed after the read still arrives; the subscription is dropped on error.
+    async fn subscribe_and_read(
+        &self,
+        id: &str,
+    ) -> Result<(watch::Receiver<Snapshot>, ExecutionRecord), ApiError> {
+        let receiver = self.shared.broadcaster.subscribe(id);
+        match self.read_execution(id).await {
+            Ok(record) => {
+                self.shared.broadcaster.publish(&record);
+                Ok((receiver, record))
+            }
+            Err(e) => {
+                drop(receiver);
+                self.shared.broadcaster.forget(id);
+                Err(e)
+            }
+        }
     }
 }
 
@@ -181,12 +212,7 @@ impl ExecutionService for ExecutionApi {
     ) -> ApiResult<Self::SubscribeStream> {
         let id = required("id", &request.get_ref().id)?.to_string();
         if let Some(cloud) = &self.shared.cloud {
-            // Any replica may have stored the next state: follow the events stream, from a
-            // cursor taken before the store read so that nothing committed after it is missed.
-            let cursor = cloud.events_cursor(&id).await.map_err(|err| {
-                tracing::warn!(execution = %id, error = %err, "cannot read the events stream");
-                tonic::Status::unavailable("live events are unavailable")
-            })?;
+            let cursor = self.events_cursor(cloud, &id).await?;
             let record = self.read_execution(&id).await?;
             return Ok(Response::new(cloud.follow(
                 record,
@@ -195,20 +221,7 @@ impl ExecutionService for ExecutionApi {
                 self.shared.shutdown.clone(),
             )));
         }
-        // Subscribe before reading, so an update committed after the read still arrives.
-        let receiver = self.shared.broadcaster.subscribe(&id);
-        let lookup = id.clone();
-        let record = self
-            .shared
-            .store
-            .read(move |tx| tx.execution(&lookup).map_err(ApiError::from))
-            .await?;
-        let Some(record) = record else {
-            drop(receiver);
-            self.shared.broadcaster.forget(&id);
-            return Err(execution_not_found(&id).into());
-        };
-        self.shared.broadcaster.publish(&record);
+        let (receiver, _) = self.subscribe_and_read(&id).await?;
         Ok(Response::new(broadcast::stream(
             receiver,
             self.shared.shutdown.clone(),
@@ -223,11 +236,8 @@ impl ExecutionService for ExecutionApi {
     ) -> ApiResult<Self::SubscribeLiveStream> {
         let id = required("id", &request.get_ref().id)?.to_string();
         if let Some(cloud) = &self.shared.cloud {
-            // As `subscribe`: the cursor before the store read. Text entries share the stream.
-            let cursor = cloud.events_cursor(&id).await.map_err(|err| {
-                tracing::warn!(execution = %id, error = %err, "cannot read the events stream");
-                tonic::Status::unavailable("live events are unavailable")
-            })?;
+            // As `subscribe`; text entries share the events stream.
+            let cursor = self.events_cursor(cloud, &id).await?;
             let record = self.read_execution(&id).await?;
             return Ok(Response::new(cloud.follow_live(
                 record,
@@ -236,22 +246,16 @@ impl ExecutionService for ExecutionApi {
                 self.shared.shutdown.clone(),
             )));
         }
-        // Both channels before the read, so that nothing after it is missed.
-        let receiver = self.shared.broadcaster.subscribe(&id);
+        // The text channel too before the read, so that no text after it is missed.
         let text = self.shared.live.subscribe(&id);
-        let lookup = id.clone();
-        let record = self
-            .shared
-            .store
-            .read(move |tx| tx.execution(&lookup).map_err(ApiError::from))
-            .await?;
-        let Some(record) = record else {
-            drop((receiver, text));
-            self.shared.broadcaster.forget(&id);
-            self.shared.live.prune();
-            return Err(execution_not_found(&id).into());
+        let (receiver, record) = match self.subscribe_and_read(&id).await {
+            Ok(found) => found,
+            Err(e) => {
+                drop(text);
+                self.shared.live.prune();
+                return Err(e.into());
+            }
         };
-        self.shared.broadcaster.publish(&record);
         if record.phase().is_terminal() {
             self.shared.live.end(&id);
         }
