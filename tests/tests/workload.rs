@@ -193,27 +193,7 @@ async fn a_local_mode_pod_runs_an_execution_through_its_sidecar() {
         scripted_llm(&t).await?;
         let ar = local_runner(&t, "r").await?;
         let pod = runner_pod(&t, &ar).await?;
-        stigmer(
-            &t,
-            &pod,
-            "runner",
-            &["agent", "apply", "-f", "-"],
-            Some(AGENT_YAML),
-        )
-        .await?;
-        // `stigmer run` follows the execution and exits 0 only on COMPLETED.
-        let out = stigmer(
-            &t,
-            &pod,
-            "runner",
-            &["run", "--agent", "e2e", "say ok"],
-            None,
-        )
-        .await?;
-        ensure(
-            out.contains("e2e-done"),
-            format!("the model's answer is missing: {out}"),
-        )
+        apply_and_run(&t, &pod, "runner").await
     })
     .await;
 }
@@ -253,26 +233,7 @@ async fn a_cloud_mode_pod_runs_an_execution() {
         )
         .await?;
         let cp = deployment_pod(&t, "stigmer-server").await?;
-        stigmer(
-            &t,
-            &cp,
-            "stigmer-server",
-            &["agent", "apply", "-f", "-"],
-            Some(AGENT_YAML),
-        )
-        .await?;
-        let out = stigmer(
-            &t,
-            &cp,
-            "stigmer-server",
-            &["run", "--agent", "e2e", "say ok"],
-            None,
-        )
-        .await?;
-        ensure(
-            out.contains("e2e-done"),
-            format!("the model's answer is missing: {out}"),
-        )?;
+        apply_and_run(&t, &cp, "stigmer-server").await?;
         let daytona_log =
             kubectl(&t.cluster, &["-n", &t.ns, "logs", "deploy/daytona"], None).await?;
         ensure(
@@ -460,14 +421,7 @@ async fn deleting_a_busy_runner_pod_drains_it() {
         scripted_llm(&t).await?;
         let ar = local_runner(&t, "r").await?;
         let pod = runner_pod(&t, &ar).await?;
-        stigmer(
-            &t,
-            &pod,
-            "runner",
-            &["agent", "apply", "-f", "-"],
-            Some(AGENT_YAML),
-        )
-        .await?;
+        apply_agent(&t, &pod, "runner").await?;
         drain_while_busy(&t, &pod, "stigmer-server", &pod).await?;
         // A replacement pod takes over.
         wait_runner(&t, "r", "Ready again", has_condition("Ready", "True")).await?;
@@ -534,4 +488,34 @@ async fn drain_while_busy(
         out.contains("e2e-done"),
         format!("the execution did not complete: {out}"),
     )
+}
+
+/// Applies the e2e agent and runs it once with `stigmer` in `pod`/`container`; `stigmer run`
+/// follows the execution and exits 0 only on COMPLETED.
+async fn apply_and_run(t: &TestNs, pod: &str, container: &str) -> Result<()> {
+    apply_agent(t, pod, container).await?;
+    let out = stigmer(
+        t,
+        pod,
+        container,
+        &["run", "--agent", "e2e", "say ok"],
+        None,
+    )
+    .await?;
+    ensure(
+        out.contains("e2e-done"),
+        format!("the model's answer is missing: {out}"),
+    )
+}
+
+async fn apply_agent(t: &TestNs, pod: &str, container: &str) -> Result<()> {
+    stigmer(
+        t,
+        pod,
+        container,
+        &["agent", "apply", "-f", "-"],
+        Some(AGENT_YAML),
+    )
+    .await
+    .map(|_| ())
 }
