@@ -101,23 +101,10 @@ async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
     let before = t.operator_metrics().await.map(|m| api_requests(&m));
     let rss_before = rss_kib();
     let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..WRITERS {
-        let (t, next) = (t.clone(), next.clone());
-        writers.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok::<(), E2eError>(());
-                }
-                t.agentrunner(&format!("scale-{i}"), spec()).await?;
-            }
-        });
-    }
-    while let Some(done) = writers.join_next().await {
-        done.map_err(|e| E2eError::Setup(format!("writer task: {e}")))??;
-    }
+    from_writers(&t, n, |t, i| async move {
+        t.agentrunner(&format!("scale-{i}"), spec()).await
+    })
+    .await?;
     let applied = started.elapsed();
     // Generous: the aim is seconds for a thousand, the timeout only ends a hung run.
     let timeout = Duration::from_secs(120) + Duration::from_millis(500) * n as u32;
@@ -194,29 +181,44 @@ const WRITES_PER_RUNNER: usize = 6;
 /// Time for `objects` server-side applies of small ConfigMaps from [`WRITERS`] clients.
 async fn write_floor(t: &Arc<TestNs>, objects: usize) -> Result<Duration> {
     let started = Instant::now();
+    from_writers(t, objects, |t, i| async move {
+        t.apply(json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("floor-{i}")},
+            "data": {"MAX_CONCURRENCY": "4", "LOG_LEVEL": "info"},
+        }))
+        .await
+        .map(|_| ())
+    })
+    .await?;
+    Ok(started.elapsed())
+}
+
+/// Runs `write(t, i)` for every `i` below `count`, from [`WRITERS`] parallel clients, like
+/// `kubectl apply` of many files at once.
+async fn from_writers<F, Fut>(t: &Arc<TestNs>, count: usize, write: F) -> Result<()>
+where
+    F: Fn(Arc<TestNs>, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let mut writers = tokio::task::JoinSet::new();
     for _ in 0..WRITERS {
-        let (t, next) = (t.clone(), next.clone());
+        let (t, next, write) = (t.clone(), next.clone(), write.clone());
         writers.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= objects {
+                if i >= count {
                     return Ok::<(), E2eError>(());
                 }
-                t.apply(json!({
-                    "apiVersion": "v1", "kind": "ConfigMap",
-                    "metadata": {"name": format!("floor-{i}")},
-                    "data": {"MAX_CONCURRENCY": "4", "LOG_LEVEL": "info"},
-                }))
-                .await?;
+                write(t.clone(), i).await?;
             }
         });
     }
     while let Some(done) = writers.join_next().await {
         done.map_err(|e| E2eError::Setup(format!("writer task: {e}")))??;
     }
-    Ok(started.elapsed())
+    Ok(())
 }
 
 /// `agentrunner_operator_api_requests_total` by (verb, resource), from OpenMetrics text.
