@@ -8,6 +8,8 @@
 //!
 //! Run: `cargo bench -p runner --bench e2e` (or `scripts/bench`).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -196,51 +198,24 @@ async fn bench() {
 /// scripted LLM. Measures create -> the runner's first LLM request (dispatch overhead through
 /// Redis) and executions per second.
 async fn cloud_dispatch(dir: &tempfile::TempDir, bin: &Path) {
-    use testkit::daytona::{DaytonaOptions, DaytonaServer};
-    use testkit::redis::RedisServer;
-
     const RUNNERS: usize = 3;
-    let redis = RedisServer::start();
-    let mut options = DaytonaOptions::new("bench-key");
-    options.start_delay = Duration::ZERO;
-    let daytona = DaytonaServer::start(options).await;
+    let stack = common::CloudStack::start(dir.path(), Duration::ZERO).await;
     let first_call: Times = Arc::default();
     let llm = recording_llm(first_call.clone()).await;
-    let jwt = testkit::pki::unsigned_jwt("bench");
-    let mut config = stigmer_server::ServerConfig::local(dir.path().join("cloud-data"));
-    config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
-    config.redis = Some(stigmer_server::RedisSettings::new(
-        stigmer_server::RedisTarget::Url(redis.url()),
-    ));
-    let cp = Arc::new(TestControlPlane::start_with(config, None).await);
-    cp.apply_agent("bench", "").await;
-    let mut runners = Vec::new();
-    for i in 0..RUNNERS {
-        let env: BTreeMap<String, String> = [
-            ("MODE", "cloud".to_string()),
-            ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
-            ("STIGMER_BACKEND_INSECURE", "true".into()),
-            ("STIGMER_API_KEY", jwt.clone()),
-            ("REDIS_URL", redis.url()),
-            ("DAYTONA_API_URL", daytona.api_url()),
-            ("DAYTONA_API_KEY", "bench-key".into()),
-            ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "bench".into()),
-            ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-            ("ANTHROPIC_API_KEY", "bench-key".into()),
-            ("STIGMER_LLM_BASE_URL", llm.base_url()),
-            ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-            ("STIGMER_MAX_CONCURRENCY", "32".into()),
-            ("STIGMER_CLAIM_WAIT_MS", "1000".into()),
-            ("LOG_LEVEL", "warn".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let mut runner =
-            ChildProcess::spawn(bin, &env, &dir.path().join("logs"), &format!("cloud-{i}"));
-        runner.wait_ready(Duration::from_secs(20)).await;
-        runners.push(runner);
-    }
+    let runners = stack
+        .runners(
+            bin,
+            dir.path(),
+            RUNNERS,
+            &llm.base_url(),
+            &[
+                ("STIGMER_MAX_CONCURRENCY", "32"),
+                ("STIGMER_CLAIM_WAIT_MS", "1000"),
+            ],
+            "cloud",
+        )
+        .await;
+    let cp = stack.cp.clone();
     for (label, workers, total) in [("concurrency 1 ", 1, 200), ("concurrency 32", 32, 2_000)] {
         first_call.lock().expect("lock").clear();
         let created_at: Times = Arc::default();

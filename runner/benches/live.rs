@@ -12,6 +12,8 @@
 //!
 //! Run: `cargo bench -p runner --bench live` (or `scripts/bench`). Prints a Markdown table.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -199,48 +201,13 @@ async fn token_latency_local(dir: &tempfile::TempDir, bin: &Path) {
 }
 
 async fn token_latency_cloud(dir: &tempfile::TempDir, bin: &Path) {
-    use testkit::daytona::{DaytonaOptions, DaytonaServer};
-    use testkit::redis::RedisServer;
-    let redis = RedisServer::start();
-    let daytona = DaytonaServer::start(DaytonaOptions::new("bench-key")).await;
+    // The stand-in's default start delay, like a sandbox that takes a moment.
+    let stack = common::CloudStack::start(dir.path(), Duration::from_millis(50)).await;
     let llm = paced_llm(PIECES).await;
-    let jwt = testkit::pki::unsigned_jwt("bench");
-    let mut config = stigmer_server::ServerConfig::local(dir.path().join("cloud-data"));
-    config.api_keys = vec![stigmer_proto::LOCAL_API_KEY.to_string(), jwt.clone()];
-    config.redis = Some(stigmer_server::RedisSettings::new(
-        stigmer_server::RedisTarget::Url(redis.url()),
-    ));
-    let cp = Arc::new(TestControlPlane::start_with(config, None).await);
-    cp.apply_agent("bench", "").await;
-    let mut runners = Vec::new();
-    for i in 0..3 {
-        let env: BTreeMap<String, String> = [
-            ("MODE", "cloud".to_string()),
-            ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
-            ("STIGMER_BACKEND_INSECURE", "true".into()),
-            ("STIGMER_API_KEY", jwt.clone()),
-            ("REDIS_URL", redis.url()),
-            ("DAYTONA_API_URL", daytona.api_url()),
-            ("DAYTONA_API_KEY", "bench-key".into()),
-            ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "bench".into()),
-            ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-            ("ANTHROPIC_API_KEY", "bench-key".into()),
-            ("STIGMER_LLM_BASE_URL", llm.base_url()),
-            ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-            ("LOG_LEVEL", "warn".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let mut runner = ChildProcess::spawn(
-            bin,
-            &env,
-            &dir.path().join("logs"),
-            &format!("live-cloud-{i}"),
-        );
-        runner.wait_ready(Duration::from_secs(20)).await;
-        runners.push(runner);
-    }
+    let runners = stack
+        .runners(bin, dir.path(), 3, &llm.base_url(), &[], "live-cloud")
+        .await;
+    let cp = stack.cp.clone();
     let (mut latencies, _) = follow_live(&cp, &llm, "c").await;
     row(
         "token to subscriber, cloud via Redis (3 runners)",
