@@ -44,9 +44,6 @@ struct Prepared {
 /// How long the start may take to be recorded when the claim names no lease TTL.
 const DEFAULT_START_BUDGET: Duration = Duration::from_secs(30);
 
-/// Longest wait for the last live text before the terminal status (see `live::LiveText`).
-const LIVE_TEXT_FLUSH: Duration = Duration::from_secs(1);
-
 pub async fn run(
     ctx: Arc<WorkerCtx>,
     claimed: ClaimedExecution,
@@ -130,8 +127,6 @@ pub async fn run(
         },
         Err(message) => (AgentOutcome::Failed(message), None),
     };
-    // The subscribers' streams end with the terminal status: the text must get there first.
-    ctx.live.flushed(LIVE_TEXT_FLUSH).await;
     let ending = decide(outcome, handle.interrupted());
     if let Ending::Lost(reason) = &ending {
         tracing::warn!(execution_id = %handle.execution_id, %reason, "lease lost; stopping without a report");

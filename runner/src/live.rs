@@ -7,17 +7,12 @@
 //! calls and an idle one sends each delta at once. When the control plane is slower than the
 //! model, the queue fills and deltas are dropped: the runner never waits for live text, and a
 //! follower sees the hole in the offsets and gets the text from the next cumulative status.
-//!
-//! Only the end is ordered: before its terminal status an execution waits (briefly) until the
-//! text it queued was delivered ([`LiveText::flushed`]), because a subscriber's stream ends
-//! with the terminal state and a delta overtaken by it would never reach that subscriber.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use stigmer_proto::agentexecution::v1::TextDelta;
 use stigmer_proto::runner::v1::PublishTextRequest;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::client::ControlPlane;
 use crate::http::Health;
@@ -29,17 +24,10 @@ const QUEUE: usize = 4096;
 /// Deltas per call, at most (the control plane accepts up to 4096).
 const BATCH: usize = 1024;
 
-/// What the sender task is handed: text, or a request to say when everything queued before it
-/// has been sent.
-enum Item {
-    Delta(TextDelta),
-    Flush(oneshot::Sender<()>),
-}
-
 /// The runner's handle on the sender task; cheap to clone.
 #[derive(Clone)]
 pub struct LiveText {
-    queue: mpsc::Sender<Item>,
+    queue: mpsc::Sender<TextDelta>,
     health: Arc<Health>,
 }
 
@@ -53,66 +41,36 @@ impl LiveText {
 
     /// Queues a delta; drops it when the queue is full (never waits).
     pub fn send(&self, delta: TextDelta) {
-        if self.queue.try_send(Item::Delta(delta)).is_err() {
+        if self.queue.try_send(delta).is_err() {
             self.health.metrics.live_text("dropped");
         }
-    }
-
-    /// Returns once every delta queued before this call was sent (delivered or failed), or
-    /// after `within`: the terminal status that follows must not overtake the last text, and
-    /// must not wait long for it either (the status carries the same text).
-    pub async fn flushed(&self, within: Duration) {
-        let (done, sent) = oneshot::channel();
-        let wait = async {
-            if self.queue.send(Item::Flush(done)).await.is_ok() {
-                let _ = sent.await;
-            }
-        };
-        let _ = tokio::time::timeout(within, wait).await;
     }
 }
 
 async fn forward(
-    mut receiver: mpsc::Receiver<Item>,
+    mut receiver: mpsc::Receiver<TextDelta>,
     client: ControlPlane,
     runner_id: String,
     health: Arc<Health>,
 ) {
-    let mut items = Vec::with_capacity(BATCH);
-    let mut deltas = Vec::with_capacity(BATCH);
-    while receiver.recv_many(&mut items, BATCH).await > 0 {
-        for item in items.drain(..) {
-            match item {
-                Item::Delta(delta) => deltas.push(delta),
-                Item::Flush(done) => {
-                    publish(&client, &runner_id, &health, std::mem::take(&mut deltas)).await;
-                    let _ = done.send(());
-                }
+    let metrics = &health.metrics;
+    let mut batch = Vec::with_capacity(BATCH);
+    while receiver.recv_many(&mut batch, BATCH).await > 0 {
+        let deltas = merge(std::mem::take(&mut batch));
+        let count = deltas.len() as u64;
+        let sent = client
+            .publish_text(PublishTextRequest {
+                runner_id: runner_id.clone(),
+                deltas,
+            })
+            .await;
+        match sent {
+            Ok(()) => metrics.live_text_sent(count),
+            Err(status) => {
+                // Best effort by design: the cumulative status carries the same text.
+                metrics.live_text("failed");
+                tracing::debug!(error = %status, "live text not delivered");
             }
-        }
-        publish(&client, &runner_id, &health, std::mem::take(&mut deltas)).await;
-    }
-}
-
-/// One `PublishText` call for `deltas` (none when empty).
-async fn publish(client: &ControlPlane, runner_id: &str, health: &Health, deltas: Vec<TextDelta>) {
-    if deltas.is_empty() {
-        return;
-    }
-    let deltas = merge(deltas);
-    let count = deltas.len() as u64;
-    let sent = client
-        .publish_text(PublishTextRequest {
-            runner_id: runner_id.to_owned(),
-            deltas,
-        })
-        .await;
-    match sent {
-        Ok(()) => health.metrics.live_text_sent(count),
-        Err(status) => {
-            // Best effort by design: the cumulative status carries the same text.
-            health.metrics.live_text("failed");
-            tracing::debug!(error = %status, "live text not delivered");
         }
     }
 }

@@ -420,7 +420,24 @@ impl Follow {
     async fn next(&mut self) -> Result<Option<Item>, tonic::Status> {
         loop {
             if let Some(item) = self.queued.pop_front() {
-                if let Item::State { terminal: true, .. } = item {
+                if let Item::State {
+                    terminal: true,
+                    execution,
+                } = &item
+                {
+                    // Text the subscriber missed goes out before the state that ends its stream.
+                    let tail = self
+                        .live
+                        .as_mut()
+                        .map(|g| g.tail(execution))
+                        .unwrap_or_default();
+                    if !tail.is_empty() {
+                        self.queued.push_front(item);
+                        for delta in tail.into_iter().rev() {
+                            self.queued.push_front(Item::Text(delta));
+                        }
+                        continue;
+                    }
                     self.ended = true;
                     self.queued.clear();
                 }

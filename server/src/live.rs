@@ -11,7 +11,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::Stream;
-use stigmer_proto::agentexecution::v1::{ExecutionEvent, LiveGap, TextDelta, execution_event};
+use stigmer_proto::agentexecution::v1::{
+    AgentExecution, ExecutionEvent, LiveGap, MessageType, TextDelta, execution_event,
+};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -98,6 +100,41 @@ impl GapCheck {
     /// After a known loss: the next delta starts a new run.
     pub fn reset(&mut self) {
         self.last = None;
+    }
+
+    /// The text of the terminal state `execution` that the subscriber has not had as deltas,
+    /// as deltas to send before that state: from the end of the last delta passed on, the rest
+    /// of its message and every later AI message. The runner sends live text and its terminal
+    /// status on separate calls, so the last pieces can arrive after the stream has ended;
+    /// the terminal state holds all of the text, so the stream completes it itself. Nothing
+    /// when no delta was passed on (a subscriber that only follows states).
+    pub fn tail(&mut self, execution: &AgentExecution) -> Vec<TextDelta> {
+        let Some((index, end)) = self.last else {
+            return Vec::new();
+        };
+        let messages = execution.status.iter().flat_map(|s| s.messages.iter());
+        let mut tail = Vec::new();
+        for (i, message) in messages.enumerate() {
+            let Ok(i) = u32::try_from(i) else { break };
+            if i < index || message.r#type() != MessageType::MessageAi {
+                continue;
+            }
+            let from = if i == index { end } else { 0 };
+            let rest = usize::try_from(from)
+                .ok()
+                .and_then(|from| message.content.get(from..))
+                .unwrap_or_default();
+            if !rest.is_empty() {
+                tail.push(TextDelta {
+                    execution_id: String::new(),
+                    message_index: i,
+                    offset: from,
+                    text: rest.to_owned(),
+                });
+                self.last = Some((i, message.content.len() as u64));
+            }
+        }
+        tail
     }
 }
 
@@ -194,11 +231,15 @@ impl Follow {
                         .status
                         .as_ref()
                         .is_some_and(|status| status.phase().is_terminal());
-                    return Some(Ok(ExecutionEvent {
+                    if self.done {
+                        let tail = self.gaps.tail(&execution);
+                        self.pending.extend(tail.into_iter().map(text_event));
+                    }
+                    self.pending.push_back(ExecutionEvent {
                         event: Some(execution_event::Event::Execution(Arc::unwrap_or_clone(
                             execution,
                         ))),
-                    }));
+                    });
                 }
             }
         }
@@ -309,5 +350,76 @@ mod tests {
         let _receiver = live.subscribe("e");
         live.end("e");
         assert_eq!(live.channel_count(), 0);
+    }
+
+    fn terminal_with(messages: &[(MessageType, &str)]) -> AgentExecution {
+        use stigmer_proto::agentexecution::v1::{AgentExecutionStatus, AgentMessage};
+        AgentExecution {
+            status: Some(AgentExecutionStatus {
+                phase: stigmer_proto::ExecutionPhase::ExecutionCompleted.into(),
+                messages: messages
+                    .iter()
+                    .map(|(t, c)| AgentMessage {
+                        r#type: (*t).into(),
+                        content: (*c).into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_tail_is_the_text_after_the_last_delta() {
+        let done = terminal_with(&[
+            (MessageType::MessageHuman, "hi"),
+            (MessageType::MessageAi, "Hello world"),
+            (MessageType::MessageSystem, "tool ran"),
+            (MessageType::MessageAi, "Done."),
+        ]);
+        let mut follows_states_only = GapCheck::default();
+        assert!(follows_states_only.tail(&done).is_empty());
+        let mut check = GapCheck::default();
+        check.before(&delta(1, 0, "Hel"));
+        let tail: Vec<_> = check
+            .tail(&done)
+            .into_iter()
+            .map(|d| (d.message_index, d.offset, d.text))
+            .collect();
+        assert_eq!(
+            tail,
+            [(1, 3, "lo world".to_owned()), (3, 0, "Done.".to_owned())]
+        );
+        assert!(check.tail(&done).is_empty(), "sent once");
+    }
+
+    #[tokio::test]
+    async fn text_the_terminal_state_overtook_is_sent_before_it() {
+        use futures_util::StreamExt;
+        use stigmer_proto::ExecutionPhase;
+        let live = LiveText::default();
+        let (states, receiver) = watch::channel(state(1, ExecutionPhase::ExecutionInProgress));
+        let mut stream = stream(receiver, live.subscribe("e"), CancellationToken::new());
+        assert_eq!(kind(&stream.next().await.unwrap().unwrap()), "state");
+        live.publish(delta(1, 0, "Hel"));
+        assert_eq!(kind(&stream.next().await.unwrap().unwrap()), "text");
+        // The runner's last delta ("lo world") is still on its way when the end arrives.
+        let done = terminal_with(&[
+            (MessageType::MessageHuman, "hi"),
+            (MessageType::MessageAi, "Hello world"),
+        ]);
+        states.send_replace(Snapshot::new(2, done));
+        let mut rest = Vec::new();
+        while let Some(event) = stream.next().await {
+            rest.push(event.unwrap());
+        }
+        let kinds: Vec<_> = rest.iter().map(kind).collect();
+        assert_eq!(kinds, ["text", "state"]);
+        let Some(execution_event::Event::Text(tail)) = &rest[0].event else {
+            panic!("text first");
+        };
+        assert_eq!((tail.offset, tail.text.as_str()), (3, "lo world"));
     }
 }
