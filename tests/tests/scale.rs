@@ -11,10 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use e2e::{Doing, E2eError, OperatorMode, Result, TestNs, cluster, scenario, skip};
+use e2e::{E2eError, OperatorMode, Result, TestNs, cluster, scenario, skip};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
 use kube::ResourceExt;
-use kube::api::ListParams;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
 use operator::AgentRunner;
 use serde_json::{Value, json};
 
@@ -52,36 +56,66 @@ fn rss_kib() -> Option<u64> {
         .ok()
 }
 
-async fn converged(t: &TestNs, n: usize) -> Result<(usize, usize)> {
-    let runners = t
-        .api::<AgentRunner>()
-        .list(&ListParams::default())
-        .await
-        .doing("listing AgentRunners")?;
-    let observed = runners
-        .items
-        .iter()
-        .filter(|r| {
-            r.status
-                .as_ref()
-                .and_then(|s| s.observed_generation)
-                .is_some()
-                && r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation
-        })
-        .count();
-    let deployments: BTreeSet<String> = t
-        .api::<Deployment>()
-        .list_metadata(&ListParams::default())
-        .await
-        .doing("listing Deployments")?
-        .items
-        .iter()
-        .map(|d| d.name_any())
-        .collect();
-    let with_deployment = (0..n)
-        .filter(|i| deployments.contains(&format!("scale-{i}")))
-        .count();
-    Ok((observed, with_deployment))
+/// What the watches have shown so far: the AgentRunners whose status has caught up with
+/// their spec, and the Deployments that exist. Watches, not a LIST per poll: listing a
+/// thousand AgentRunners four times a second would itself load the API server whose speed
+/// the test measures.
+#[derive(Default)]
+struct Convergence {
+    observed: BTreeSet<String>,
+    deployments: BTreeSet<String>,
+}
+
+/// One object from either watch.
+enum Seen {
+    Runner(Box<AgentRunner>),
+    Deployment(String),
+}
+
+impl Convergence {
+    fn see(&mut self, seen: Seen) {
+        match seen {
+            Seen::Runner(r) => {
+                let observed = r.status.as_ref().and_then(|s| s.observed_generation);
+                let caught_up = observed.is_some() && observed == r.metadata.generation;
+                if caught_up {
+                    self.observed.insert(r.name_any());
+                } else {
+                    // A newer generation than the status shows: not converged (again).
+                    self.observed.remove(&r.name_any());
+                }
+            }
+            Seen::Deployment(name) => {
+                self.deployments.insert(name);
+            }
+        }
+    }
+
+    /// (AgentRunners observed, AgentRunners with a Deployment) among `scale-0..n`.
+    fn counts(&self, n: usize) -> (usize, usize) {
+        let names = || (0..n).map(|i| format!("scale-{i}"));
+        (
+            names().filter(|name| self.observed.contains(name)).count(),
+            names()
+                .filter(|name| self.deployments.contains(name))
+                .count(),
+        )
+    }
+}
+
+/// Every AgentRunner and Deployment of the namespace as it changes (Deployments as metadata
+/// only), starting with what exists.
+fn watch_convergence(t: &TestNs) -> BoxStream<'static, std::result::Result<Seen, watcher::Error>> {
+    let runners = watcher(t.api::<AgentRunner>(), watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .map_ok(|r| Seen::Runner(Box::new(r)));
+    let deployment_meta: Api<PartialObjectMeta<Deployment>> = Api::namespaced(t.client(), &t.ns);
+    let deployments = watcher(deployment_meta, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .map_ok(|d| Seen::Deployment(d.name_any()));
+    futures_util::stream::select(runners.boxed(), deployments.boxed()).boxed()
 }
 
 async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
@@ -109,9 +143,11 @@ async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
     // Generous: the aim is seconds for a thousand, the timeout only ends a hung run.
     let timeout = Duration::from_secs(120) + Duration::from_millis(500) * n as u32;
     let mut peak_rss = rss_before.unwrap_or(0);
+    let mut seen = watch_convergence(&t);
+    let mut state = Convergence::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
-        let (observed, with_deployment) = converged(&t, n).await?;
-        peak_rss = peak_rss.max(rss_kib().unwrap_or(0));
+        let (observed, with_deployment) = state.counts(n);
         if observed == n && with_deployment == n {
             break;
         }
@@ -123,7 +159,16 @@ async fn run(t: Arc<TestNs>, n: usize) -> Result<()> {
                 ),
             ));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            next = seen.next() => match next {
+                Some(Ok(object)) => state.see(object),
+                // The watcher backs off and resumes by itself; a lasting failure ends in the
+                // timeout above with the counts reached.
+                Some(Err(e)) => eprintln!("watch error (retrying): {e}"),
+                None => return Err(E2eError::Setup("the watches ended".into())),
+            },
+            _ = tick.tick() => peak_rss = peak_rss.max(rss_kib().unwrap_or(0)),
+        }
     }
     let took = started.elapsed();
     eprintln!(
@@ -254,6 +299,30 @@ fn request_counts_are_read_from_the_metrics_text() {
         12.0
     );
     assert_eq!(counts[&("watch".to_owned(), "secrets".to_owned())], 1.0);
+}
+
+#[test]
+fn convergence_counts_runners_whose_status_caught_up_and_their_deployments() {
+    let runner = |name: &str, generation: i64, observed: Option<i64>| {
+        let mut r = AgentRunner::new(name, Default::default());
+        r.metadata.generation = Some(generation);
+        r.status = observed.map(|g| operator::crd::AgentRunnerStatus {
+            observed_generation: Some(g),
+            ..Default::default()
+        });
+        Seen::Runner(Box::new(r))
+    };
+    let mut state = Convergence::default();
+    state.see(runner("scale-0", 1, None));
+    state.see(runner("scale-1", 1, Some(1)));
+    state.see(runner("other", 1, Some(1)));
+    state.see(Seen::Deployment("scale-1".into()));
+    assert_eq!(state.counts(2), (1, 1));
+    // A spec edit the status has not caught up with yet: no longer converged.
+    state.see(runner("scale-1", 2, Some(1)));
+    state.see(runner("scale-0", 1, Some(1)));
+    state.see(Seen::Deployment("scale-0".into()));
+    assert_eq!(state.counts(2), (1, 2));
 }
 
 #[tokio::test]
