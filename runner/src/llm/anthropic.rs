@@ -6,7 +6,7 @@ use std::pin::pin;
 use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{AssistantTurn, LlmError, LlmRequest, StopReason, Usage, parse_tool_input};
@@ -39,28 +39,48 @@ pub(crate) fn headers(api_key: &str) -> Result<HeaderMap, LlmError> {
     Ok(headers)
 }
 
-pub(crate) fn request_body(req: &LlmRequest<'_>) -> Value {
-    let mut body = json!({
-        "model": req.model,
-        "max_tokens": req.max_tokens,
-        "messages": req.messages.iter().map(message_json).collect::<Vec<_>>(),
-        "stream": true,
-    });
-    if !req.system.is_empty() {
-        body["system"] = json!(req.system);
-    }
-    if !req.tools.is_empty() {
-        let tools = req
+/// The request body. It borrows the tools' schemas (shared by every execution) instead of
+/// copying them into a JSON tree of its own: a thousand executions waiting for the model
+/// would otherwise each hold such a copy.
+#[derive(Serialize)]
+pub(crate) struct Body<'a> {
+    model: &'a str,
+    max_tokens: u32,
+    messages: Vec<Value>,
+    stream: bool,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    system: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Tool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    name: &'a str,
+    description: &'a str,
+    input_schema: &'a Value,
+}
+
+pub(crate) fn request_body<'a>(req: &LlmRequest<'a>) -> Body<'a> {
+    Body {
+        model: req.model,
+        max_tokens: req.max_tokens,
+        messages: req.messages.iter().map(message_json).collect(),
+        stream: true,
+        system: req.system,
+        tools: req
             .tools
             .iter()
-            .map(|t| json!({"name": t.name, "description": t.description, "input_schema": t.input_schema}))
-            .collect::<Vec<_>>();
-        body["tools"] = json!(tools);
+            .map(|t| Tool {
+                name: &t.name,
+                description: &t.description,
+                input_schema: &t.input_schema,
+            })
+            .collect(),
+        temperature: req.temperature,
     }
-    if let Some(t) = req.temperature {
-        body["temperature"] = json!(t);
-    }
-    body
 }
 
 fn message_json(m: &Message) -> Value {

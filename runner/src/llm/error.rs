@@ -37,6 +37,10 @@ pub enum LlmError {
     Decode(String),
     #[error("invalid LLM configuration: {0}")]
     Config(String),
+    /// The request could not be written as JSON (never expected: every part is text or JSON
+    /// already); reported rather than sending something malformed.
+    #[error("cannot encode the request to the model: {0}")]
+    Encode(String),
 }
 
 impl LlmError {
@@ -50,7 +54,8 @@ impl LlmError {
             Self::RetriesExhausted { .. }
             | Self::Stream { .. }
             | Self::Decode(_)
-            | Self::Config(_) => false,
+            | Self::Config(_)
+            | Self::Encode(_) => false,
         }
     }
 

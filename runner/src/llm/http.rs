@@ -64,19 +64,18 @@ impl Http {
     }
 
     /// Sends the request until a successful response starts, retrying per the policy.
+    /// `body` is shared, not copied, by every attempt.
     pub(crate) async fn open_stream(
         &self,
-        body: &serde_json::Value,
+        body: bytes::Bytes,
     ) -> Result<reqwest::Response, LlmError> {
-        // A Value's Display is its JSON text; encoded once, sent again on retries.
-        let bytes = body.to_string().into_bytes();
         retry::run(self.provider, self.max_attempts, || {
-            self.send_once(bytes.clone())
+            self.send_once(body.clone())
         })
         .await
     }
 
-    async fn send_once(&self, body: Vec<u8>) -> Result<reqwest::Response, Failure> {
+    async fn send_once(&self, body: bytes::Bytes) -> Result<reqwest::Response, Failure> {
         let response = self
             .client
             .post(&self.endpoint)

@@ -12,6 +12,7 @@ pub(crate) mod retry;
 #[cfg(test)]
 mod tests;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use stigmer_contract::Secret;
@@ -43,8 +44,9 @@ pub struct LlmSettings {
 pub struct ToolSpec {
     pub name: String,
     pub description: String,
-    /// JSON Schema of the input object.
-    pub input_schema: serde_json::Value,
+    /// JSON Schema of the input object; shared, because every execution offers the same
+    /// built-in tools and a request only borrows it.
+    pub input_schema: Arc<serde_json::Value>,
 }
 
 pub struct LlmRequest<'a> {
@@ -186,10 +188,13 @@ impl LlmClient {
         req: &LlmRequest<'_>,
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<AssistantTurn, LlmError> {
+        // Encoded at once and only the bytes kept (for retries): no JSON tree of the
+        // request stays alive while the model answers.
         let body = match self.wire {
-            Wire::Anthropic => anthropic::request_body(req),
-            Wire::OpenAi => openai::request_body(req),
-        };
+            Wire::Anthropic => serde_json::to_vec(&anthropic::request_body(req)),
+            Wire::OpenAi => serde_json::to_vec(&openai::request_body(req)),
+        }
+        .map_err(|e| LlmError::Encode(e.to_string()))?;
         tracing::debug!(
             provider = self.provider.as_str(),
             endpoint = self.endpoint(),
@@ -198,7 +203,7 @@ impl LlmClient {
             tools = req.tools.len(),
             "LLM request"
         );
-        let response = self.http.open_stream(&body).await?;
+        let response = self.http.open_stream(body.into()).await?;
         let events = self.http.events(response);
         match self.wire {
             Wire::Anthropic => anthropic::read_turn(events, on_text).await,

@@ -7,7 +7,7 @@ use std::pin::pin;
 use eventsource_stream::Event;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, HeaderValue};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{AssistantTurn, LlmError, LlmRequest, StopReason, Usage, parse_tool_input};
@@ -43,7 +43,41 @@ pub(crate) fn headers(api_key: Option<&str>) -> Result<HeaderMap, LlmError> {
     Ok(headers)
 }
 
-pub(crate) fn request_body(req: &LlmRequest<'_>) -> Value {
+/// The request body. It borrows the tools' schemas (shared by every execution) instead of
+/// copying them into a JSON tree of its own: a thousand executions waiting for the model
+/// would otherwise each hold such a copy.
+#[derive(Serialize)]
+pub(crate) struct Body<'a> {
+    model: &'a str,
+    messages: Vec<Value>,
+    max_tokens: u32,
+    stream: bool,
+    stream_options: StreamOptions,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<Tool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f32>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct Tool<'a> {
+    r#type: &'static str,
+    function: Function<'a>,
+}
+
+#[derive(Serialize)]
+struct Function<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+pub(crate) fn request_body<'a>(req: &LlmRequest<'a>) -> Body<'a> {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if !req.system.is_empty() {
         messages.push(json!({"role": "system", "content": req.system}));
@@ -51,28 +85,28 @@ pub(crate) fn request_body(req: &LlmRequest<'_>) -> Value {
     for m in req.messages {
         push_message(&mut messages, m);
     }
-    let mut body = json!({
-        "model": req.model,
-        "messages": messages,
-        "max_tokens": req.max_tokens,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    if !req.tools.is_empty() {
-        let tools = req
+    Body {
+        model: req.model,
+        messages,
+        max_tokens: req.max_tokens,
+        stream: true,
+        stream_options: StreamOptions {
+            include_usage: true,
+        },
+        tools: req
             .tools
             .iter()
-            .map(|t| {
-                json!({"type": "function", "function": {
-                    "name": t.name, "description": t.description, "parameters": t.input_schema}})
+            .map(|t| Tool {
+                r#type: "function",
+                function: Function {
+                    name: &t.name,
+                    description: &t.description,
+                    parameters: &t.input_schema,
+                },
             })
-            .collect::<Vec<_>>();
-        body["tools"] = json!(tools);
+            .collect(),
+        temperature: req.temperature,
     }
-    if let Some(t) = req.temperature {
-        body["temperature"] = json!(t);
-    }
-    body
 }
 
 fn push_message(out: &mut Vec<Value>, m: &Message) {

@@ -43,7 +43,9 @@ fn tools() -> Vec<ToolSpec> {
     vec![ToolSpec {
         name: "read_file".into(),
         description: "Read a file".into(),
-        input_schema: json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        input_schema: std::sync::Arc::new(
+            json!({"type": "object", "properties": {"path": {"type": "string"}}}),
+        ),
     }]
 }
 

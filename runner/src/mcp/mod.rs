@@ -193,7 +193,9 @@ impl McpTools {
                     .as_deref()
                     .unwrap_or("(no description)")
                     .to_owned(),
-                input_schema: serde_json::Value::Object((*tool.input_schema).clone()),
+                input_schema: std::sync::Arc::new(serde_json::Value::Object(
+                    (*tool.input_schema).clone(),
+                )),
             });
             self.routes.insert(name, (index, tool.name.into_owned()));
         }

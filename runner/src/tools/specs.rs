@@ -3,6 +3,8 @@
 //! Schemas forbid unknown properties, and `execute` refuses them too, so a misspelt optional
 //! field (`replaceAll`) is reported instead of silently ignored.
 
+use std::sync::{Arc, LazyLock};
+
 use serde_json::{Value, json};
 
 use super::files::DEFAULT_READ_LINES;
@@ -10,8 +12,17 @@ use super::todos::STATUSES;
 use crate::llm::ToolSpec;
 use crate::sandbox::MAX_READ_BYTES;
 
+/// Every built-in tool's spec, built once: executions share the schemas (a clone of a spec
+/// copies its name and description, not its schema).
+static BUILT_IN: LazyLock<Vec<ToolSpec>> =
+    LazyLock::new(|| super::ALL_TOOLS.iter().filter_map(|n| build(n)).collect());
+
 /// The spec of tool `name`, or None if there is no such tool.
 pub(super) fn spec(name: &str) -> Option<ToolSpec> {
+    BUILT_IN.iter().find(|s| s.name == name).cloned()
+}
+
+fn build(name: &str) -> Option<ToolSpec> {
     let (description, input_schema) = match name {
         "run_command" => run_command(),
         "read_file" => read_file(),
@@ -24,7 +35,7 @@ pub(super) fn spec(name: &str) -> Option<ToolSpec> {
     Some(ToolSpec {
         name: name.to_owned(),
         description,
-        input_schema,
+        input_schema: Arc::new(input_schema),
     })
 }
 

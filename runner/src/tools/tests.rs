@@ -79,6 +79,25 @@ impl Fixture {
 // ---- specs ----
 
 #[test]
+fn executions_share_the_built_in_schemas() {
+    // Each execution asks for its specs; the schemas must be one copy for all of them (see
+    // BENCHMARKS.md, capacity: per-execution copies were most of an idle execution's memory).
+    let first = specs(&[]).expect("specs");
+    let second = specs_for(stigmer_proto::rules::ToolChoice::Only(&[
+        "read_file".to_owned()
+    ]))
+    .expect("specs");
+    let read_file = first
+        .iter()
+        .find(|s| s.name == "read_file")
+        .expect("read_file");
+    assert!(std::sync::Arc::ptr_eq(
+        &read_file.input_schema,
+        &second[0].input_schema
+    ));
+}
+
+#[test]
 fn specs_default_to_all_tools_in_order() {
     let all = specs(&[]).expect("all specs");
     let names: Vec<_> = all.iter().map(|s| s.name.as_str()).collect();
