@@ -18,6 +18,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -180,6 +181,15 @@ impl ScriptedLlm {
             open_streams: Arc::new(AtomicUsize::new(0)),
             sent: Arc::default(),
             shutdown: CancellationToken::new(),
+        });
+        // Streamed pieces leave at once, as from a real provider: without TCP_NODELAY a piece
+        // written while the response head is still unacknowledged waits for the client's
+        // delayed ACK (one piece later on a reused connection), which showed up as a 20 ms
+        // "token latency" of the runner that was the test server's own.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                eprintln!("scripted LLM: cannot set TCP_NODELAY: {e}");
+            }
         });
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let stop = shared.shutdown.clone().cancelled_owned();
