@@ -106,6 +106,12 @@ fn runner_env(cp: &TestControlPlane, llm: &ScriptedLlm, root: &Path) -> BTreeMap
 }
 
 async fn bench() {
+    // `BENCH_ONLY=cloud`: the cloud stack alone (for profiling it); `local` skips it.
+    if std::env::var("BENCH_ONLY").is_ok_and(|o| o == "cloud") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        cloud_dispatch(&dir, Path::new(env!("CARGO_BIN_EXE_runner"))).await;
+        return;
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     let cp = Arc::new(TestControlPlane::start(&dir.path().join("data")).await);
     let first_call: Times = Arc::default();
