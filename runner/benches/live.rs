@@ -8,7 +8,8 @@
 //!   `redis-server`). Also the bytes the subscriber received per byte of text, for two text
 //!   lengths (linear: the ratio stays flat).
 //! - Capacity: one runner with `STIGMER_MAX_CONCURRENCY=1000`, 1000 executions against a model
-//!   that takes 10 s per answer: RSS per in-flight execution and the runner's CPU while all wait.
+//!   that takes 10 s per answer: RSS per in-flight execution and the runner's CPU while all wait;
+//!   in local mode, then in cloud mode (dispatch through a real `redis-server`).
 //!
 //! Run: `cargo bench -p runner --bench live` (or `scripts/bench`). Prints a Markdown table.
 
@@ -61,6 +62,7 @@ async fn bench() {
     }
     if only.is_empty() || only == "capacity" {
         capacity(&dir, bin).await;
+        capacity_cloud(&dir, bin).await;
     }
     println!("| figure | aim | measured |");
     println!("|---|---|---|");
@@ -225,28 +227,73 @@ async fn token_latency_cloud(dir: &tempfile::TempDir, bin: &Path) {
     }
 }
 
-async fn capacity(dir: &tempfile::TempDir, bin: &Path) {
-    const HELD: usize = 1000;
-    let cp = Arc::new(TestControlPlane::start(&dir.path().join("capacity-data")).await);
-    cp.apply_agent("bench", "").await;
-    let llm = ScriptedLlm::with_handler(|_| {
+/// Executions held at once by one runner in the capacity rows.
+const HELD: usize = 1000;
+
+/// A model that answers each request after 10 s: executions pile up waiting for it.
+async fn slow_llm() -> ScriptedLlm {
+    ScriptedLlm::with_handler(|_| {
         Reply::Delay(
             Duration::from_secs(10),
             Box::new(Reply::Text("done".into())),
         )
     })
-    .await;
+    .await
+}
+
+/// A profiling hook: a program that runs the runner (it gets the runner's path in
+/// `BENCH_RUNNER` and must exec it, keeping the pid), e.g. a script that sets allocator
+/// variables.
+fn wrapped(bin: &Path, env: &mut BTreeMap<String, String>) -> std::path::PathBuf {
+    match std::env::var_os("BENCH_RUNNER_WRAPPER") {
+        Some(wrapper) => {
+            env.insert("BENCH_RUNNER".into(), bin.display().to_string());
+            wrapper.into()
+        }
+        None => bin.to_path_buf(),
+    }
+}
+
+async fn capacity(dir: &tempfile::TempDir, bin: &Path) {
+    let cp = Arc::new(TestControlPlane::start(&dir.path().join("capacity-data")).await);
+    cp.apply_agent("bench", "").await;
+    let llm = slow_llm().await;
     let mut env = local_env(&cp, &llm, dir.path());
     env.insert("STIGMER_MAX_CONCURRENCY".into(), HELD.to_string());
-    // A profiling hook: a program that runs the runner (it gets the runner's path and must exec
-    // it, keeping the pid), e.g. a script that sets allocator variables.
-    let wrapper = std::env::var_os("BENCH_RUNNER_WRAPPER").map(std::path::PathBuf::from);
-    if wrapper.is_some() {
-        env.insert("BENCH_RUNNER".into(), bin.display().to_string());
-    }
-    let bin = wrapper.as_deref().unwrap_or(bin);
-    let mut runner = ChildProcess::spawn(bin, &env, &dir.path().join("logs"), "capacity");
+    let bin = wrapped(bin, &mut env);
+    let mut runner = ChildProcess::spawn(&bin, &env, &dir.path().join("logs"), "capacity");
     runner.wait_ready(Duration::from_secs(20)).await;
+    hold(&cp, &llm, &runner, "capacity").await;
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    runner.wait_exit(Duration::from_secs(30)).await;
+}
+
+/// The same with one cloud runner: dispatch through Redis, the control plane in its Redis
+/// configuration, the Daytona stand-in (no sandbox is opened: the model calls no tool).
+async fn capacity_cloud(dir: &tempfile::TempDir, bin: &Path) {
+    let stack = common::CloudStack::start(dir.path(), Duration::ZERO).await;
+    let llm = slow_llm().await;
+    let held = HELD.to_string();
+    let runners = stack
+        .runners(
+            bin,
+            dir.path(),
+            1,
+            &llm.base_url(),
+            &[("STIGMER_MAX_CONCURRENCY", held.as_str())],
+            "capacity-cloud",
+        )
+        .await;
+    for mut runner in runners {
+        hold(&stack.cp, &llm, &runner, "capacity, cloud").await;
+        runner.signal(nix::sys::signal::Signal::SIGTERM);
+        runner.wait_exit(Duration::from_secs(30)).await;
+    }
+}
+
+/// Creates [`HELD`] executions, waits until all of them wait for the model, and reports the
+/// runner's RSS per waiting execution and its CPU while they wait.
+async fn hold(cp: &TestControlPlane, llm: &ScriptedLlm, runner: &ChildProcess, label: &str) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let pid = runner.pid().as_raw();
     let idle = rss_kib(pid);
@@ -273,17 +320,17 @@ async fn capacity(dir: &tempfile::TempDir, bin: &Path) {
         (cpu_ticks(pid) - cpu_before) as f64 / ticks_per_second() / window.elapsed().as_secs_f64();
     let held = rss_kib(pid);
     eprintln!(
-        "largest mappings with 1000 held (kB):\n{}",
+        "largest mappings with {HELD} held (kB):\n{}",
         largest_mappings(pid)
     );
     for id in &ids {
         cp.wait_terminal(id, Duration::from_secs(60)).await;
     }
     row(
-        "capacity: RSS per in-flight execution (1000 held, model 10 s)",
+        &format!("{label}: RSS per in-flight execution ({HELD} held, model 10 s)"),
         "<= 128 KiB",
         format!(
-            "{:.1} KiB ({:.1} MiB idle, {:.1} MiB with 1000 waiting; the last reached the model {:.2} s after the last create)",
+            "{:.1} KiB ({:.1} MiB idle, {:.1} MiB with {HELD} waiting; the last reached the model {:.2} s after the last create)",
             (held - idle) / HELD as f64,
             idle / 1024.0,
             held / 1024.0,
@@ -291,12 +338,10 @@ async fn capacity(dir: &tempfile::TempDir, bin: &Path) {
         ),
     );
     row(
-        "capacity: runner CPU while 1000 wait",
+        &format!("{label}: runner CPU while {HELD} wait"),
         "< 5% of one core",
         format!("{:.2}% of one core (5 s window, 10 ms ticks)", cpu * 100.0),
     );
-    runner.signal(nix::sys::signal::Signal::SIGTERM);
-    runner.wait_exit(Duration::from_secs(30)).await;
 }
 
 fn percentile(values: &mut [f64], p: f64) -> f64 {
