@@ -13,7 +13,7 @@ pub mod tls;
 pub use bearer::{bearer_claims, bearer_token};
 pub use jwt::{Claims, JwtError, KeySource, TokenInspection, Verifier, VerifierConfig};
 pub use keyfile::{TokenSource, TokenSourceError};
-pub use tls::{TlsError, client_tls, connect, explain_connect_error, server_tls};
+pub use tls::{TlsError, client_tls, connect, explain_connect_error, read_ca_pem, server_tls};
 
 /// Installs rustls' ring provider as the process default. reqwest is built without a provider
 /// of its own and needs one before its first client; ring is the tree's only provider, so this

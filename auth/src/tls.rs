@@ -69,6 +69,17 @@ pub fn client_tls(
     Ok(config)
 }
 
+/// The PEM text of `path`, checked to hold at least one certificate: for clients that take
+/// their CAs as PEM (the Redis client), so that a bad file fails at start-up with the same
+/// message as the control plane's CA file.
+pub fn read_ca_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    read_ca_file(path)?;
+    std::fs::read(path).map_err(|e| TlsError::CaFile {
+        path: path.to_owned(),
+        reason: io_reason(&e),
+    })
+}
+
 fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |reason: String| TlsError::CaFile {
         path: path.to_owned(),

@@ -82,6 +82,10 @@ pub const REDIS_URL: &str = "REDIS_URL";
 pub const REDIS_HOST: &str = "REDIS_HOST";
 pub const REDIS_PORT: &str = "REDIS_PORT";
 pub const REDIS_PASSWORD: &str = "REDIS_PASSWORD";
+/// TLS to REDIS_HOST (a `rediss://` REDIS_URL says so itself).
+pub const REDIS_TLS: &str = "REDIS_TLS";
+/// PEM CA certificates a TLS Redis's certificate must chain to, instead of the system's.
+pub const REDIS_CA_FILE: &str = "REDIS_CA_FILE";
 pub const DAYTONA_API_URL: &str = "DAYTONA_API_URL";
 pub const DAYTONA_API_KEY: &str = "DAYTONA_API_KEY";
 pub const DAYTONA_DEV_TOOLS_SNAPSHOT_ID: &str = "DAYTONA_DEV_TOOLS_SNAPSHOT_ID";

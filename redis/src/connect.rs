@@ -10,13 +10,29 @@ use redis::{AsyncConnectionConfig, Client};
 
 /// Redis did not answer within the start-up attempts.
 #[derive(Debug, thiserror::Error)]
-#[error("Redis at {addr} is unreachable after {attempts} attempts: {source}")]
+#[error("Redis at {addr} is unreachable after {attempts} attempts: {source}{hint}")]
 pub struct Unreachable {
     /// `host:port`, safe to show.
     pub addr: String,
     pub attempts: u32,
     #[source]
     pub source: redis::RedisError,
+    /// What to change, when the error tells (empty otherwise).
+    pub hint: &'static str,
+}
+
+/// A certificate the client does not trust is a setting to fix, not an outage to wait out.
+fn hint(error: &redis::RedisError) -> &'static str {
+    if error
+        .to_string()
+        .to_ascii_lowercase()
+        .contains("certificate")
+    {
+        " (the server's TLS certificate is not trusted: set REDIS_CA_FILE to the PEM file of the \
+         CA that signed it)"
+    } else {
+        ""
+    }
 }
 
 /// Pings `client` once and then runs `open` (the caller's connections), up to `attempts` times
@@ -49,6 +65,7 @@ where
                 return Err(Unreachable {
                     addr: addr.to_owned(),
                     attempts,
+                    hint: hint(&source),
                     source,
                 });
             }

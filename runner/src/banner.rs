@@ -124,9 +124,14 @@ pub fn startup(config: &Config) -> String {
         Mode::Cloud(cloud) => row(
             "redis",
             format!(
-                "{} ({})",
+                "{} ({}, {})",
                 cloud.redis.display_address(),
-                cloud.redis.password_state()
+                cloud.redis.password_state(),
+                match (cloud.redis.is_tls(), &cloud.redis_ca) {
+                    (false, _) => "plaintext".to_owned(),
+                    (true, None) => "TLS, system CAs".to_owned(),
+                    (true, Some((file, _))) => format!("TLS, CAs of {}", file.display()),
+                }
             ),
             &[vars::REDIS_URL, vars::REDIS_HOST],
         ),

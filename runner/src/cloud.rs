@@ -53,11 +53,10 @@ pub async fn start(
     let token = token_source(cloud).await?;
     // The watcher ends by itself when the last clone of the source is dropped.
     drop(token.watch(TOKEN_FILE_POLL));
-    let redis = connect(
-        RedisSettings::new(cloud.redis.clone(), config.runner_id.clone())
-            .with_heartbeat(config.heartbeat_interval),
-    )
-    .await?;
+    let mut redis_settings = RedisSettings::new(cloud.redis.clone(), config.runner_id.clone())
+        .with_heartbeat(config.heartbeat_interval);
+    redis_settings.ca_pem = cloud.redis_ca.as_ref().map(|(_, pem)| pem.clone());
+    let redis = connect(redis_settings).await?;
     let queue = RedisDispatch::new(&redis, config.runner_id.clone()).await?;
     let presence = Presence::new(&redis, config.heartbeat_interval * 3);
     let mut settings = DaytonaSettings::new(cloud.daytona.api_key.expose());

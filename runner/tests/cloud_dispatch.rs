@@ -485,6 +485,7 @@ async fn unreachable_redis_stops_the_control_plane_at_start_up() {
         host: addr.ip().to_string(),
         port: addr.port(),
         password: Some("hunter2".into()),
+        tls: false,
     });
     settings.connect_attempts = 2;
     settings.connect_retry_delay = Duration::from_millis(10);

@@ -283,6 +283,7 @@ async fn unreachable_redis_fails_fast_naming_host_and_port_not_the_password() {
             host: addr.ip().to_string(),
             port: addr.port(),
             password: Some("hunter2".into()),
+            tls: false,
         },
         "a",
     );

@@ -101,7 +101,7 @@ impl Cloud {
     ) -> Result<Self, CloudError> {
         let (client, addr) = settings
             .target
-            .client()
+            .client_trusting(settings.ca_pem.as_deref())
             .map_err(|e| CloudError::InvalidAddress(e.0))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(3)))

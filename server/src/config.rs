@@ -57,6 +57,8 @@ pub use stigmer_redis::RedisTarget;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub target: RedisTarget,
+    /// PEM CAs a TLS connection trusts instead of the system's (REDIS_CA_FILE).
+    pub ca_pem: Option<Vec<u8>>,
     /// Prefix of every key and channel (`<prefix>:queue`, `<prefix>:events:<id>`, ...).
     pub key_prefix: String,
     /// Start-up ping attempts before giving up with a clear error.
@@ -76,6 +78,7 @@ impl RedisSettings {
     pub fn new(target: RedisTarget) -> Self {
         Self {
             target,
+            ca_pem: None,
             key_prefix: "stigmer".into(),
             connect_attempts: 10,
             connect_retry_delay: Duration::from_secs(1),

@@ -86,6 +86,12 @@ struct Args {
     /// Redis password (with --redis-host).
     #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     redis_password: Option<String>,
+    /// TLS to --redis-host (a rediss:// --redis-url says so itself); REDIS_TLS=true|false.
+    #[arg(long, env = "REDIS_TLS")]
+    redis_tls: bool,
+    /// PEM CA certificates a TLS Redis's certificate must chain to, instead of the system's.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    redis_ca_file: Option<PathBuf>,
     /// PEM certificate chain to serve TLS with (needs --tls-key). Unset: plaintext gRPC.
     #[arg(long, env = "STIGMER_SERVER_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -127,6 +133,15 @@ enum StartError {
     TlsCertWithoutKey,
     #[error("--tls-key is set but --tls-cert is not; both are needed to serve TLS")]
     TlsKeyWithoutCert,
+    #[error(
+        "REDIS_CA_FILE (--redis-ca-file) is set but the Redis connection is not TLS: use a \
+         rediss:// REDIS_URL or REDIS_TLS=true"
+    )]
+    RedisCaWithoutTls,
+    #[error("REDIS_TLS=true with a redis:// REDIS_URL: use a rediss:// URL for TLS")]
+    RedisTlsPlainUrl,
+    #[error("REDIS_CA_FILE: {0}")]
+    RedisCa(stigmer_auth::TlsError),
     #[error("--jwt-issuer/--jwt-audience need a key: --jwt-jwks-url or --jwt-public-key-file")]
     JwtWithoutKey,
     #[error("JWT public key file {}: {source}", path.display())]
@@ -211,7 +226,7 @@ fn config_from(args: &Args) -> Result<ServerConfig, StartError> {
     config.lease_ttl = Duration::from_secs(args.lease_ttl_secs);
     config.max_claim_wait = Duration::from_secs(args.max_claim_wait_secs);
     config.sweep_interval = Duration::from_millis(args.sweep_interval_ms);
-    config.redis = redis_target(args).map(RedisSettings::new);
+    config.redis = redis_settings(args)?;
     config.tls = tls_files(args)?;
     config.jwt = jwt_auth(args)?;
     Ok(config)
@@ -275,16 +290,49 @@ fn jwt_auth(args: &Args) -> Result<Option<JwtAuth>, StartError> {
     }))
 }
 
-fn redis_target(args: &Args) -> Option<RedisTarget> {
+/// Redis, when configured: where it is and, for TLS, which CAs to trust.
+fn redis_settings(args: &Args) -> Result<Option<RedisSettings>, StartError> {
+    let ca_file = args
+        .redis_ca_file
+        .as_ref()
+        .filter(|p| !p.as_os_str().is_empty());
+    let Some(target) = redis_target(args)? else {
+        return match ca_file {
+            Some(_) => Err(StartError::RedisCaWithoutTls),
+            None => Ok(None),
+        };
+    };
+    let mut settings = RedisSettings::new(target);
+    if let Some(path) = ca_file {
+        if !settings.target.is_tls() {
+            return Err(StartError::RedisCaWithoutTls);
+        }
+        settings.ca_pem = Some(stigmer_auth::read_ca_pem(path).map_err(StartError::RedisCa)?);
+    }
+    Ok(Some(settings))
+}
+
+fn redis_target(args: &Args) -> Result<Option<RedisTarget>, StartError> {
     let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
     if let Some(url) = non_empty(&args.redis_url) {
-        return Some(RedisTarget::Url(url));
+        if args.redis_tls
+            && !url
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("rediss://")
+        {
+            return Err(StartError::RedisTlsPlainUrl);
+        }
+        return Ok(Some(RedisTarget::Url(url)));
     }
-    non_empty(&args.redis_host).map(|host| RedisTarget::HostPort {
-        host,
-        port: args.redis_port,
-        password: non_empty(&args.redis_password),
-    })
+    Ok(
+        non_empty(&args.redis_host).map(|host| RedisTarget::HostPort {
+            host,
+            port: args.redis_port,
+            password: non_empty(&args.redis_password),
+            tls: args.redis_tls,
+        }),
+    )
 }
 
 /// Accepts the Python runner's level names (INFO, WARNING, CRITICAL) as well as tracing's.
@@ -396,10 +444,83 @@ mod tests {
             RedisTarget::HostPort {
                 host: "r".into(),
                 port: 6379,
-                password: Some("pw".into())
+                password: Some("pw".into()),
+                tls: false,
             }
         );
         assert!(!format!("{redis:?}").contains("pw"));
+    }
+
+    #[test]
+    fn redis_tls_settings_are_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let pki = testkit::pki::TestPki::new();
+        std::fs::copy(pki.ca(), &ca).unwrap();
+        let ca = ca.to_str().unwrap();
+        // A CA with a host that is not TLS, or with no Redis at all.
+        for args in [
+            vec![
+                "--data-dir",
+                "/d",
+                "--redis-url",
+                "redis://r:1/",
+                "--redis-ca-file",
+                ca,
+            ],
+            vec![
+                "--data-dir",
+                "/d",
+                "--redis-host",
+                "r",
+                "--redis-ca-file",
+                ca,
+            ],
+            vec!["--data-dir", "/d", "--redis-ca-file", ca],
+        ] {
+            let err = config_from(&parse(&args)).unwrap_err();
+            assert!(
+                matches!(err, StartError::RedisCaWithoutTls),
+                "{args:?}: {err}"
+            );
+            assert!(err.to_string().contains("rediss://"), "{err}");
+        }
+        let err = config_from(&parse(&[
+            "--data-dir",
+            "/d",
+            "--redis-url",
+            "redis://r:1/",
+            "--redis-tls",
+        ]))
+        .unwrap_err();
+        assert!(matches!(err, StartError::RedisTlsPlainUrl), "{err}");
+        let not_pem = dir.path().join("x.pem");
+        std::fs::write(&not_pem, "x").unwrap();
+        let err = config_from(&parse(&[
+            "--data-dir",
+            "/d",
+            "--redis-url",
+            "rediss://r:1/",
+            "--redis-ca-file",
+            not_pem.to_str().unwrap(),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
+
+        let redis = config_from(&parse(&[
+            "--data-dir",
+            "/d",
+            "--redis-host",
+            "r",
+            "--redis-tls",
+            "--redis-ca-file",
+            ca,
+        ]))
+        .unwrap()
+        .redis
+        .unwrap();
+        assert!(redis.target.is_tls());
+        assert_eq!(redis.ca_pem, Some(std::fs::read(pki.ca()).unwrap()));
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct RedisServer {
     addr: SocketAddr,
     dir: TempDir,
     child: Option<Child>,
+    /// Certificate, key and CA files: the server speaks TLS only.
+    tls: Option<[PathBuf; 3]>,
+    /// Times the server was started (its log gains a ready line each time).
+    starts: usize,
 }
 
 impl RedisServer {
@@ -29,9 +33,31 @@ impl RedisServer {
             addr: free_addr(),
             dir,
             child: None,
+            tls: None,
+            starts: 0,
         };
         server.spawn();
         server
+    }
+
+    /// As [`RedisServer::start`], speaking TLS only (no plaintext port), with the server
+    /// certificate of `pki` (valid for 127.0.0.1 and localhost); clients need no certificate.
+    pub fn start_tls(pki: &crate::pki::TestPki) -> Self {
+        let dir = tempfile::tempdir().expect("redis tempdir");
+        let mut server = Self {
+            addr: free_addr(),
+            dir,
+            child: None,
+            tls: Some([pki.server_cert(), pki.server_key(), pki.ca()]),
+            starts: 0,
+        };
+        server.spawn();
+        server
+    }
+
+    /// `rediss://127.0.0.1:PORT/` (for a server from [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        format!("rediss://{}/", self.addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -61,9 +87,24 @@ impl RedisServer {
             .open(self.log_path())
             .expect("redis log file");
         let log_err = log.try_clone().expect("clone redis log");
-        let child = Command::new(BINARY)
-            .arg("--port")
-            .arg(self.addr.port().to_string())
+        let mut command = Command::new(BINARY);
+        match &self.tls {
+            None => command.arg("--port").arg(self.addr.port().to_string()),
+            Some([cert, key, ca]) => command
+                .arg("--port")
+                .arg("0")
+                .arg("--tls-port")
+                .arg(self.addr.port().to_string())
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca)
+                .arg("--tls-auth-clients")
+                .arg("no"),
+        };
+        let child = command
             .arg("--bind")
             .arg("127.0.0.1")
             .arg("--save")
@@ -83,22 +124,32 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
+        self.starts += 1;
         self.wait_ready();
+    }
+
+    /// Whether the server answers: PING in plaintext, or for TLS its log saying it is ready
+    /// and the port accepting connections (a handshake is the client's business).
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        if self.tls.is_some() {
+            let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+            return log.matches("Ready to accept connections").count() >= self.starts;
+        }
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 16];
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read(&mut buf)
+                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
     }
 
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                if s.write_all(b"PING\r\n").is_ok() {
-                    let mut buf = [0u8; 16];
-                    if let Ok(n) = s.read(&mut buf)
-                        && buf[..n].starts_with(b"+PONG")
-                    {
-                        return;
-                    }
-                }
+            if self.answers() {
+                return;
             }
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()

@@ -51,6 +51,8 @@ pub struct CloudConfig {
     pub jwt: JwtChecks,
     pub ca_file: Option<PathBuf>,
     pub redis: RedisTarget,
+    /// REDIS_CA_FILE: the file and its PEM, checked at start-up.
+    pub redis_ca: Option<(PathBuf, Vec<u8>)>,
     pub daytona: DaytonaConfig,
 }
 
@@ -107,6 +109,7 @@ pub(crate) fn read(r: &mut Reader<'_>) -> Option<CloudConfig> {
         );
     }
     let redis = read_redis(r);
+    let redis_ca = read_redis_ca(r, redis.as_ref());
     let daytona = read_daytona(r);
     let (token, expires) = token?;
     let config = CloudConfig {
@@ -115,6 +118,7 @@ pub(crate) fn read(r: &mut Reader<'_>) -> Option<CloudConfig> {
         jwt,
         ca_file,
         redis: redis?,
+        redis_ca,
         daytona: daytona?,
     };
     Some(config)
@@ -195,11 +199,27 @@ fn read_token(r: &mut Reader<'_>) -> Option<(TokenOrigin, Option<String>)> {
 }
 
 fn read_redis(r: &mut Reader<'_>) -> Option<RedisTarget> {
+    let tls = match r.string(vars::REDIS_TLS).as_deref() {
+        None => None,
+        Some("true" | "1" | "yes") => Some(true),
+        Some("false" | "0" | "no") => Some(false),
+        Some(other) => {
+            r.problem(vars::REDIS_TLS, format!("'{other}' is not true or false"));
+            return None;
+        }
+    };
     if let Some(url) = r.string(vars::REDIS_URL) {
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             r.problem(
                 vars::REDIS_URL,
                 "must start with redis:// or rediss:// (the value is not shown: it may hold a password)",
+            );
+            return None;
+        }
+        if tls == Some(true) && !url.starts_with("rediss://") {
+            r.problem(
+                vars::REDIS_TLS,
+                "REDIS_TLS=true with a redis:// REDIS_URL: use a rediss:// URL for TLS",
             );
             return None;
         }
@@ -217,7 +237,27 @@ fn read_redis(r: &mut Reader<'_>) -> Option<RedisTarget> {
         host,
         port,
         password: r.string(vars::REDIS_PASSWORD),
+        tls: tls.unwrap_or(false),
     })
+}
+
+/// REDIS_CA_FILE, read and checked now; only with a TLS connection, where it is used.
+fn read_redis_ca(r: &mut Reader<'_>, redis: Option<&RedisTarget>) -> Option<(PathBuf, Vec<u8>)> {
+    let path = PathBuf::from(r.string(vars::REDIS_CA_FILE)?);
+    if redis.is_some_and(|t| !t.is_tls()) {
+        r.problem(
+            vars::REDIS_CA_FILE,
+            "set, but the Redis connection is not TLS: use a rediss:// REDIS_URL or REDIS_TLS=true",
+        );
+        return None;
+    }
+    match stigmer_auth::read_ca_pem(&path) {
+        Ok(pem) => Some((path, pem)),
+        Err(e) => {
+            r.problem(vars::REDIS_CA_FILE, e.to_string());
+            None
+        }
+    }
 }
 
 fn read_daytona(r: &mut Reader<'_>) -> Option<DaytonaConfig> {

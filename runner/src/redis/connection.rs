@@ -13,6 +13,8 @@ pub use stigmer_redis::RedisTarget;
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub target: RedisTarget,
+    /// PEM CAs a TLS connection trusts instead of the system's (REDIS_CA_FILE).
+    pub ca_pem: Option<Vec<u8>>,
     /// Prefix of every key and channel (`<prefix>:queue`, `<prefix>:cancel`, ...).
     pub key_prefix: String,
     /// Consumer group on the queue stream shared by all runners.
@@ -37,6 +39,7 @@ impl RedisSettings {
     pub fn new(target: RedisTarget, consumer: impl Into<String>) -> Self {
         Self {
             target,
+            ca_pem: None,
             key_prefix: "stigmer".into(),
             group: "runners".into(),
             consumer: consumer.into(),
@@ -135,7 +138,7 @@ impl Redis {
 pub async fn connect(settings: RedisSettings) -> Result<Redis, RedisError> {
     let (client, addr) = settings
         .target
-        .client()
+        .client_trusting(settings.ca_pem.as_deref())
         .map_err(|e| RedisError::InvalidAddress(e.0))?;
     let (commands, blocking) = stigmer_redis::connect_with_retry(
         &client,
@@ -189,6 +192,7 @@ mod tests {
             host: "redis".into(),
             port: 6379,
             password: Some("s3cret".into()),
+            tls: false,
         };
         assert!(!format!("{target:?}").contains("s3cret"));
         let url = RedisTarget::Url("redis://:s3cret@redis:6379/".into());
@@ -201,15 +205,26 @@ mod tests {
 
     #[test]
     fn target_from_parts() {
-        let url = RedisTarget::from_parts(Some("redis://r/".into()), Some("h".into()), None, None);
+        let url = RedisTarget::from_parts(
+            Some("redis://r/".into()),
+            Some("h".into()),
+            None,
+            None,
+            false,
+        );
         assert!(matches!(url, Some(RedisTarget::Url(u)) if u == "redis://r/"));
-        let host =
-            RedisTarget::from_parts(Some(" ".into()), Some("h".into()), None, Some("".into()));
+        let host = RedisTarget::from_parts(
+            Some(" ".into()),
+            Some("h".into()),
+            None,
+            Some("".into()),
+            true,
+        );
         assert!(matches!(
             host,
-            Some(RedisTarget::HostPort { host, port: 6379, password: None }) if host == "h"
+            Some(RedisTarget::HostPort { host, port: 6379, password: None, tls: true }) if host == "h"
         ));
-        assert!(RedisTarget::from_parts(None, None, Some(1), Some("p".into())).is_none());
+        assert!(RedisTarget::from_parts(None, None, Some(1), Some("p".into()), false).is_none());
     }
 
     #[test]
