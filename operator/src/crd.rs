@@ -365,6 +365,8 @@ pub struct BackendSpec {
     validation = Rule::new("has(self.host) != has(self.urlSecretRef)").message("set exactly one of redis.host or redis.urlSecretRef"),
     validation = Rule::new("!has(self.passwordSecretRef) || has(self.host)").message("redis.passwordSecretRef goes with redis.host; with redis.urlSecretRef put the password in the URL"),
     validation = Rule::new("!has(self.port) || has(self.host)").message("redis.port goes with redis.host"),
+    validation = Rule::new("!has(self.tls) || has(self.host)").message("redis.tls goes with redis.host; a rediss:// URL in redis.urlSecretRef is TLS by itself"),
+    validation = Rule::new("!has(self.caSecretRef) || has(self.urlSecretRef) || (has(self.tls) && self.tls)").message("redis.caSecretRef needs TLS: set redis.tls: true (or use a rediss:// URL in redis.urlSecretRef)"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
@@ -382,6 +384,14 @@ pub struct RedisSpec {
     /// Secret key holding a full `redis://` or `rediss://` URL (`REDIS_URL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_secret_ref: Option<SecretKeyRef>,
+    /// TLS to `host` (`REDIS_TLS`), as managed Redis services require; the certificate is
+    /// checked against the image's CAs, or `caSecretRef`'s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// Secret key holding a PEM CA bundle that signs Redis's certificate (a private CA);
+    /// mounted read-only and passed as `REDIS_CA_FILE`. Needs TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// Daytona sandboxes.
@@ -585,6 +595,9 @@ impl AgentRunner {
                 }
                 if let Some(r) = &redis.url_secret_ref {
                     refs.push(("spec.cloud.redis.urlSecretRef", r));
+                }
+                if let Some(r) = &redis.ca_secret_ref {
+                    refs.push(("spec.cloud.redis.caSecretRef", r));
                 }
             }
             if let Some(d) = &cloud.daytona {

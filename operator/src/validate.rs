@@ -44,6 +44,8 @@ pub const RESERVED_ENV: &[&str] = &[
     vars::REDIS_PORT,
     vars::REDIS_PASSWORD,
     vars::REDIS_URL,
+    vars::REDIS_TLS,
+    vars::REDIS_CA_FILE,
     vars::DAYTONA_API_URL,
     vars::DAYTONA_API_KEY,
     vars::DAYTONA_DEV_TOOLS_SNAPSHOT_ID,
@@ -333,6 +335,12 @@ fn cloud_problems(spec: &AgentRunnerSpec, problems: &mut Vec<String>) {
             if r.port.is_some() && r.host.is_none() {
                 problems.push("redis.port goes with redis.host".into());
             }
+            if r.tls.is_some() && r.host.is_none() {
+                problems.push("redis.tls goes with redis.host; a rediss:// URL in redis.urlSecretRef is TLS by itself".into());
+            }
+            if r.ca_secret_ref.is_some() && r.url_secret_ref.is_none() && r.tls != Some(true) {
+                problems.push("redis.caSecretRef needs TLS: set redis.tls: true (or use a rediss:// URL in redis.urlSecretRef)".into());
+            }
         }
     }
     if cloud.daytona.is_none() {
@@ -540,6 +548,66 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("exactly one of redis.host"))
         );
+    }
+
+    #[test]
+    fn redis_tls_settings_need_a_host_and_tls() {
+        let redis_problems = |redis: RedisSpec| {
+            problems(AgentRunnerSpec {
+                mode: Mode::Cloud,
+                cloud: Some(CloudSpec {
+                    redis: Some(redis),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let ca = Some(crate::crd::SecretKeyRef {
+            name: "redis-ca".into(),
+            key: "ca.crt".into(),
+        });
+        let url = Some(crate::crd::SecretKeyRef {
+            name: "redis".into(),
+            key: "url".into(),
+        });
+        let tls_with_url = redis_problems(RedisSpec {
+            url_secret_ref: url.clone(),
+            tls: Some(true),
+            ..Default::default()
+        });
+        assert!(
+            tls_with_url
+                .iter()
+                .any(|p| p.contains("redis.tls goes with redis.host"))
+        );
+        let ca_without_tls = redis_problems(RedisSpec {
+            host: Some("r".into()),
+            ca_secret_ref: ca.clone(),
+            ..Default::default()
+        });
+        assert!(
+            ca_without_tls
+                .iter()
+                .any(|p| p.contains("redis.caSecretRef needs TLS"))
+        );
+        for fine in [
+            RedisSpec {
+                host: Some("r".into()),
+                tls: Some(true),
+                ca_secret_ref: ca.clone(),
+                ..Default::default()
+            },
+            RedisSpec {
+                url_secret_ref: url.clone(),
+                ca_secret_ref: ca.clone(),
+                ..Default::default()
+            },
+        ] {
+            assert!(
+                !redis_problems(fine).iter().any(|p| p.contains("redis.")),
+                "a valid TLS setting was refused"
+            );
+        }
     }
 
     #[test]

@@ -406,3 +406,60 @@ fn only_an_http_backend_is_marked_plaintext_for_the_runner() {
     );
     assert_eq!(plain["STIGMER_BACKEND_INSECURE"], "true");
 }
+
+#[test]
+fn a_tls_redis_with_a_private_ca_gets_the_flag_and_the_mounted_bundle() {
+    let mut runner = common::runner("cloud.yaml");
+    let mut secrets = common::secrets("cloud-secrets.yaml");
+    let mut redis_ca = secrets["backend-ca"].clone();
+    redis_ca.metadata.name = Some("redis-ca".into());
+    secrets.insert("redis-ca".into(), redis_ca);
+    let plain = desired(&runner, &secrets);
+    let cm = plain.config_map.data.clone().unwrap_or_default();
+    assert!(!cm.contains_key("REDIS_TLS") && !cm.contains_key("REDIS_CA_FILE"));
+
+    let redis = runner
+        .spec
+        .cloud
+        .as_mut()
+        .and_then(|c| c.redis.as_mut())
+        .expect("redis in the fixture");
+    redis.tls = Some(true);
+    redis.ca_secret_ref = Some(operator::crd::SecretKeyRef {
+        name: "redis-ca".into(),
+        key: "ca.crt".into(),
+    });
+    let d = desired(&runner, &secrets);
+    let cm = d.config_map.data.clone().unwrap_or_default();
+    assert_eq!(cm["REDIS_TLS"], "true");
+    assert_eq!(cm["REDIS_CA_FILE"], "/etc/stigmer/redis-ca/ca.crt");
+    let p = pod(&d);
+    let volume = p
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "redis-ca")
+        .expect("the Redis CA volume");
+    let source = volume.secret.as_ref().expect("from the Secret");
+    assert_eq!(source.secret_name.as_deref(), Some("redis-ca"));
+    let items = source.items.clone().unwrap_or_default();
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("ca.crt", "ca.crt")
+    );
+    let runner_container = p
+        .containers
+        .iter()
+        .find(|c| c.name == "runner")
+        .expect("runner container");
+    let mount = runner_container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "redis-ca")
+        .expect("mounted in the runner");
+    assert_eq!(mount.mount_path, "/etc/stigmer/redis-ca");
+    assert_eq!(mount.read_only, Some(true));
+    // The bundle is a referenced Secret: its rotation rolls the pods like the others'.
+    assert!(runner.references_secret("redis-ca"));
+}

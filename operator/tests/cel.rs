@@ -217,6 +217,39 @@ fn redis_rules() {
         broken("demo", with(cloud(), "/cloud", "redis", port_with_url)),
         "redis.port goes with redis.host",
     );
+    let ca = json!({"name": "redis-ca", "key": "ca.crt"});
+    for fine in [
+        json!({"host": "r", "tls": true, "caSecretRef": ca}),
+        json!({"host": "r", "tls": true}),
+        json!({"urlSecretRef": {"name": "redis", "key": "url"}, "caSecretRef": ca}),
+    ] {
+        assert_eq!(
+            broken("demo", with(cloud(), "/cloud", "redis", fine.clone())),
+            Vec::<String>::new(),
+            "{fine}"
+        );
+    }
+    assert_refused(
+        broken(
+            "demo",
+            with(
+                cloud(),
+                "/cloud",
+                "redis",
+                json!({"urlSecretRef": {"name": "redis", "key": "url"}, "tls": true}),
+            ),
+        ),
+        "redis.tls goes with redis.host; a rediss:// URL in redis.urlSecretRef is TLS by itself",
+    );
+    for no_tls in [
+        json!({"host": "r", "caSecretRef": ca}),
+        json!({"host": "r", "tls": false, "caSecretRef": ca}),
+    ] {
+        assert_refused(
+            broken("demo", with(cloud(), "/cloud", "redis", no_tls)),
+            "redis.caSecretRef needs TLS: set redis.tls: true (or use a rediss:// URL in redis.urlSecretRef)",
+        );
+    }
 }
 
 #[test]

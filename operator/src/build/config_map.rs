@@ -15,6 +15,9 @@ use crate::validate::Validated;
 pub const BACKEND_CA_DIR: &str = "/etc/stigmer/backend-ca";
 /// File name of the CA bundle inside [`BACKEND_CA_DIR`].
 pub const BACKEND_CA_FILE: &str = "ca.crt";
+/// Where the Redis CA bundle (`spec.cloud.redis.caSecretRef`) is mounted, and its file name.
+pub const REDIS_CA_DIR: &str = "/etc/stigmer/redis-ca";
+pub const REDIS_CA_FILE: &str = "ca.crt";
 /// The sidecar's address as the runner sees it in local mode.
 pub const LOCAL_BACKEND_ENDPOINT: &str = "http://localhost:50051";
 /// Sandbox root on the workspace volume in local mode.
@@ -88,6 +91,19 @@ pub fn config_data(v: &Validated<'_>) -> BTreeMap<String, String> {
                 set(vars::REDIS_HOST, host.clone());
                 let port = cloud.redis.as_ref().and_then(|r| r.port).unwrap_or(6379);
                 set(vars::REDIS_PORT, port.to_string());
+            }
+            if cloud.redis.as_ref().and_then(|r| r.tls) == Some(true) {
+                set(vars::REDIS_TLS, "true".to_owned());
+            }
+            if cloud
+                .redis
+                .as_ref()
+                .is_some_and(|r| r.ca_secret_ref.is_some())
+            {
+                set(
+                    vars::REDIS_CA_FILE,
+                    format!("{REDIS_CA_DIR}/{REDIS_CA_FILE}"),
+                );
             }
             if let Some(d) = &cloud.daytona {
                 if let Some(u) = &d.api_url {

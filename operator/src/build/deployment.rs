@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stigmer_contract::env as vars;
 
-use super::config_map::{BACKEND_CA_DIR, BACKEND_CA_FILE};
+use super::config_map::{BACKEND_CA_DIR, BACKEND_CA_FILE, REDIS_CA_DIR, REDIS_CA_FILE};
 use super::{
     CONFIG_HASH_ANNOTATION, HTTP_PORT, SECRETS_HASH_ANNOTATION, common_labels, meta, names,
     scrape_annotations, selector_labels,
@@ -30,6 +30,7 @@ pub const RUNNER_UID: i64 = 1000;
 const WORKSPACE_VOLUME: &str = "workspace";
 const TMP_VOLUME: &str = "tmp";
 const CA_VOLUME: &str = "backend-ca";
+const REDIS_CA_VOLUME: &str = "redis-ca";
 /// The local-mode sidecar's key; the sidecar listens on loopback only, so it guards nothing
 /// beyond the pod.
 const LOCAL_API_KEY: &str = "dummy-local-key";
@@ -186,13 +187,18 @@ fn with_restricted_context(mut c: Container) -> Container {
 fn runner_container(v: &Validated<'_>) -> Container {
     let spec = v.spec();
     let mut mounts = base_mounts();
-    if ca_ref(v).is_some() {
-        mounts.push(VolumeMount {
-            name: CA_VOLUME.into(),
-            mount_path: BACKEND_CA_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+    for (name, dir, r) in [
+        (CA_VOLUME, BACKEND_CA_DIR, ca_ref(v)),
+        (REDIS_CA_VOLUME, REDIS_CA_DIR, redis_ca_ref(v)),
+    ] {
+        if r.is_some() {
+            mounts.push(VolumeMount {
+                name: name.into(),
+                mount_path: dir.into(),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
     }
     mounts.extend(spec.runner.extra_volume_mounts.iter().cloned());
     Container {
@@ -390,6 +396,39 @@ fn ca_ref<'a>(v: &'a Validated<'_>) -> Option<&'a SecretKeyRef> {
         .as_ref()
 }
 
+/// The Redis CA bundle's Secret key, in cloud mode.
+fn redis_ca_ref<'a>(v: &'a Validated<'_>) -> Option<&'a SecretKeyRef> {
+    if v.spec().mode != Mode::Cloud {
+        return None;
+    }
+    v.spec()
+        .cloud
+        .as_ref()?
+        .redis
+        .as_ref()?
+        .ca_secret_ref
+        .as_ref()
+}
+
+/// A CA bundle from one Secret key, as the file `file` of a read-only volume.
+fn ca_volume(name: &str, r: &SecretKeyRef, file: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(r.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: r.key.clone(),
+                path: file.into(),
+                ..Default::default()
+            }]),
+            default_mode: Some(0o444),
+            optional: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 fn volumes(v: &Validated<'_>) -> Vec<Volume> {
     let mut volumes = vec![
         workspace_volume(v),
@@ -403,21 +442,10 @@ fn volumes(v: &Validated<'_>) -> Vec<Volume> {
         },
     ];
     if let Some(r) = ca_ref(v) {
-        volumes.push(Volume {
-            name: CA_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(r.name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: r.key.clone(),
-                    path: BACKEND_CA_FILE.into(),
-                    ..Default::default()
-                }]),
-                default_mode: Some(0o444),
-                optional: Some(false),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.push(ca_volume(CA_VOLUME, r, BACKEND_CA_FILE));
+    }
+    if let Some(r) = redis_ca_ref(v) {
+        volumes.push(ca_volume(REDIS_CA_VOLUME, r, REDIS_CA_FILE));
     }
     volumes.extend(v.spec().pod.volumes.iter().cloned());
     volumes
