@@ -175,6 +175,8 @@ async fn main() -> ExitCode {
         eprintln!("stigmer-server: {}", StartError::NotDumpable(err));
         return ExitCode::FAILURE;
     }
+    // The one rustls provider of the tree, for TLS to Redis and the gRPC server alike.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
