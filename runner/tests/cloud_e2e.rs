@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{RUN_TIMEOUT, execution_id, status};
+use common::{DAYTONA_KEY, RUN_TIMEOUT, cloud_env, execution_id, status};
 use serde_json::json;
 use stigmer_proto::agentexecution::v1::{
     CancelExecutionRequest, ExecutionPhase, GetSessionRequest, ToolCallStatus,
@@ -22,39 +22,8 @@ use testkit::llm::{Reply, ScriptedLlm};
 use testkit::process::{ChildProcess, free_addr};
 use testkit::redis::RedisServer;
 
-const DAYTONA_KEY: &str = "dtn-test-key";
-
 fn test_jwt() -> String {
     testkit::pki::unsigned_jwt("runner")
-}
-
-/// The environment of a cloud runner against these stand-ins; tests add or override entries.
-fn cloud_env(
-    endpoint: &str,
-    jwt: &str,
-    redis_url: &str,
-    daytona: &DaytonaServer,
-    llm_url: &str,
-) -> BTreeMap<String, String> {
-    [
-        ("MODE", "cloud".to_string()),
-        ("STIGMER_BACKEND_ENDPOINT", endpoint.to_string()),
-        ("STIGMER_BACKEND_INSECURE", "true".into()),
-        ("STIGMER_API_KEY", jwt.to_string()),
-        ("REDIS_URL", redis_url.to_string()),
-        ("DAYTONA_API_URL", daytona.api_url()),
-        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
-        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
-        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-        ("ANTHROPIC_API_KEY", "sk-test".into()),
-        ("STIGMER_LLM_BASE_URL", llm_url.to_string()),
-        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-        ("STIGMER_CLAIM_WAIT_MS", "500".into()),
-        ("STIGMER_STATUS_FLUSH_MS", "50".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
@@ -109,9 +78,9 @@ async fn cloud_mode_runs_an_agent_through_redis_and_daytona() {
     let mut env = cloud_env(
         &cp.endpoint(),
         &jwt,
-        &redis.url(),
         &daytona,
         &llm.base_url(),
+        &[("REDIS_URL", redis.url())],
     );
     // Slow heartbeats: a cancellation arriving in time proves the Redis channel.
     env.insert("STIGMER_HEARTBEAT_INTERVAL_MS".into(), "60000".into());
@@ -229,9 +198,9 @@ async fn cloud_mode_refuses_to_start_without_redis() {
     let mut env = cloud_env(
         "http://127.0.0.1:1",
         &test_jwt(),
-        &format!("redis://:s3cret@{nowhere}"),
         &daytona,
         "http://127.0.0.1:1",
+        &[("REDIS_URL", format!("redis://:s3cret@{nowhere}"))],
     );
     env.remove("STIGMER_LLM_BASE_URL");
     let mut runner = ChildProcess::spawn(
@@ -295,9 +264,9 @@ async fn a_redis_restart_loses_nothing_and_runs_nothing_twice() {
     let mut env = cloud_env(
         &cp.endpoint(),
         &jwt,
-        &redis.url(),
         &daytona,
         &llm.base_url(),
+        &[("REDIS_URL", redis.url())],
     );
     env.insert("STIGMER_MAX_CONCURRENCY".into(), "2".into());
     env.insert("STIGMER_HEARTBEAT_INTERVAL_MS".into(), "200".into());

@@ -10,46 +10,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{RUN_TIMEOUT, execution_id};
+use common::{DAYTONA_KEY, RUN_TIMEOUT, cloud_env, execution_id};
 use stigmer_proto::agentexecution::v1::ExecutionPhase;
 use stigmer_server::{RedisSettings, RedisTarget, ServerConfig};
 use testkit::control_plane::{TestControlPlane, phase};
 use testkit::daytona::{DaytonaOptions, DaytonaServer};
 use testkit::llm::{Reply, ScriptedLlm};
 use testkit::pki::TestPki;
-use testkit::process::{ChildProcess, free_addr};
+use testkit::process::ChildProcess;
 use testkit::redis::RedisServer;
-
-const DAYTONA_KEY: &str = "dtn-test-key";
-
-/// A cloud runner's environment; the Redis variables are the test's.
-fn cloud_env(
-    endpoint: &str,
-    jwt: &str,
-    daytona: &DaytonaServer,
-    llm_url: &str,
-    redis: &[(&str, String)],
-) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = [
-        ("MODE", "cloud".to_string()),
-        ("STIGMER_BACKEND_ENDPOINT", endpoint.to_string()),
-        ("STIGMER_BACKEND_INSECURE", "true".into()),
-        ("STIGMER_API_KEY", jwt.to_string()),
-        ("DAYTONA_API_URL", daytona.api_url()),
-        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
-        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
-        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-        ("ANTHROPIC_API_KEY", "sk-test".into()),
-        ("STIGMER_LLM_BASE_URL", llm_url.to_string()),
-        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-        ("STIGMER_CLAIM_WAIT_MS", "500".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    env.extend(redis.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    env
-}
 
 fn spawn_runner(env: &BTreeMap<String, String>, dir: &Path, name: &str) -> ChildProcess {
     ChildProcess::spawn(
@@ -58,6 +27,27 @@ fn spawn_runner(env: &BTreeMap<String, String>, dir: &Path, name: &str) -> Child
         &dir.join("logs"),
         name,
     )
+}
+
+/// Runs a cloud runner with the Redis variables `redis` (no control plane or model: it must
+/// not get that far), requires it to exit 1 and returns its stderr.
+async fn refused_at_start(
+    daytona: &DaytonaServer,
+    redis: &[(&str, String)],
+    dir: &Path,
+    name: &str,
+) -> String {
+    let env = cloud_env(
+        "http://127.0.0.1:1",
+        &testkit::pki::unsigned_jwt("runner"),
+        daytona,
+        "http://127.0.0.1:1",
+        redis,
+    );
+    let mut runner = spawn_runner(&env, dir, name);
+    let code = runner.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(code.code(), Some(1), "{name}: {}", runner.output());
+    runner.stderr()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,17 +120,7 @@ async fn a_runner_refuses_a_redis_whose_certificate_it_does_not_trust() {
         if let Some(ca) = &ca {
             redis_env.push(("REDIS_CA_FILE", ca.display().to_string()));
         }
-        let env = cloud_env(
-            "http://127.0.0.1:1",
-            &testkit::pki::unsigned_jwt("runner"),
-            &daytona,
-            "http://127.0.0.1:1",
-            &redis_env,
-        );
-        let mut runner = spawn_runner(&env, dir.path(), name);
-        let code = runner.wait_exit(Duration::from_secs(60)).await;
-        assert_eq!(code.code(), Some(1), "{name}: {}", runner.output());
-        let err = runner.stderr();
+        let err = refused_at_start(&daytona, &redis_env, dir.path(), name).await;
         assert!(err.contains(&redis.addr().to_string()), "{name}: {err}");
         assert!(
             err.contains("invalid peer certificate"),
@@ -201,17 +181,7 @@ async fn inconsistent_tls_settings_are_refused_at_start() {
         ),
     ];
     for (name, redis_env, expected) in cases {
-        let env = cloud_env(
-            "http://127.0.0.1:1",
-            &testkit::pki::unsigned_jwt("runner"),
-            &daytona,
-            "http://127.0.0.1:1",
-            &redis_env,
-        );
-        let mut runner = spawn_runner(&env, dir.path(), name);
-        let code = runner.wait_exit(Duration::from_secs(30)).await;
-        assert_eq!(code.code(), Some(1), "{name}: {}", runner.output());
-        let err = runner.stderr();
+        let err = refused_at_start(&daytona, &redis_env, dir.path(), name).await;
         assert!(err.contains(expected), "{name}: {err}");
     }
 }

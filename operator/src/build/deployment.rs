@@ -22,7 +22,7 @@ use super::{
     CONFIG_HASH_ANNOTATION, HTTP_PORT, SECRETS_HASH_ANNOTATION, common_labels, meta, names,
     scrape_annotations, selector_labels,
 };
-use crate::crd::{Mode, PullPolicy, SecretKeyRef};
+use crate::crd::{CloudSpec, Mode, PullPolicy, SecretKeyRef};
 use crate::validate::{Validated, Workspace};
 
 /// The image's non-root user and group.
@@ -383,31 +383,24 @@ fn base_mounts() -> Vec<VolumeMount> {
     ]
 }
 
+/// The backend's CA bundle Secret key, in cloud mode.
 fn ca_ref<'a>(v: &'a Validated<'_>) -> Option<&'a SecretKeyRef> {
-    if v.spec().mode != Mode::Cloud {
-        return None;
-    }
-    v.spec()
-        .cloud
-        .as_ref()?
-        .backend
-        .as_ref()?
-        .ca_secret_ref
-        .as_ref()
+    cloud_ref(v, |c| c.backend.as_ref()?.ca_secret_ref.as_ref())
 }
 
 /// The Redis CA bundle's Secret key, in cloud mode.
 fn redis_ca_ref<'a>(v: &'a Validated<'_>) -> Option<&'a SecretKeyRef> {
+    cloud_ref(v, |c| c.redis.as_ref()?.ca_secret_ref.as_ref())
+}
+
+fn cloud_ref<'a>(
+    v: &'a Validated<'_>,
+    pick: impl Fn(&'a CloudSpec) -> Option<&'a SecretKeyRef>,
+) -> Option<&'a SecretKeyRef> {
     if v.spec().mode != Mode::Cloud {
         return None;
     }
-    v.spec()
-        .cloud
-        .as_ref()?
-        .redis
-        .as_ref()?
-        .ca_secret_ref
-        .as_ref()
+    pick(v.spec().cloud.as_ref()?)
 }
 
 /// A CA bundle from one Secret key, as the file `file` of a read-only volume.

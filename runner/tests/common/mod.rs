@@ -122,3 +122,37 @@ pub fn execution_id(e: &AgentExecution) -> String {
 pub fn session_id(e: &AgentExecution) -> String {
     e.spec.as_ref().expect("spec").session_id.clone()
 }
+
+/// Daytona key of the cloud tests' contract server.
+pub const DAYTONA_KEY: &str = "dtn-test-key";
+
+/// The environment of a cloud runner against these stand-ins, Redis given by `redis` (e.g.
+/// `[("REDIS_URL", url)]`); tests add or override entries.
+pub fn cloud_env(
+    endpoint: &str,
+    jwt: &str,
+    daytona: &testkit::daytona::DaytonaServer,
+    llm_url: &str,
+    redis: &[(&str, String)],
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = [
+        ("MODE", "cloud".to_string()),
+        ("STIGMER_BACKEND_ENDPOINT", endpoint.to_string()),
+        ("STIGMER_BACKEND_INSECURE", "true".into()),
+        ("STIGMER_API_KEY", jwt.to_string()),
+        ("DAYTONA_API_URL", daytona.api_url()),
+        ("DAYTONA_API_KEY", DAYTONA_KEY.into()),
+        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
+        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
+        ("ANTHROPIC_API_KEY", "sk-test".into()),
+        ("STIGMER_LLM_BASE_URL", llm_url.to_string()),
+        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
+        ("STIGMER_CLAIM_WAIT_MS", "500".into()),
+        ("STIGMER_STATUS_FLUSH_MS", "50".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    env.extend(redis.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    env
+}
