@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -595,7 +594,7 @@ async fn http_server_works_in_cloud_mode_and_stdio_is_refused() {
 
     let Some(dir) = servers_dir() else { return };
     let redis = RedisServer::start();
-    let daytona = DaytonaServer::start(DaytonaOptions::new("dtn-key")).await;
+    let daytona = DaytonaServer::start(DaytonaOptions::new(DAYTONA_KEY)).await;
     let llm = ScriptedLlm::start(vec![
         Reply::ToolCalls {
             text: None,
@@ -667,25 +666,13 @@ async fn http_server_works_in_cloud_mode_and_stdio_is_refused() {
     )
     .await
     .expect("http accepted in cloud mode");
-    let env: BTreeMap<String, String> = [
-        ("MODE", "cloud".to_string()),
-        ("STIGMER_BACKEND_ENDPOINT", cp.endpoint()),
-        ("STIGMER_BACKEND_INSECURE", "true".into()),
-        ("STIGMER_API_KEY", jwt.clone()),
-        ("REDIS_URL", redis.url()),
-        ("DAYTONA_API_URL", daytona.api_url()),
-        ("DAYTONA_API_KEY", "dtn-key".into()),
-        ("DAYTONA_DEV_TOOLS_SNAPSHOT_ID", "dev-tools".into()),
-        ("STIGMER_LLM_PROVIDER", "anthropic".into()),
-        ("ANTHROPIC_API_KEY", "sk-test".into()),
-        ("STIGMER_LLM_BASE_URL", llm.base_url()),
-        ("STIGMER_HTTP_ADDR", free_addr().to_string()),
-        ("STIGMER_CLAIM_WAIT_MS", "500".into()),
-        ("STIGMER_STATUS_FLUSH_MS", "50".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let env = cloud_env(
+        &cp.endpoint(),
+        &jwt,
+        &daytona,
+        &llm.base_url(),
+        &[("REDIS_URL", redis.url())],
+    );
     let mut runner = ChildProcess::spawn(
         Path::new(env!("CARGO_BIN_EXE_runner")),
         &env,
