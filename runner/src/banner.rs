@@ -295,7 +295,7 @@ mod tests {
         assert!(text.contains("https://api.example.com:443 (TLS gRPC)"));
         assert!(text.contains("JWT set   [environment: STIGMER_API_KEY]"));
         assert!(text.contains("structure, exp, nbf, aud"));
-        assert!(text.contains("redis.internal:6380 (password set)"));
+        assert!(text.contains("redis.internal:6380 (password set, plaintext)"));
         assert!(text.contains("Daytona at https://app.daytona.io/api (snapshot snap-1"));
         for secret in [jwt.as_str(), "hunter2", "dtn-secret", "sk-ant-x"] {
             assert!(!text.contains(secret), "banner shows a secret");
