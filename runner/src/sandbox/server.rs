@@ -251,15 +251,29 @@ async fn read_stderr(mut stderr: ChildStderr, tail: Arc<Mutex<Tail>>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
-        tail.bytes.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&tail.bytes).into_owned();
+        tail.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .absorb(&chunk[..n], false);
+    }
+    let mut tail = tail.lock().unwrap_or_else(PoisonError::into_inner);
+    tail.absorb(&[], true);
+    tail.closed = true;
+}
+
+impl Tail {
+    /// Adds `bytes` read from the channel and takes out the helper's status lines. A line is
+    /// read only once it is complete (a read can end anywhere, in a status line too), or at
+    /// the end of the channel (`end`).
+    fn absorb(&mut self, bytes: &[u8], end: bool) {
+        self.bytes.extend_from_slice(bytes);
+        let text = String::from_utf8_lossy(&self.bytes).into_owned();
         let mut kept = String::with_capacity(text.len());
         for line in text.split_inclusive('\n') {
-            if let Some(reason) = line.strip_prefix(confine::ERROR_PREFIX) {
-                tail.setup_error = Some(reason.trim().to_owned());
-            } else if let Some(code) = line.strip_prefix(confine::EXIT_PREFIX) {
-                tail.exit_code = code.trim().parse().ok();
+            let complete = end || line.ends_with('\n');
+            if complete && let Some(reason) = line.strip_prefix(confine::ERROR_PREFIX) {
+                self.setup_error = Some(reason.trim().to_owned());
+            } else if complete && let Some(code) = line.strip_prefix(confine::EXIT_PREFIX) {
+                self.exit_code = code.trim().parse().ok();
             } else {
                 kept.push_str(line);
             }
@@ -268,14 +282,37 @@ async fn read_stderr(mut stderr: ChildStderr, tail: Arc<Mutex<Tail>>) {
         let cut = (cut..kept.len())
             .find(|i| kept.is_char_boundary(*i))
             .unwrap_or(0);
-        tail.bytes = kept.as_bytes()[cut..].to_vec();
+        self.bytes = kept.as_bytes()[cut..].to_vec();
     }
-    tail.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_lines_split_across_reads_are_still_read() {
+        let channel = format!("boom-on-stderr\n{}3\n", confine::EXIT_PREFIX);
+        // Every place a read can end, the status line's middle included.
+        for split in 0..=channel.len() {
+            let mut tail = Tail::default();
+            tail.absorb(&channel.as_bytes()[..split], false);
+            tail.absorb(&channel.as_bytes()[split..], false);
+            tail.absorb(&[], true);
+            assert_eq!(tail.exit_code, Some(3), "split at {split}");
+            assert_eq!(
+                String::from_utf8_lossy(&tail.bytes),
+                "boom-on-stderr\n",
+                "split at {split}"
+            );
+        }
+        // A last status line without its newline still counts at the end.
+        let mut tail = Tail::default();
+        tail.absorb(format!("{}7", confine::EXIT_PREFIX).as_bytes(), false);
+        assert_eq!(tail.exit_code, None);
+        tail.absorb(&[], true);
+        assert_eq!(tail.exit_code, Some(7));
+    }
 
     #[test]
     fn exec_line_quotes_every_word() {
