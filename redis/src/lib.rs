@@ -22,6 +22,19 @@ pub enum RedisTarget {
     },
 }
 
+/// REDIS_TLS or REDIS_CA_FILE that do not fit the target: one rule, and one wording, for the
+/// runner and the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TlsMismatch {
+    #[error("REDIS_TLS=true with a redis:// REDIS_URL: use a rediss:// URL for TLS")]
+    FlagWithPlainUrl,
+    #[error(
+        "REDIS_CA_FILE is set but the Redis connection is not TLS: use a rediss:// REDIS_URL or \
+         REDIS_TLS=true"
+    )]
+    CaWithoutTls,
+}
+
 /// The address cannot be used. The message names `host:port` at most, never a password.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid Redis address: {0}")]
@@ -48,6 +61,18 @@ impl RedisTarget {
             password: non_empty(password),
             tls,
         })
+    }
+
+    /// Whether REDIS_TLS (`tls_flag`) and a CA file (`ca_given`) fit this target: the flag
+    /// does not turn a `redis://` URL into TLS, and a CA is only used by TLS.
+    pub fn check_tls(&self, tls_flag: bool, ca_given: bool) -> Result<(), TlsMismatch> {
+        if tls_flag && matches!(self, Self::Url(_)) && !self.is_tls() {
+            return Err(TlsMismatch::FlagWithPlainUrl);
+        }
+        if ca_given && !self.is_tls() {
+            return Err(TlsMismatch::CaWithoutTls);
+        }
+        Ok(())
     }
 
     /// Whether the connection is encrypted (`rediss://`, or REDIS_TLS with a host).
@@ -155,8 +180,8 @@ impl RedisTarget {
             })?,
             Some(_) => {
                 return Err(InvalidAddress(format!(
-                    "{addr}: a CA file is set (REDIS_CA_FILE) but the connection is not TLS; use \
-                     a rediss:// URL or REDIS_TLS=true"
+                    "{addr}: {}",
+                    TlsMismatch::CaWithoutTls
                 )));
             }
             None => Client::open(info).map_err(|_| InvalidAddress(addr.clone()))?,
@@ -211,6 +236,27 @@ mod tests {
             .expect("client");
         assert_eq!(addr, "r:6379");
         assert!(format!("{:?}", host(true)).contains("tls"));
+    }
+
+    #[test]
+    fn the_tls_flag_and_a_ca_must_fit_the_target() {
+        let plain_url = RedisTarget::Url("redis://r/".into());
+        let tls_url = RedisTarget::Url("rediss://r/".into());
+        let host = |tls| RedisTarget::from_parts(None, Some("r".into()), None, None, tls);
+        assert_eq!(
+            plain_url.check_tls(true, false),
+            Err(TlsMismatch::FlagWithPlainUrl)
+        );
+        assert_eq!(
+            plain_url.check_tls(false, true),
+            Err(TlsMismatch::CaWithoutTls)
+        );
+        assert_eq!(tls_url.check_tls(true, true), Ok(()));
+        assert_eq!(
+            host(false).map(|t| t.check_tls(false, true)),
+            Some(Err(TlsMismatch::CaWithoutTls))
+        );
+        assert_eq!(host(true).map(|t| t.check_tls(true, true)), Some(Ok(())));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
 use stigmer_proto::LOCAL_API_KEY;
+use stigmer_redis::TlsMismatch;
 use stigmer_server::{
     ControlPlane, JwtAuth, KeySource, RedisSettings, RedisTarget, ServerConfig, TlsFiles,
 };
@@ -133,13 +134,8 @@ enum StartError {
     TlsCertWithoutKey,
     #[error("--tls-key is set but --tls-cert is not; both are needed to serve TLS")]
     TlsKeyWithoutCert,
-    #[error(
-        "REDIS_CA_FILE (--redis-ca-file) is set but the Redis connection is not TLS: use a \
-         rediss:// REDIS_URL or REDIS_TLS=true"
-    )]
-    RedisCaWithoutTls,
-    #[error("REDIS_TLS=true with a redis:// REDIS_URL: use a rediss:// URL for TLS")]
-    RedisTlsPlainUrl,
+    #[error("{0}")]
+    RedisTls(stigmer_redis::TlsMismatch),
     #[error("REDIS_CA_FILE: {0}")]
     RedisCa(stigmer_auth::TlsError),
     #[error("--jwt-issuer/--jwt-audience need a key: --jwt-jwks-url or --jwt-public-key-file")]
@@ -298,43 +294,33 @@ fn redis_settings(args: &Args) -> Result<Option<RedisSettings>, StartError> {
         .redis_ca_file
         .as_ref()
         .filter(|p| !p.as_os_str().is_empty());
-    let Some(target) = redis_target(args)? else {
+    let Some(target) = redis_target(args) else {
         return match ca_file {
-            Some(_) => Err(StartError::RedisCaWithoutTls),
+            Some(_) => Err(StartError::RedisTls(TlsMismatch::CaWithoutTls)),
             None => Ok(None),
         };
     };
+    target
+        .check_tls(args.redis_tls, ca_file.is_some())
+        .map_err(StartError::RedisTls)?;
     let mut settings = RedisSettings::new(target);
     if let Some(path) = ca_file {
-        if !settings.target.is_tls() {
-            return Err(StartError::RedisCaWithoutTls);
-        }
         settings.ca_pem = Some(stigmer_auth::read_ca_pem(path).map_err(StartError::RedisCa)?);
     }
     Ok(Some(settings))
 }
 
-fn redis_target(args: &Args) -> Result<Option<RedisTarget>, StartError> {
+fn redis_target(args: &Args) -> Option<RedisTarget> {
     let non_empty = |value: &Option<String>| value.clone().filter(|v| !v.trim().is_empty());
     if let Some(url) = non_empty(&args.redis_url) {
-        if args.redis_tls
-            && !url
-                .trim_start()
-                .to_ascii_lowercase()
-                .starts_with("rediss://")
-        {
-            return Err(StartError::RedisTlsPlainUrl);
-        }
-        return Ok(Some(RedisTarget::Url(url)));
+        return Some(RedisTarget::Url(url));
     }
-    Ok(
-        non_empty(&args.redis_host).map(|host| RedisTarget::HostPort {
-            host,
-            port: args.redis_port,
-            password: non_empty(&args.redis_password),
-            tls: args.redis_tls,
-        }),
-    )
+    non_empty(&args.redis_host).map(|host| RedisTarget::HostPort {
+        host,
+        port: args.redis_port,
+        password: non_empty(&args.redis_password),
+        tls: args.redis_tls,
+    })
 }
 
 /// Accepts the Python runner's level names (INFO, WARNING, CRITICAL) as well as tracing's.
@@ -482,7 +468,7 @@ mod tests {
         ] {
             let err = config_from(&parse(&args)).unwrap_err();
             assert!(
-                matches!(err, StartError::RedisCaWithoutTls),
+                matches!(err, StartError::RedisTls(TlsMismatch::CaWithoutTls)),
                 "{args:?}: {err}"
             );
             assert!(err.to_string().contains("rediss://"), "{err}");
@@ -495,7 +481,10 @@ mod tests {
             "--redis-tls",
         ]))
         .unwrap_err();
-        assert!(matches!(err, StartError::RedisTlsPlainUrl), "{err}");
+        assert!(
+            matches!(err, StartError::RedisTls(TlsMismatch::FlagWithPlainUrl)),
+            "{err}"
+        );
         let not_pem = dir.path().join("x.pem");
         std::fs::write(&not_pem, "x").unwrap();
         let err = config_from(&parse(&[

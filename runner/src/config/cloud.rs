@@ -216,14 +216,12 @@ fn read_redis(r: &mut Reader<'_>) -> Option<RedisTarget> {
             );
             return None;
         }
-        if tls == Some(true) && !url.starts_with("rediss://") {
-            r.problem(
-                vars::REDIS_TLS,
-                "REDIS_TLS=true with a redis:// REDIS_URL: use a rediss:// URL for TLS",
-            );
+        let target = RedisTarget::Url(url);
+        if let Err(mismatch) = target.check_tls(tls == Some(true), false) {
+            r.problem(vars::REDIS_TLS, mismatch.to_string());
             return None;
         }
-        return Some(RedisTarget::Url(url));
+        return Some(target);
     }
     let Some(host) = r.string(vars::REDIS_HOST) else {
         r.problem(
@@ -244,11 +242,8 @@ fn read_redis(r: &mut Reader<'_>) -> Option<RedisTarget> {
 /// REDIS_CA_FILE, read and checked now; only with a TLS connection, where it is used.
 fn read_redis_ca(r: &mut Reader<'_>, redis: Option<&RedisTarget>) -> Option<(PathBuf, Vec<u8>)> {
     let path = PathBuf::from(r.string(vars::REDIS_CA_FILE)?);
-    if redis.is_some_and(|t| !t.is_tls()) {
-        r.problem(
-            vars::REDIS_CA_FILE,
-            "set, but the Redis connection is not TLS: use a rediss:// REDIS_URL or REDIS_TLS=true",
-        );
+    if let Some(Err(mismatch)) = redis.map(|t| t.check_tls(false, true)) {
+        r.problem(vars::REDIS_CA_FILE, mismatch.to_string());
         return None;
     }
     match stigmer_auth::read_ca_pem(&path) {
