@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::{percentile, rss_kib};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -353,19 +355,8 @@ async fn load(
     (all, rate)
 }
 
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let idx = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-    values[idx.min(values.len() - 1)]
-}
-
 fn rss_mib(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
+    rss_kib(pid) / 1024.0
 }
 
 async fn create(client: &mut Executions, tag: &str) -> String {

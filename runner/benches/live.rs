@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::{percentile, rss_kib};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
@@ -176,15 +178,9 @@ async fn token_latency_local(dir: &tempfile::TempDir, bin: &Path) {
     let mut runner = ChildProcess::spawn(bin, &env, &dir.path().join("logs"), "live-local");
     runner.wait_ready(Duration::from_secs(20)).await;
     let (mut latencies, ratio) = follow_live(&cp, &llm, "l").await;
-    row(
+    latency_row(
         "token to subscriber, local (model piece every 20 ms)",
-        "p50 < 20 ms, p99 < 50 ms",
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms ({} pieces)",
-            percentile(&mut latencies, 50.0),
-            percentile(&mut latencies, 99.0),
-            latencies.len()
-        ),
+        &mut latencies,
     );
     // Linear bytes: the same ratio for a text four times as long.
     let long = paced_llm(PIECES * 4).await;
@@ -202,6 +198,20 @@ async fn token_latency_local(dir: &tempfile::TempDir, bin: &Path) {
     runner.wait_exit(Duration::from_secs(10)).await;
 }
 
+/// The token-to-subscriber row: median and tail of `latencies` (ms).
+fn latency_row(figure: &str, latencies: &mut [f64]) {
+    row(
+        figure,
+        "p50 < 20 ms, p99 < 50 ms",
+        format!(
+            "p50 {:.2} ms, p99 {:.2} ms ({} pieces)",
+            percentile(latencies, 50.0),
+            percentile(latencies, 99.0),
+            latencies.len()
+        ),
+    );
+}
+
 async fn token_latency_cloud(dir: &tempfile::TempDir, bin: &Path) {
     // The stand-in's default start delay, like a sandbox that takes a moment.
     let stack = common::CloudStack::start(dir.path(), Duration::from_millis(50)).await;
@@ -211,15 +221,9 @@ async fn token_latency_cloud(dir: &tempfile::TempDir, bin: &Path) {
         .await;
     let cp = stack.cp.clone();
     let (mut latencies, _) = follow_live(&cp, &llm, "c").await;
-    row(
+    latency_row(
         "token to subscriber, cloud via Redis (3 runners)",
-        "p50 < 20 ms, p99 < 50 ms",
-        format!(
-            "p50 {:.2} ms, p99 {:.2} ms ({} pieces)",
-            percentile(&mut latencies, 50.0),
-            percentile(&mut latencies, 99.0),
-            latencies.len()
-        ),
+        &mut latencies,
     );
     for mut r in runners {
         r.signal(nix::sys::signal::Signal::SIGTERM);
@@ -342,24 +346,6 @@ async fn hold(cp: &TestControlPlane, llm: &ScriptedLlm, runner: &ChildProcess, l
         "< 5% of one core",
         format!("{:.2}% of one core (5 s window, 10 ms ticks)", cpu * 100.0),
     );
-}
-
-fn percentile(values: &mut [f64], p: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let idx = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
-    values[idx.min(values.len() - 1)]
-}
-
-fn rss_kib(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(f64::NAN)
 }
 
 /// utime + stime of the process, in clock ticks.
